@@ -1,0 +1,27 @@
+"""Retrieval evaluation: recall metrics, split encoding, and an ``evaluate`` metric module."""
+
+from pathlib import Path
+
+from .encoding import RetrievalEmbeddings, encode_split, evaluate_retrieval
+from .metrics import METRIC_KEYS, retrieval_metrics, retrieval_ranks
+
+METRIC_MODULE_DIR = Path(__file__).parent / "rsitr_retrieval"
+
+
+def load_retrieval_metric(**kwargs):
+    """The local ``evaluate`` module wrapping :func:`retrieval_metrics` (works offline)."""
+    import evaluate
+
+    return evaluate.load(str(METRIC_MODULE_DIR), **kwargs)
+
+
+__all__ = [
+    "METRIC_KEYS",
+    "METRIC_MODULE_DIR",
+    "RetrievalEmbeddings",
+    "encode_split",
+    "evaluate_retrieval",
+    "load_retrieval_metric",
+    "retrieval_metrics",
+    "retrieval_ranks",
+]

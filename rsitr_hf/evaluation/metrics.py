@@ -1,0 +1,89 @@
+"""Recall@K for image-text retrieval, by the protocol every RSITR paper uses (METHODS.md §1).
+
+Ties are broken against the query: an item of another image with exactly the same score as the
+correct item counts as ranked above it. So a constant similarity matrix scores 0, and an identical
+caption carried by another image never gives a hit to the wrong image nor hides behind the right one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+RECALL_KS = (1, 5, 10)
+METRIC_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
+
+
+def as_tensor(values, dtype=None) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu() if dtype is None else values.detach().cpu().to(dtype)
+    return torch.as_tensor(np.asarray(values), dtype=dtype)
+
+
+def retrieval_ranks(
+    similarity: torch.Tensor | np.ndarray,
+    caption_image_ids: Sequence[int] | torch.Tensor | np.ndarray,
+    image_ids: Sequence[int] | torch.Tensor | np.ndarray | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """0-based ranks of the correct item for each image query and each caption query.
+
+    Args:
+        similarity: ``(num_images, num_captions)`` scores, higher is more similar.
+        caption_image_ids: ``(num_captions,)`` the image id of each caption.
+        image_ids: ``(num_images,)`` the id of each row; ``arange(num_images)`` when omitted.
+
+    Returns:
+        ``(i2t_ranks, t2i_ranks)`` of shapes ``(num_images,)`` and ``(num_captions,)``. The rank of an
+        image query is that of its best-ranked own caption; the rank of a caption query is that of its
+        own image. Each counts the items of other images scoring at least as high.
+    """
+    scores = as_tensor(similarity, torch.float64)
+    caption_ids = as_tensor(caption_image_ids, torch.int64)
+    num_images, num_captions = scores.shape
+    row_ids = torch.arange(num_images) if image_ids is None else as_tensor(image_ids, torch.int64)
+    if caption_ids.shape != (num_captions,) or row_ids.shape != (num_images,):
+        raise ValueError(
+            f"similarity is {tuple(scores.shape)} but got {tuple(caption_ids.shape)} caption ids and "
+            f"{tuple(row_ids.shape)} image ids; expected ({num_captions},) and ({num_images},)"
+        )
+    if len(torch.unique(row_ids)) != num_images:
+        raise ValueError("image_ids must be unique")
+    own = caption_ids[None, :] == row_ids[:, None]
+    unmatched = (~own.any(dim=0)).nonzero().flatten()
+    if len(unmatched):
+        raise ValueError(
+            f"{len(unmatched)} caption(s) belong to no image row, e.g. caption {unmatched[0].item()} with "
+            f"image id {caption_ids[unmatched[0]].item()}"
+        )
+    captionless = (~own.any(dim=1)).nonzero().flatten()
+    if len(captionless):
+        raise ValueError(f"image id {row_ids[captionless[0]].item()} has no caption in the matrix")
+
+    best_own = scores.masked_fill(~own, float("-inf")).amax(dim=1)
+    i2t_ranks = ((scores >= best_own[:, None]) & ~own).sum(dim=1)
+    own_row = own.to(torch.int64).argmax(dim=0)
+    own_score = scores[own_row, torch.arange(num_captions)]
+    t2i_ranks = ((scores >= own_score[None, :]) & ~own).sum(dim=0)
+    return i2t_ranks, t2i_ranks
+
+
+def retrieval_metrics(
+    similarity: torch.Tensor | np.ndarray,
+    caption_image_ids: Sequence[int] | torch.Tensor | np.ndarray,
+    image_ids: Sequence[int] | torch.Tensor | np.ndarray | None = None,
+) -> dict[str, float]:
+    """R@1/5/10 in both directions and their mean mR, in percent.
+
+    ``similarity`` is ``(num_images, num_captions)``, ``caption_image_ids[j]`` the image of caption
+    ``j``, ``image_ids[i]`` the id of row ``i`` (default ``arange(num_images)``). Returns a dict with the
+    keys ``i2t_r1, i2t_r5, i2t_r10, t2i_r1, t2i_r5, t2i_r10, mR``.
+    """
+    i2t_ranks, t2i_ranks = retrieval_ranks(similarity, caption_image_ids, image_ids)
+    metrics = {}
+    for direction, ranks in (("i2t", i2t_ranks), ("t2i", t2i_ranks)):
+        for k in RECALL_KS:
+            metrics[f"{direction}_r{k}"] = 100.0 * (ranks < k).double().mean().item()
+    metrics["mR"] = sum(metrics.values()) / len(metrics)
+    return metrics

@@ -1,0 +1,29 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SPLITS_DIR = SHARED / "rsitr_splits"
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    from rsitr_hf.data.synthetic import vocabulary
+    from rsitr_hf.tiny_clip import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), vocabulary(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    from rsitr_hf.data.synthetic import write_seed_layout
+
+    return write_seed_layout(
+        tmp_path_factory.mktemp("synthetic"), "synthrs", num_train=30, num_test=12, seed=0, image_size=32
+    )

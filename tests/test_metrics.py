@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+import torch
+
+from rsitr_hf.evaluation import load_retrieval_metric, retrieval_metrics, retrieval_ranks
+
+
+def test_hand_worked_two_images_two_captions_each():
+    # images 0, 1; captions c0, c1 of image 0 and c2, c3 of image 1
+    similarity = np.array(
+        [
+            [0.1, 0.9, 0.8, 0.2],  # image 0: own best c1 (0.9) beats c2 (0.8): rank 0
+            [0.7, 0.3, 0.2, 0.4],  # image 1: own best c3 (0.4) has c0 (0.7) above: rank 1
+        ]
+    )
+    caption_image_ids = [0, 0, 1, 1]
+    i2t, t2i = retrieval_ranks(similarity, caption_image_ids)
+    assert i2t.tolist() == [0, 1]
+    # c0: own 0.1 < 0.7 -> 1; c1: 0.9 > 0.3 -> 0; c2: own 0.2 < 0.8 -> 1; c3: 0.4 > 0.2 -> 0
+    assert t2i.tolist() == [1, 0, 1, 0]
+    metrics = retrieval_metrics(similarity, caption_image_ids)
+    assert metrics["i2t_r1"] == pytest.approx(50.0)
+    assert metrics["t2i_r1"] == pytest.approx(50.0)
+    assert metrics["i2t_r5"] == metrics["t2i_r10"] == 100.0
+    assert metrics["mR"] == pytest.approx((50 + 100 + 100 + 50 + 100 + 100) / 6)
+
+
+def test_ties_count_against_the_query_and_constant_scores_give_zero():
+    similarity = np.array([[0.5, 0.5], [0.5, 0.5]])
+    i2t, t2i = retrieval_ranks(similarity, [0, 1])
+    assert i2t.tolist() == [1, 1] and t2i.tolist() == [1, 1]
+    assert retrieval_metrics(np.zeros((3, 15)), np.repeat(np.arange(3), 5))["i2t_r1"] == 0.0
+    # a tie among the image's own captions does not hurt
+    assert retrieval_ranks(np.array([[0.9, 0.9, 0.1], [0.0, 0.0, 1.0]]), [0, 0, 1])[0].tolist() == [0, 0]
+
+
+def test_identical_caption_of_another_image_is_never_a_hit():
+    # captions 1 and 2 are the same string ("a dense residential area") for images 0 and 1, so any model
+    # scores them equally; the metric must not credit image 1 for caption 1 nor image 0 for caption 2.
+    similarity = np.array(
+        [
+            [0.2, 0.8, 0.8, 0.1],
+            [0.1, 0.6, 0.6, 0.3],
+        ]
+    )
+    caption_image_ids = [0, 0, 1, 1]
+    i2t, t2i = retrieval_ranks(similarity, caption_image_ids)
+    assert i2t.tolist() == [1, 1]  # each image's best own caption ties with the other's copy
+    assert t2i.tolist() == [0, 0, 1, 0]  # caption 2 belongs to image 1, which scores it lower than image 0
+
+
+def test_best_of_five_and_non_sequential_image_ids():
+    rng = np.random.default_rng(0)
+    similarity = rng.random((3, 15))
+    ids = np.array([70, 10, 42])
+    caption_ids = np.repeat(ids, 5)
+    similarity[1, 7] = 5.0  # image 10's third caption is its best and the best of the row
+    i2t, _ = retrieval_ranks(similarity, caption_ids, image_ids=ids)
+    assert i2t[1] == 0
+    permutation = rng.permutation(15)
+    permuted_i2t, permuted_t2i = retrieval_ranks(similarity[:, permutation], caption_ids[permutation], ids)
+    assert torch.equal(permuted_i2t, i2t)
+    assert torch.equal(permuted_t2i, retrieval_ranks(similarity, caption_ids, ids)[1][permutation])
+
+
+def test_brute_force_agreement_on_random_matrices():
+    rng = np.random.default_rng(1)
+    similarity = np.round(rng.random((6, 30)), 1)  # rounding creates many ties
+    caption_ids = np.repeat(np.arange(6), 5)
+    i2t, t2i = retrieval_ranks(similarity, caption_ids)
+    for i in range(6):
+        best = similarity[i, caption_ids == i].max()
+        assert i2t[i] == sum(similarity[i, j] >= best for j in range(30) if caption_ids[j] != i)
+    for j in range(30):
+        own = similarity[caption_ids[j], j]
+        assert t2i[j] == sum(similarity[i, j] >= own for i in range(6) if i != caption_ids[j])
+
+
+def test_bad_inputs_are_rejected():
+    with pytest.raises(ValueError, match="caption ids"):
+        retrieval_ranks(np.zeros((2, 4)), [0, 0, 1])
+    with pytest.raises(ValueError, match="belong to no image row"):
+        retrieval_ranks(np.zeros((2, 2)), [0, 5])
+    with pytest.raises(ValueError, match="image id 1 has no caption"):
+        retrieval_ranks(np.zeros((2, 2)), [0, 0])
+
+
+def test_evaluate_module_matches_function():
+    rng = np.random.default_rng(2)
+    similarity = rng.random((4, 20))
+    ids = [3, 1, 2, 0]
+    caption_ids = np.repeat(ids, 5)
+    metric = load_retrieval_metric()
+    metric.add_batch(predictions=similarity[:2], references=ids[:2])
+    metric.add_batch(predictions=similarity[2:], references=ids[2:])
+    result = metric.compute(caption_image_ids=caption_ids)
+    expected = retrieval_metrics(similarity, caption_ids, ids)
+    assert result == pytest.approx(expected)

@@ -1,0 +1,123 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from transformers import CLIPModel, CLIPProcessor
+
+from rsitr_hf.data import explode_captions, load_rsitr
+from rsitr_hf.data.preprocessing import CaptionPairTransform, RandomResizedCropFlip, RetrievalCollator
+from rsitr_hf.evaluation import encode_split, evaluate_retrieval, retrieval_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model_and_processor(tiny_clip_dir):
+    return CLIPModel.from_pretrained(tiny_clip_dir), CLIPProcessor.from_pretrained(tiny_clip_dir)
+
+
+def test_collator_pads_to_the_longest_caption_of_the_batch(synthetic_dir, model_and_processor):
+    _, processor = model_and_processor
+    pairs = explode_captions(load_rsitr(synthetic_dir)["train"])
+    transform = CaptionPairTransform(processor, augmentation=RandomResizedCropFlip(seed=0))
+    loader = DataLoader(
+        pairs.with_transform(transform), batch_size=6, collate_fn=RetrievalCollator(processor.tokenizer)
+    )
+    batch = next(iter(loader))
+    lengths = [len(processor.tokenizer(c)["input_ids"]) for c in pairs["caption"][:6]]
+    assert batch["pixel_values"].shape == (6, 3, 32, 32)
+    assert batch["input_ids"].shape == (6, max(lengths))
+    assert batch["attention_mask"].sum(dim=1).tolist() == lengths
+    assert batch["image_ids"].tolist() == pairs["image_id"][:6]
+
+
+def test_augmentation_keeps_size_and_is_seeded(synthetic_dir):
+    image = load_rsitr(synthetic_dir)["train"][0]["image"]
+    first, second = RandomResizedCropFlip(seed=5)(image), RandomResizedCropFlip(seed=5)(image)
+    assert first.size == image.size and first.tobytes() == second.tobytes()
+
+
+def test_encoding_distinct_captions_matches_encoding_every_caption(synthetic_dir, model_and_processor):
+    model, processor = model_and_processor
+    test = load_rsitr(synthetic_dir)["test"]
+    # duplicate a caption across two images to exercise deduplication
+    captions = [list(c) for c in test["captions"]]
+    captions[1][0] = captions[0][0]
+    test = test.remove_columns("captions").add_column("captions", captions)
+    model.train()
+    embeddings = encode_split(model, test, processor, batch_size=5)
+    assert model.training  # mode restored
+    flat = [c for row in captions for c in row]
+    assert embeddings.text_embeds.shape[0] == len(set(flat)) < len(flat)
+    with torch.no_grad():
+        tokens = processor.tokenizer(flat, padding=True, return_tensors="pt")
+        reference = torch.nn.functional.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)
+        pixels = processor.image_processor(images=list(test["image"]), return_tensors="pt")["pixel_values"]
+        images = torch.nn.functional.normalize(
+            model.get_image_features(pixel_values=pixels).pooler_output, dim=-1
+        )
+    torch.testing.assert_close(
+        embeddings.text_embeds[embeddings.caption_text_index], reference, atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(embeddings.image_embeds, images, atol=1e-5, rtol=0)
+    assert embeddings.similarity().shape == (12, 60)
+    expected = retrieval_metrics(images @ reference.T, embeddings.caption_image_ids, test["image_id"])
+    assert evaluate_retrieval(model, test, processor, batch_size=7) == pytest.approx(expected)
+
+
+SCRIPT = """
+import json, sys
+from accelerate import Accelerator
+from transformers import CLIPModel, CLIPProcessor
+from rsitr_hf.data import load_rsitr
+from rsitr_hf.evaluation import encode_split, retrieval_metrics
+accelerator = Accelerator(cpu=True)
+model = CLIPModel.from_pretrained(sys.argv[1]); processor = CLIPProcessor.from_pretrained(sys.argv[1])
+test = load_rsitr(sys.argv[2])["test"]
+e = encode_split(model, test, processor, batch_size=5, accelerator=accelerator)
+if accelerator.is_main_process:
+    out = {"metrics": retrieval_metrics(e.similarity(), e.caption_image_ids, e.image_ids),
+           "images": e.image_embeds.shape[0], "texts": e.text_embeds.shape[0]}
+    json.dump(out, open(sys.argv[3], "w"))
+"""
+
+
+def test_two_process_encoding_equals_single_process(
+    tmp_path, synthetic_dir, tiny_clip_dir, model_and_processor
+):
+    model, processor = model_and_processor
+    test = load_rsitr(synthetic_dir)["test"]  # 12 images, 60 captions: shards of uneven batches
+    single = encode_split(model, test, processor, batch_size=5)
+    script = tmp_path / "encode.py"
+    script.write_text(SCRIPT)
+    out = tmp_path / "out.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(script),
+        str(tiny_clip_dir),
+        str(synthetic_dir),
+        str(out),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    gathered = json.loads(out.read_text())
+    assert gathered["images"] == 12 and gathered["texts"] == single.text_embeds.shape[0]
+    expected = retrieval_metrics(single.similarity(), single.caption_image_ids, single.image_ids)
+    assert gathered["metrics"] == pytest.approx(expected, abs=1e-9)
