@@ -8,7 +8,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# ../shared beside the checkout (as in CI), or RSITR_SHARED_DIR
+SHARED = Path(os.environ.get("RSITR_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 SPLITS_DIR = SHARED / "rsitr_splits"
 
 
