@@ -1,3 +1,11 @@
-"""rsitr_hf: parameter-efficient transfer learning for remote sensing image-text retrieval on the HF stack."""
+"""rsitr_hf: parameter-efficient transfer learning for remote sensing image-text retrieval on the HF stack.
+
+Importing the package registers its PEFT methods, so ``peft.get_peft_model`` and
+``PeftModel.from_pretrained`` accept their configs and checkpoints.
+"""
+
+from .tuners import MRS_ADAPTER, MRSAdapterConfig, MRSAdapterModel
 
 __version__ = "0.1.0"
+
+__all__ = ["MRS_ADAPTER", "MRSAdapterConfig", "MRSAdapterModel"]

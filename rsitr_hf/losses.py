@@ -1,0 +1,77 @@
+"""Retrieval losses on L2-normalised embeddings.
+
+- :func:`hinge_triplet_loss`: the VSE++ bidirectional hinge, with the hardest in-batch negative
+  (``max_violation=True``) or the sum over all negatives; reusable by every method.
+- :func:`hmmc_loss`: PE-RSITR's hybrid multi-modal contrastive loss (METHODS.md §2).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def negatives_mask(batch_size: int, image_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """``(B, B)`` bool, True where item ``j`` may serve as a negative for item ``i``.
+
+    Never the pair itself; with ``image_ids``, never an item of the same image.
+    """
+    if image_ids is None:
+        return ~torch.eye(batch_size, dtype=torch.bool, device=device)
+    image_ids = image_ids.to(device)
+    return image_ids[:, None] != image_ids[None, :]
+
+
+def hinge_triplet_loss(
+    anchors: torch.Tensor,
+    positives: torch.Tensor,
+    margin: float = 0.2,
+    max_violation: bool = True,
+    negatives: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Bidirectional hinge loss of ``B`` pairs ``(anchors[i], positives[i])``, summed over the batch.
+
+    With ``S = anchors @ positives.T`` (cosine similarities of ``(B, D)`` L2-normalised inputs):
+    ``sum_i [ agg_j (m + S[i, j] - S[i, i])_+  +  agg_j (m + S[j, i] - S[i, i])_+ ]`` over the ``j``
+    allowed by ``negatives`` (``(B, B)`` bool, default: all ``j != i``), where ``agg`` is ``max``
+    (hardest negative, VSE++) or ``sum``.
+    """
+    scores = anchors @ positives.T
+    if negatives is None:
+        negatives = negatives_mask(scores.shape[0], None, scores.device)
+    diagonal = scores.diagonal()
+    cost_positives = (margin + scores - diagonal[:, None]).clamp(min=0).masked_fill(~negatives, 0)
+    cost_anchors = (margin + scores - diagonal[None, :]).clamp(min=0).masked_fill(~negatives, 0)
+    if max_violation:
+        return cost_positives.max(dim=1).values.sum() + cost_anchors.max(dim=0).values.sum()
+    return cost_positives.sum() + cost_anchors.sum()
+
+
+def hmmc_loss(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    image_aug: torch.Tensor,
+    text_aug: torch.Tensor,
+    image_ids: torch.Tensor | None = None,
+    margin: float = 0.2,
+    mask_same_image: bool = True,
+    max_violation: bool = True,
+) -> torch.Tensor:
+    """HMMC: ``L(v, t) + L(v, v') + L(t, t')`` with :func:`hinge_triplet_loss` (weights 1:1:1).
+
+    Args:
+        image, text: ``(B, D)`` clean L2-normalised embeddings of ``B`` image-caption pairs.
+        image_aug, text_aug: ``(B, D)`` augmented views of the same items.
+        image_ids: ``(B,)`` image of each pair. With ``mask_same_image`` (default, this project's
+            recipe), items of the same image are never negatives of each other; without ids or with
+            ``mask_same_image=False`` every other item is a negative, as in the paper's release.
+        margin: hinge margin (paper: 0.2).
+        max_violation: hardest negative only (paper) or sum over negatives.
+
+    Returns:
+        The scalar loss, summed (not averaged) over the batch.
+    """
+    negatives = negatives_mask(image.shape[0], image_ids if mask_same_image else None, image.device)
+    return sum(
+        hinge_triplet_loss(a, b, margin, max_violation, negatives)
+        for a, b in ((image, text), (image, image_aug), (text, text_aug))
+    )

@@ -1,0 +1,91 @@
+"""MRS-Adapter modules: the single shared adapter and the CLIP block that calls it.
+
+Shapes: ``B`` batch, ``N`` tokens, ``D`` residual width of the tower (vision 768 / text 512 on ViT-B/32).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
+
+class MRSAdapter(nn.Module):
+    """The one adapter of the whole model (METHODS.md §2).
+
+    ``forward(h, tower)`` maps ``(B, N, D_tower)`` to ``(B, N, D_tower)``:
+    ``z = dropout(relu(down[tower](h)))`` then ``concat(up[tower](z), shared_up(z))``, the shared
+    up-projection filling the last ``shared_dim`` channels. Computes in fp32 and returns ``h``'s dtype.
+    """
+
+    def __init__(self, widths: dict[str, int], bottleneck_dim: int, shared_dim: int, dropout: float):
+        super().__init__()
+        for tower, width in widths.items():
+            if width <= shared_dim:
+                raise ValueError(f"shared_dim {shared_dim} must be smaller than the {tower} width {width}")
+        self.down = nn.ModuleDict(
+            {tower: nn.Linear(width, bottleneck_dim) for tower, width in widths.items()}
+        )
+        self.up = nn.ModuleDict(
+            {tower: nn.Linear(bottleneck_dim, width - shared_dim) for tower, width in widths.items()}
+        )
+        self.shared_up = nn.Linear(bottleneck_dim, shared_dim)
+        self.dropout = nn.Dropout(dropout)
+        for linear in [*self.up.values(), self.shared_up]:
+            nn.init.zeros_(linear.weight)
+        for linear in [*self.down.values(), *self.up.values(), self.shared_up]:
+            nn.init.zeros_(linear.bias)
+
+    def forward(self, hidden_states: torch.Tensor, tower: str) -> torch.Tensor:
+        with torch.autocast(device_type=hidden_states.device.type, enabled=False):
+            bottleneck = self.dropout(F.relu(self.down[tower](hidden_states.float())))
+            update = torch.cat([self.up[tower](bottleneck), self.shared_up(bottleneck)], dim=-1)
+        return update.to(hidden_states.dtype)
+
+
+class MRSAdapterEncoderLayer(CLIPEncoderLayer, BaseTunerLayer):
+    """A ``CLIPEncoderLayer`` whose MLP branch runs in parallel with the shared MRS-Adapter.
+
+    ``h = x + Attn(LN1(x))``; ``out = h + MLP(LN2(h)) + sum_a A_a(h)`` over the active adapters ``a``.
+    The wrapped block is ``base_layer``; the adapters are not registered on this layer (they live once
+    on the tuner model) but referenced through ``adapters``, so each shared tensor is saved once.
+    Being a ``CLIPEncoderLayer``, it is where ``output_hidden_states`` records the post-adapter states.
+    """
+
+    adapter_layer_names = ()
+    other_param_names = ("tower",)
+
+    def __init__(self, base_layer: CLIPEncoderLayer, adapter_name: str, tower: str, adapters: nn.ModuleDict):
+        nn.Module.__init__(self)
+        self.base_layer = base_layer
+        self.tower = tower
+        object.__setattr__(self, "adapters", adapters)  # shared, deliberately not a submodule
+        self._active_adapter = adapter_name
+        self._disable_adapters = False
+        self.merged_adapters = []
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        block = self.base_layer
+        residual = hidden_states
+        attended, _ = block.self_attn(
+            hidden_states=block.layer_norm1(hidden_states), attention_mask=attention_mask, **kwargs
+        )
+        hidden = residual + attended
+        output = hidden + block.mlp(block.layer_norm2(hidden))
+        if self.disable_adapters:
+            return output
+        for name in self.active_adapters:
+            if name in self.adapters:
+                output = output + self.adapters[name](hidden, self.tower)
+        return output
+
+    def merge(self, *args, **kwargs) -> None:
+        raise ValueError(
+            "The MRS-Adapter cannot be merged into CLIP's weights: it is a non-linear (ReLU) branch parallel "
+            "to the MLP. Keep the PeftModel, or use `unload()` to get the plain base model back."
+        )
+
+    def unmerge(self) -> None:
+        return None

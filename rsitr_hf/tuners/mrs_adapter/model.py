@@ -1,0 +1,122 @@
+"""The MRS-Adapter tuner: injects :class:`MRSAdapterEncoderLayer` into CLIP and owns the one adapter."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+
+from ...views import ViewEmbeddings, encode_views
+from .config import TOWERS, MRSAdapterConfig
+from .layer import MRSAdapter, MRSAdapterEncoderLayer
+
+PREFIX = "mrs_"
+
+
+def tower_widths(model: nn.Module) -> dict[str, int]:
+    """Residual widths ``{"vision": D_v, "text": D_t}`` of a ``CLIPModel`` (read from its config)."""
+    config = model.config
+    return {tower: getattr(config, f"{tower}_config").hidden_size for tower in TOWERS}
+
+
+def reset_output_capturing(model: nn.Module) -> None:
+    """Drop transformers' ``output_hidden_states`` hooks so they are installed afresh on next use.
+
+    transformers installs them once, lazily, on the ``CLIPEncoderLayer`` instances present at the
+    time; after blocks are wrapped or unwrapped they must be reinstalled on the blocks that now run.
+    """
+    for module in model.modules():
+        for key, hook in list(module._forward_hooks.items()):
+            if getattr(hook, "__name__", "") == "output_capturing_hook":
+                del module._forward_hooks[key]
+        if getattr(module, "_output_capturing_hooks_installed", False):
+            module._output_capturing_hooks_installed = False
+
+
+class MRSAdapterModel(BaseTuner):
+    """PEFT tuner of PE-RSITR: one :class:`MRSAdapter` per adapter name, shared by every adapted block.
+
+    The adapter lives here as ``mrs_adapter[adapter_name]`` and is saved once. Use through
+    ``peft.get_peft_model(clip_model, MRSAdapterConfig())`` after ``import rsitr_hf``.
+    """
+
+    prefix = PREFIX
+    tuner_layer_cls = MRSAdapterEncoderLayer
+    target_module_mapping = {"clip": r"(.*\.)?(vision|text)_model\.encoder\.layers\.\d+"}
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
+        """Create the shared adapter, wrap the blocks, and freeze it for inference-mode configs.
+
+        Both ``get_peft_model`` and ``load_adapter``/``add_adapter`` come through here.
+        """
+        config = self.peft_config[adapter_name]
+        self.create_shared_adapter(model, config, adapter_name)
+        super().inject_adapter(model, adapter_name, **kwargs)
+        # peft freezes inference-mode adapters found inside `model`; this one lives on the tuner
+        self.mrs_adapter[adapter_name].requires_grad_(not config.inference_mode)
+        reset_output_capturing(model)
+
+    def create_shared_adapter(self, model: nn.Module, config: MRSAdapterConfig, adapter_name: str) -> None:
+        """Check or record the base widths in ``config`` and add ``mrs_adapter[adapter_name]``."""
+        widths = tower_widths(model)
+        for tower in config.towers:
+            recorded = getattr(config, f"{tower}_width")
+            if recorded is not None and recorded != widths[tower]:
+                raise ValueError(
+                    f"adapter {adapter_name!r} was trained on a base whose {tower} width is {recorded} "
+                    f"(vision {config.vision_width}, text {config.text_width}), but this base model has "
+                    f"{tower} width {widths[tower]} (vision {widths['vision']}, text {widths['text']}); "
+                    "load it onto the base model it was trained with"
+                )
+            setattr(config, f"{tower}_width", widths[tower])
+        if not hasattr(self, "mrs_adapter"):
+            self.mrs_adapter = nn.ModuleDict()
+        device = next(model.parameters()).device
+        self.mrs_adapter[adapter_name] = MRSAdapter(
+            {tower: widths[tower] for tower in config.towers},
+            config.bottleneck_dim,
+            config.shared_dim,
+            config.adapter_dropout,
+        ).to(device)
+
+    def _create_and_replace(
+        self, peft_config, adapter_name, target, target_name, parent, current_key, **optional_kwargs
+    ) -> None:
+        if isinstance(target, MRSAdapterEncoderLayer):
+            return  # already wrapped: the layer serves every adapter in mrs_adapter
+        tower = re.search(r"(vision|text)_model\.encoder", current_key).group(1)
+        self._replace_module(
+            parent, target_name, MRSAdapterEncoderLayer(target, adapter_name, tower, self.mrs_adapter), target
+        )
+
+    def _replace_module(self, parent, child_name, new_module, child) -> None:
+        setattr(parent, child_name, new_module)
+
+    def _unload_and_optionally_merge(self, *args, **kwargs) -> nn.Module:
+        model = super()._unload_and_optionally_merge(*args, **kwargs)
+        reset_output_capturing(model)
+        return model
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        # checkpoint keys carry no adapter name, so a checkpoint loads under any adapter name;
+        # peft builds the inverse mapping for loading from this same function
+        return key.replace(f"mrs_adapter.{adapter_name}.", "mrs_adapter.", 1)
+
+    def _check_merge_allowed(self) -> None:
+        raise ValueError(
+            "merge_and_unload() is not possible for the MRS-Adapter: it is a non-linear (ReLU) branch "
+            "parallel to each MLP, not a change of CLIP's weights. Keep the PeftModel, or use unload()."
+        )
+
+    def encode_views(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> ViewEmbeddings:
+        """Clean and augmented embeddings of a batch, with the active adapter's ``token_dropout``.
+
+        See :func:`rsitr_hf.views.encode_views`; each tower runs one forward over ``2B`` inputs.
+        """
+        token_dropout = self.peft_config[self.active_adapters[0]].token_dropout
+        return encode_views(self.model, pixel_values, input_ids, attention_mask, token_dropout)
