@@ -8,49 +8,58 @@ would need the network.
 
 from __future__ import annotations
 
-import json
 import os
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, pre_tokenizers
-from tokenizers.models import BPE
-from tokenizers.trainers import BpeTrainer
+from tokenizers import pre_tokenizers
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 
 BOS_TOKEN, EOS_TOKEN = "<|startoftext|>", "<|endoftext|>"
 
 
-def build_word_tokenizer(words: Iterable[str], model_max_length: int = 77) -> CLIPTokenizer:
-    """A CLIP BPE tokenizer trained on ``words`` so that each of them encodes as one token.
+def train_bpe_merges(words: list[str]) -> list[tuple[str, str]]:
+    """Byte-pair merges that turn each of ``words`` into a single ``word</w>`` symbol.
 
-    The merges are learned by ``tokenizers``' BPE trainer with CLIP's byte-level alphabet and
-    ``</w>`` end-of-word suffix; words outside the list fall back to smaller pieces. Padding uses the
+    Standard BPE training (merge the most frequent adjacent pair, repeat) with ties broken by the
+    pair's text, so the result is the same in every run.
+    """
+    symbols = [[*word[:-1], word[-1] + "</w>"] for word in words]
+    merges = []
+    while True:
+        counts = Counter(pair for word in symbols for pair in zip(word, word[1:], strict=False))
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        for index, word in enumerate(symbols):
+            merged, position = [], 0
+            while position < len(word):
+                if position + 1 < len(word) and (word[position], word[position + 1]) == best:
+                    merged.append(word[position] + word[position + 1])
+                    position += 2
+                else:
+                    merged.append(word[position])
+                    position += 1
+            symbols[index] = merged
+
+
+def build_word_tokenizer(words: Iterable[str], model_max_length: int = 77) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer whose merges make each of ``words`` one token (deterministic).
+
+    The base vocabulary is CLIP's byte-level alphabet with and without the ``</w>`` end-of-word
+    suffix, so any text encodes; words outside the list fall back to smaller pieces. Padding uses the
     end-of-text token, as in OpenAI's CLIP.
     """
-    words = sorted({word.lower() for word in words if word.strip()})
-    model = BPE(unk_token=EOS_TOKEN, end_of_word_suffix="</w>")
-    trainer = BpeTrainer(
-        vocab_size=100_000,
-        min_frequency=1,
-        special_tokens=[],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    trainer_tokenizer = Tokenizer(model)
-    trainer_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer_tokenizer.train_from_iterator(words, trainer=trainer)
-    state = json.loads(trainer_tokenizer.to_str())["model"]
-    vocab = dict(state["vocab"])
-    for character in pre_tokenizers.ByteLevel.alphabet():
-        vocab.setdefault(character + "</w>", len(vocab))
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {token: index for index, token in enumerate([*alphabet, *(c + "</w>" for c in alphabet)])}
+    merges = train_bpe_merges(sorted({word.lower() for word in words if word.strip()}))
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
     vocab[BOS_TOKEN] = len(vocab)
     vocab[EOS_TOKEN] = len(vocab)
-    merges = [
-        tuple(merge) if isinstance(merge, list) else tuple(merge.split(" ")) for merge in state["merges"]
-    ]
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
