@@ -257,3 +257,20 @@ def test_lora_baseline_goes_through_the_same_views_and_loss(base):
     hmmc_loss(views.image, views.text, views.image_aug, views.text_aug, margin=1.0).backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     assert with_grad and all("lora_" in n for n in with_grad)
+
+
+def test_peft_models_go_through_the_evaluation_path(base, tiny_clip_dir, synthetic_dir):
+    from transformers import CLIPProcessor
+
+    from rsitr_hf.data import load_rsitr
+    from rsitr_hf.evaluation import evaluate_retrieval
+
+    processor = CLIPProcessor.from_pretrained(tiny_clip_dir)
+    test = load_rsitr(synthetic_dir)["test"]
+    zero_shot = evaluate_retrieval(base, test, processor)
+    mrs = get_peft_model(base, MRSAdapterConfig(**SMALL))
+    assert evaluate_retrieval(mrs, test, processor) == pytest.approx(zero_shot)  # zero-init
+    randomise_adapter(mrs, seed=3)
+    assert evaluate_retrieval(mrs, test, processor) != pytest.approx(zero_shot)
+    lora = get_peft_model(CLIPModel.from_pretrained(tiny_clip_dir), lora_baseline_config(r=4))
+    assert evaluate_retrieval(lora, test, processor) == pytest.approx(zero_shot)  # LoRA B starts at zero
