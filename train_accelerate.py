@@ -1,11 +1,12 @@
-"""Training entry point: ``accelerate launch train_accelerate.py --config hub_configs/<recipe>.yaml``.
+"""Train an rsitr_hf adapter: ``accelerate launch train_accelerate.py --config hub_configs/<recipe>.yaml``.
 
-Coming: the Accelerate training loop lands with the training issue (#4). Until then the offline main
-job is ``rsitr-demo`` (synthetic data + zero-shot evaluation of a tiny local CLIP).
+The loop lives in :mod:`rsitr_hf.train` (so the installed package and the offline demo run the same
+code); see that module or ``--help`` for the options.
 """
 
 import sys
 
+from rsitr_hf.train import main
+
 if __name__ == "__main__":
-    print("train_accelerate.py is coming with the training issue; run `rsitr-demo` for now.", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(main())

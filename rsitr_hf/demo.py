@@ -1,10 +1,15 @@
-"""The offline demo (``rsitr-demo``): synthetic RS data in the seed layout, a tiny local CLIP, and its
-zero-shot retrieval recall on the test split. Needs no network.
+"""The offline demo (``rsitr-demo``, the README's main job): transfer a small CLIP to a new RS domain.
 
-Steps: write a synthetic target-domain dataset with :mod:`rsitr_hf.data.synthetic` (skipped when it
-exists), build a tiny CLIP model directory with :mod:`rsitr_hf.tiny_clip` (skipped when it exists),
-load the data with :func:`rsitr_hf.data.load_rsitr`, embed the test split and print the recalls.
-Adapter training on top of this base arrives with ``train_accelerate.py``.
+1. Build a small CLIP "pretrained" on a synthetic *source* domain (bright, plain wording) and save it as
+   an ordinary model directory (cached: skipped when ``<output-dir>/base`` exists).
+2. Generate a synthetic *target* dataset in the seed layout (hazy, colour-shifted, more and smaller
+   objects, different wording; cached).
+3. Train an MRS-Adapter with HMMC on the target train split, selecting on validation, through the same
+   :func:`rsitr_hf.train.train` that ``train_accelerate.py`` runs, with ``hub_configs/demo.yaml``.
+4. Print test recall: zero-shot base vs adapted, and the trainable-parameter share.
+5. Reload the saved adapter with ``PeftModel.from_pretrained`` and check its metrics match.
+
+Needs no network.
 """
 
 from __future__ import annotations
@@ -14,12 +19,27 @@ import json
 import time
 from pathlib import Path
 
+from peft import PeftModel
 from transformers import CLIPModel, CLIPProcessor
 
 from .data import load_rsitr
 from .data.synthetic import vocabulary, write_seed_layout
 from .evaluation import METRIC_KEYS, evaluate_retrieval
+from .pretrain import pretrain_clip
+from .recipe import load_recipe
 from .tiny_clip import save_tiny_clip
+from .train import train
+
+DEMO_RECIPE = Path("hub_configs/demo.yaml")
+BASE_ARCHITECTURE = {
+    "text_width": 96,
+    "vision_width": 128,
+    "projection_dim": 64,
+    "num_layers": 4,
+    "num_heads": 4,
+    "image_size": 64,
+    "patch_size": 8,
+}
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
@@ -33,47 +53,90 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join([header, rule, *body])
 
 
+def prepare(
+    output_dir: Path, num_source: int, num_target: int, num_test: int, pretrain_epochs: int, seed: int
+) -> tuple[Path, Path]:
+    """Source data, target data and the source-pretrained base (each skipped when present)."""
+    data_root = output_dir / "data"
+    source = data_root / "source_precomp"
+    if not (source / "test_caps.txt").is_file():
+        write_seed_layout(data_root, "source", num_source, num_test, seed + 1, "source", 64, "png")
+    target = data_root / "target_precomp"
+    if not (target / "test_caps.txt").is_file():
+        write_seed_layout(data_root, "target", num_target, num_test, seed + 2, "target", 64, "tif")
+    base = output_dir / "base"
+    if not (base / "config.json").is_file():
+        initial = save_tiny_clip(output_dir / "base-init", vocabulary(), seed=seed, **BASE_ARCHITECTURE)
+        pretrain_clip(initial, source, base, epochs=pretrain_epochs, batch_size=64, lr=2e-3, seed=seed)
+    return base, target
+
+
 def run_demo(
     output_dir: str | Path = "outputs/demo",
-    num_train: int = 300,
-    num_test: int = 100,
-    image_size: int = 64,
+    config: str | Path = DEMO_RECIPE,
+    num_source: int = 1500,
+    num_target: int = 800,
+    num_test: int = 200,
+    pretrain_epochs: int = 3,
     seed: int = 0,
-) -> dict[str, float]:
-    """Run the demo and return the zero-shot test metrics."""
+    overrides: list[str] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Run the demo; returns ``{"zero-shot": metrics, "adapted": metrics, "reloaded": metrics}``."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
-    data_dir = output_dir / "data" / "synthrs_precomp"
-    if not (data_dir / "test_caps.txt").is_file():
-        write_seed_layout(output_dir / "data", "synthrs", num_train, num_test, seed, "target", image_size)
-    base_dir = output_dir / "tiny-clip-base"
-    if not (base_dir / "config.json").is_file():
-        save_tiny_clip(base_dir, vocabulary(), seed=seed)
-
-    dataset = load_rsitr(data_dir, validation_fraction=0.2, seed=seed)
-    model = CLIPModel.from_pretrained(base_dir)
-    processor = CLIPProcessor.from_pretrained(base_dir)
-    metrics = evaluate_retrieval(model, dataset["test"], processor, batch_size=64)
-
-    print(f"data: {data_dir} ({', '.join(f'{k}={len(v)}' for k, v in dataset.items())} images)")
-    print(
-        f"base: {base_dir} (randomly initialised tiny CLIP; adapter training comes with train_accelerate.py)"
+    base, target = prepare(output_dir, num_source, num_target, num_test, pretrain_epochs, seed)
+    recipe = load_recipe(
+        config,
+        [
+            "--base_model",
+            str(base),
+            "--data.path",
+            str(target),
+            "--output_dir",
+            str(output_dir / "run"),
+            *(overrides or []),
+        ],
     )
-    print(format_table({"zero-shot": metrics}))
-    (output_dir / "zero_shot_metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"done in {time.perf_counter() - started:.1f} s")
-    return metrics
+    test = load_rsitr(target, validation_fraction=recipe.data.validation_fraction)["test"]
+    processor = CLIPProcessor.from_pretrained(base)
+    zero_shot = evaluate_retrieval(CLIPModel.from_pretrained(base), test, processor)
+
+    result = train(recipe)
+
+    reloaded_model = PeftModel.from_pretrained(CLIPModel.from_pretrained(base), result.output_dir / "adapter")
+    reloaded = evaluate_retrieval(reloaded_model, test, processor)
+    _, total = reloaded_model.get_nb_trainable_parameters()
+    adapter_parameters = sum(p.numel() for p in reloaded_model.base_model.mrs_adapter.parameters())
+    base_parameters = total - adapter_parameters
+    rows = {"zero-shot": zero_shot, "adapted": result.test_metrics, "reloaded": reloaded}
+    print(f"\ntarget-domain test split: {len(test)} images, {5 * len(test)} captions")
+    print(format_table(rows))
+    print(
+        f"MRS-Adapter: {adapter_parameters:,} trained parameters = "
+        f"{100 * adapter_parameters / base_parameters:.2f}% of the base model's {base_parameters:,}"
+    )
+    mismatch = {
+        k: (reloaded[k], result.test_metrics[k])
+        for k in METRIC_KEYS
+        if abs(reloaded[k] - result.test_metrics[k]) > 1e-6
+    }
+    if mismatch:
+        raise RuntimeError(f"the reloaded adapter's metrics differ from the trained one's: {mismatch}")
+    print("reloaded with PeftModel.from_pretrained: metrics match")
+    (output_dir / "demo_results.json").write_text(json.dumps(rows, indent=2))
+    print(f"done in {time.perf_counter() - started:.0f} s; outputs in {output_dir}")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output-dir", default="outputs/demo")
-    parser.add_argument("--num-train", type=int, default=300)
-    parser.add_argument("--num-test", type=int, default=100)
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--config", default=str(DEMO_RECIPE), help="the demo's training recipe")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    run_demo(args.output_dir, args.num_train, args.num_test, args.image_size, args.seed)
+    args, overrides = parser.parse_known_args(argv)
+    run_demo(args.output_dir, args.config, seed=args.seed, overrides=overrides)
 
 
 if __name__ == "__main__":

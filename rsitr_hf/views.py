@@ -15,8 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .evaluation.encoding import projected
-
 
 @dataclass
 class ViewEmbeddings:
@@ -70,17 +68,23 @@ def encode_views(
 ) -> ViewEmbeddings:
     """Embed ``(B, 3, H, W)`` images and ``(B, L)`` captions twice: clean and with token dropout.
 
-    Works for a ``CLIPModel`` and any PEFT model on it (MRS-Adapter, LoRA). Dropout of the adapters
-    themselves follows the model's train/eval mode in both views.
+    Works for a ``CLIPModel``, any PEFT model on it (MRS-Adapter, LoRA) and their DDP or Accelerate
+    wrappers: the batch goes through ``model``'s own forward (so mixed precision and gradient
+    synchronisation apply), with ``2B`` rows per tower. Adapter dropout follows the model's mode.
     """
     clip = unwrap_clip(model)
     batch = pixel_values.shape[0]
-    with second_half_dropout(clip.vision_model.encoder, token_dropout):
-        images = projected(clip.get_image_features(pixel_values=torch.cat([pixel_values, pixel_values])))
-    text_inputs = {"input_ids": torch.cat([input_ids, input_ids])}
+    twice = {
+        "pixel_values": torch.cat([pixel_values, pixel_values]),
+        "input_ids": torch.cat([input_ids, input_ids]),
+    }
     if attention_mask is not None:
-        text_inputs["attention_mask"] = torch.cat([attention_mask, attention_mask])
-    with second_half_dropout(clip.text_model.encoder, token_dropout):
-        texts = projected(clip.get_text_features(**text_inputs))
-    images, texts = F.normalize(images.float(), dim=-1), F.normalize(texts.float(), dim=-1)
+        twice["attention_mask"] = torch.cat([attention_mask, attention_mask])
+    with (
+        second_half_dropout(clip.vision_model.encoder, token_dropout),
+        second_half_dropout(clip.text_model.encoder, token_dropout),
+    ):
+        output = model(**twice, return_dict=True)
+    images = F.normalize(output.image_embeds.float(), dim=-1)
+    texts = F.normalize(output.text_embeds.float(), dim=-1)
     return ViewEmbeddings(images[:batch], texts[:batch], images[batch:], texts[batch:])

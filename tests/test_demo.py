@@ -1,16 +1,28 @@
 import json
+from pathlib import Path
+
+import pytest
 
 from rsitr_hf.demo import run_demo
 from rsitr_hf.evaluation import METRIC_KEYS
 
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"num_source": 40, "num_target": 40, "num_test": 10, "pretrain_epochs": 1}
 
-def test_demo_runs_offline_and_caches_its_inputs(tmp_path, capsys):
-    metrics = run_demo(tmp_path, num_train=20, num_test=10, image_size=32)
-    assert set(metrics) == set(METRIC_KEYS)
-    assert json.loads((tmp_path / "zero_shot_metrics.json").read_text()) == metrics
-    assert (tmp_path / "tiny-clip-base" / "config.json").is_file()
-    first_images = sorted((tmp_path / "data" / "synthrs_precomp" / "synthrs_images").iterdir())
-    stamp = first_images[0].stat().st_mtime_ns
-    assert run_demo(tmp_path, num_train=20, num_test=10, image_size=32) == metrics
-    assert first_images[0].stat().st_mtime_ns == stamp  # data reused, not regenerated
-    assert "| zero-shot |" in capsys.readouterr().out
+
+def test_demo_runs_offline_end_to_end_and_caches_its_base(tmp_path, capsys):
+    overrides = ["--training.epochs", "1", "--training.batch_size", "16"]
+    rows = run_demo(tmp_path, ROOT / "hub_configs" / "demo.yaml", overrides=overrides, **SMALL)
+    assert set(rows) == {"zero-shot", "adapted", "reloaded"}
+    assert all(set(metrics) == set(METRIC_KEYS) for metrics in rows.values())
+    assert rows["reloaded"] == pytest.approx(rows["adapted"])
+    assert json.loads((tmp_path / "demo_results.json").read_text()) == rows
+    assert (tmp_path / "base" / "config.json").is_file() and (tmp_path / "base" / "tokenizer.json").is_file()
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+    output = capsys.readouterr().out
+    assert "| zero-shot |" in output and "| adapted |" in output and "metrics match" in output
+
+    stamp = (tmp_path / "base" / "model.safetensors").stat().st_mtime_ns
+    again = run_demo(tmp_path, ROOT / "hub_configs" / "demo.yaml", overrides=overrides, **SMALL)
+    assert (tmp_path / "base" / "model.safetensors").stat().st_mtime_ns == stamp  # base reused
+    assert again["zero-shot"] == rows["zero-shot"] and again["adapted"] == pytest.approx(rows["adapted"])

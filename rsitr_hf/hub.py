@@ -1,0 +1,130 @@
+"""Pushing a trained adapter folder to the Hugging Face Hub with a model card.
+
+``push_adapter`` writes ``README.md`` (model card with ``library_name: peft``, ``base_model``, tags,
+datasets and a ``model-index`` holding the test metrics), then calls ``create_repo`` and
+``upload_folder`` on an ``huggingface_hub.HfApi``. The api object can be injected, which is how the
+tests exercise the upload offline; with the real ``HfApi`` this needs the network and a token.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+
+from .evaluation import METRIC_KEYS
+
+METHOD_TAGS = {"mrs_adapter": "mrs-adapter", "lora": "lora", "full": "full-fine-tuning"}
+METRIC_NAMES = {
+    "i2t_r1": "Image-to-text R@1",
+    "i2t_r5": "Image-to-text R@5",
+    "i2t_r10": "Image-to-text R@10",
+    "t2i_r1": "Text-to-image R@1",
+    "t2i_r5": "Text-to-image R@5",
+    "t2i_r10": "Text-to-image R@10",
+    "mR": "mean recall (mR)",
+}
+
+
+class HubPushError(RuntimeError):
+    """The upload failed; the local folder is left as it was."""
+
+
+def model_card(recipe: dict, test_metrics: dict[str, float], dataset_name: str, repo_id: str) -> ModelCard:
+    """The model card of an adapter trained with ``recipe`` (a ``Recipe.to_dict()``)."""
+    method = recipe["method"]["name"]
+    eval_results = [
+        EvalResult(
+            task_type="image-text-retrieval",
+            task_name="Image-text retrieval",
+            dataset_type=dataset_name,
+            dataset_name=dataset_name,
+            dataset_split="test",
+            metric_type=key,
+            metric_name=METRIC_NAMES[key],
+            metric_value=round(float(test_metrics[key]), 2),
+        )
+        for key in METRIC_KEYS
+        if key in test_metrics
+    ]
+    card_data = ModelCardData(
+        library_name="peft",
+        base_model=recipe["base_model"],
+        tags=["peft", "remote-sensing", "image-text-retrieval", "rsitr_hf", METHOD_TAGS.get(method, method)],
+        datasets=[dataset_name],
+        model_name=repo_id.split("/")[-1],
+        eval_results=eval_results or None,
+    )
+    table = "\n".join(
+        ["| " + " | ".join(METRIC_KEYS) + " |", "|" + "---|" * len(METRIC_KEYS)]
+        + ["| " + " | ".join(f"{test_metrics[k]:.2f}" for k in METRIC_KEYS if k in test_metrics) + " |"]
+    )
+    content = f"""---
+{card_data.to_yaml()}
+---
+
+# {repo_id.split("/")[-1]}
+
+A `{method}` adapter for remote sensing image-text retrieval on top of `{recipe["base_model"]}`, trained
+with `rsitr_hf` (`accelerate launch train_accelerate.py`).
+
+## How to load it
+
+```python
+import rsitr_hf  # registers the rsitr_hf PEFT methods with peft
+from peft import PeftModel
+from transformers import CLIPModel, CLIPProcessor
+
+base = CLIPModel.from_pretrained("{recipe["base_model"]}")
+model = PeftModel.from_pretrained(base, "{repo_id}")
+processor = CLIPProcessor.from_pretrained("{repo_id}")
+```
+
+## Test results ({dataset_name}, percent)
+
+{table}
+
+Recall@K by the RSITR protocol (image-to-text: best rank among an image's 5 captions); checkpoint
+selected on the validation split, test evaluated once.
+
+## Training recipe
+
+```yaml
+{yaml.safe_dump(recipe, sort_keys=False).strip()}
+```
+"""
+    return ModelCard(content)
+
+
+def push_adapter(
+    folder: str | os.PathLike,
+    repo_id: str,
+    recipe: dict,
+    test_metrics: dict[str, float],
+    dataset_name: str,
+    private: bool = False,
+    api: HfApi | None = None,
+    commit_message: str = "Upload rsitr_hf adapter",
+) -> str:
+    """Write the model card into ``folder`` and upload the folder to the model repo ``repo_id``.
+
+    Returns the repo URL. Raises :class:`HubPushError` with the cause when creating the repo or
+    uploading fails (offline, no token, no permission); ``folder`` is kept intact either way.
+    """
+    folder = Path(folder)
+    model_card(recipe, test_metrics, dataset_name, repo_id).save(folder / "README.md")
+    api = api or HfApi()
+    try:
+        url = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+        api.upload_folder(
+            repo_id=repo_id, repo_type="model", folder_path=str(folder), commit_message=commit_message
+        )
+    except Exception as error:  # offline mode, network, auth and HTTP errors all mean the same here
+        raise HubPushError(
+            f"could not push {folder} to the Hub repo {repo_id!r}: {type(error).__name__}: {error}. "
+            f"The adapter is saved locally in {folder}; push it later with "
+            f"`hf upload {repo_id} {folder}` once online and logged in."
+        ) from error
+    return str(url)

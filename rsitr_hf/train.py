@@ -1,0 +1,432 @@
+"""Train an adapter on an RSITR benchmark with Accelerate.
+
+    accelerate launch train_accelerate.py --config hub_configs/<recipe>.yaml [--section.field value ...]
+        [--resume_from_checkpoint latest|DIR] [--push_to_hub --hub_model_id user/name]
+
+The loop: build base model + processor, apply the PEFT config, load the data, train with gradient
+accumulation / mixed precision / optional clipping, validate each epoch (or every N steps) keeping the
+best adapter by validation mR, and evaluate that adapter once on test. Writes to ``output_dir``:
+``adapter/`` (best adapter + processor), ``metrics.json`` (every evaluation with step and epoch, the
+training loss, the test result), ``training_curve.png``, ``recall.png``, ``recipe.yaml`` and
+resumable adapter-only checkpoints in ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from peft import PeftModel, get_peft_model, set_peft_model_state_dict
+from peft.utils import load_peft_weights
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import CLIPModel, CLIPProcessor, get_cosine_schedule_with_warmup
+
+from .baselines import lora_baseline_config
+from .data import explode_captions, load_rsitr, load_rsitr_hub
+from .data.preprocessing import CaptionPairTransform, RandomResizedCropFlip, RetrievalCollator
+from .evaluation import evaluate_retrieval
+from .hub import HubPushError, push_adapter
+from .losses import hmmc_loss
+from .recipe import Recipe, RecipeError, load_recipe, save_recipe
+from .tuners import MRSAdapterConfig
+from .views import encode_views
+
+logger = logging.getLogger(__name__)
+DEFAULT_TOKEN_DROPOUT = 0.2
+
+
+@dataclass
+class TrainerState:
+    """Progress saved in every checkpoint so that a resumed run continues exactly where it stopped."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_done_in_epoch: int = 0
+    best_mR: float = -1.0
+    best_step: int = -1
+    evaluations: list = field(default_factory=list)
+    train_loss: list = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    test_metrics: dict
+    best_step: int
+    best_validation_mR: float
+    pushed_to: str | None = None
+
+
+def build_model(recipe: Recipe) -> torch.nn.Module:
+    """The base CLIP with the recipe's method applied (a PeftModel, or the bare model for ``full``)."""
+    base = CLIPModel.from_pretrained(recipe.base_model)
+    method = recipe.method
+    if method.name == "full":
+        if method.config:
+            raise RecipeError("method.config: full fine-tuning takes no options")
+        return base
+    config = (
+        MRSAdapterConfig(**method.config)
+        if method.name == "mrs_adapter"
+        else lora_baseline_config(**method.config)
+    )
+    config.base_model_name_or_path = recipe.base_model
+    return get_peft_model(base, config)
+
+
+def token_dropout_of(recipe: Recipe, model: torch.nn.Module) -> float:
+    """The augmented views' token dropout: the MRS-Adapter config's, else the paper's 0.2."""
+    if isinstance(model, PeftModel):
+        return getattr(model.peft_config["default"], "token_dropout", DEFAULT_TOKEN_DROPOUT)
+    return DEFAULT_TOKEN_DROPOUT
+
+
+def load_data(recipe: Recipe):
+    data = recipe.data
+    if not data.path:
+        raise RecipeError("data.path: give the dataset folder or Hub dataset id")
+    if data.format == "seed":
+        return load_rsitr(
+            data.path, data.name, data.validation_fraction, data.split_seed, data.empty_captions
+        )
+    return load_rsitr_hub(data.path, data.validation_fraction, data.split_seed)
+
+
+def build_scheduler(recipe: Recipe, optimizer, steps_per_epoch: int):
+    schedule = recipe.schedule
+    total_steps = steps_per_epoch * recipe.training.epochs
+    if schedule.name == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, 0, max(total_steps, 1))
+    if schedule.name == "step":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: schedule.gamma ** ((step // steps_per_epoch) // schedule.step_epochs)
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def latest_checkpoint(output_dir: Path) -> Path:
+    checkpoints = sorted((output_dir / "checkpoints").glob("step_*"))
+    if not checkpoints:
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint latest: no checkpoint in {output_dir / 'checkpoints'}"
+        )
+    return checkpoints[-1]
+
+
+def save_best(model: torch.nn.Module, output_dir: Path) -> None:
+    best_dir = output_dir / "best_adapter"
+    if best_dir.exists():
+        shutil.rmtree(best_dir)
+    model.save_pretrained(best_dir)
+
+
+def load_best(model: torch.nn.Module, output_dir: Path) -> None:
+    best_dir = output_dir / "best_adapter"
+    if isinstance(model, PeftModel):
+        set_peft_model_state_dict(model, load_peft_weights(str(best_dir), device="cpu"))
+    else:
+        model.load_state_dict(CLIPModel.from_pretrained(best_dir).state_dict())
+
+
+def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainResult:
+    output_dir = Path(recipe.output_dir)
+    training = recipe.training
+    # without cpu=True, a GPU-less `accelerate launch --multi_gpu` runs unsynchronised copies
+    accelerator = Accelerator(
+        cpu=not _has_accelerator(),
+        mixed_precision=training.mixed_precision,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        log_with="tensorboard" if _tensorboard_installed() else None,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
+        ),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=training.seed),
+    )
+    set_seed(training.seed)
+
+    # Model, processor and data
+    model = build_model(recipe)
+    processor = CLIPProcessor.from_pretrained(recipe.base_model)
+    dataset = load_data(recipe)
+    augmentation = RandomResizedCropFlip() if recipe.data.augment else None
+    pairs = explode_captions(dataset["train"]).with_transform(
+        CaptionPairTransform(processor, augmentation=augmentation)
+    )
+    loader = DataLoader(
+        pairs,
+        batch_size=training.batch_size,
+        shuffle=True,
+        collate_fn=RetrievalCollator(processor.tokenizer),
+        num_workers=training.num_workers,
+        # its own generator: a new iterator must not draw from the global RNG that checkpoints restore
+        generator=torch.Generator().manual_seed(training.seed),
+    )
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer_class = torch.optim.AdamW if recipe.optimizer.name == "adamw" else torch.optim.Adam
+    optimizer = optimizer_class(
+        trainable,
+        lr=recipe.optimizer.lr,
+        betas=tuple(recipe.optimizer.betas),
+        weight_decay=recipe.optimizer.weight_decay,
+    )
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps_per_epoch = math.ceil(len(loader) / training.gradient_accumulation_steps)
+    scheduler = build_scheduler(recipe, optimizer, steps_per_epoch)  # stepped once per optimiser step
+    state = TrainerState()
+    accelerator.register_for_checkpointing(scheduler, state)
+
+    # Checkpoints hold the adapter only, never the frozen backbone
+    if isinstance(accelerator.unwrap_model(model), PeftModel):
+
+        def save_adapter_only(models, weights, checkpoint_dir):
+            if accelerator.is_main_process:
+                accelerator.unwrap_model(models[0]).save_pretrained(Path(checkpoint_dir) / "adapter")
+            weights.clear()
+
+        def load_adapter_only(models, checkpoint_dir):
+            peft_model = accelerator.unwrap_model(models.pop())
+            weights = load_peft_weights(str(Path(checkpoint_dir) / "adapter"), device="cpu")
+            set_peft_model_state_dict(peft_model, weights)
+
+        accelerator.register_save_state_pre_hook(save_adapter_only)
+        accelerator.register_load_state_pre_hook(load_adapter_only)
+
+    if resume_from_checkpoint:
+        checkpoint = (
+            latest_checkpoint(output_dir)
+            if resume_from_checkpoint == "latest"
+            else Path(resume_from_checkpoint)
+        )
+        accelerator.load_state(str(checkpoint))
+        if accelerator.is_main_process:
+            if (output_dir / "best_adapter").exists():
+                shutil.rmtree(output_dir / "best_adapter")
+            shutil.copytree(checkpoint / "best_adapter", output_dir / "best_adapter")
+        accelerator.wait_for_everyone()
+        accelerator.print(f"resumed from {checkpoint} at step {state.global_step}, epoch {state.epoch}")
+
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, output_dir / "recipe.yaml")
+    accelerator.init_trackers("rsitr_hf", config=_flat(recipe.to_dict()))
+
+    def validate() -> None:
+        if len(dataset["validation"]) == 0:
+            metrics = {}
+        else:
+            with accelerator.autocast():
+                metrics = evaluate_retrieval(
+                    accelerator.unwrap_model(model),
+                    dataset["validation"],
+                    processor,
+                    batch_size=training.eval_batch_size,
+                    accelerator=accelerator,
+                )
+        state.evaluations.append(
+            {"step": state.global_step, "epoch": state.epoch, "split": "validation", **metrics}
+        )
+        accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=state.global_step)
+        score = metrics.get("mR", float(state.global_step))  # no validation split: keep the latest
+        if score > state.best_mR:
+            state.best_mR, state.best_step = score, state.global_step
+            if accelerator.is_main_process:
+                save_best(accelerator.unwrap_model(model), output_dir)
+        accelerator.wait_for_everyone()
+
+    def checkpoint() -> None:
+        checkpoint_dir = output_dir / "checkpoints" / f"step_{state.global_step:08d}"
+        accelerator.save_state(str(checkpoint_dir))
+        if accelerator.is_main_process:  # the best adapter so far belongs to the resumable state
+            shutil.copytree(output_dir / "best_adapter", checkpoint_dir / "best_adapter", dirs_exist_ok=True)
+        if accelerator.is_main_process and training.checkpoints_total_limit:
+            for old in sorted((output_dir / "checkpoints").glob("step_*"))[
+                : -training.checkpoints_total_limit
+            ]:
+                shutil.rmtree(old)
+        accelerator.wait_for_everyone()
+
+    # Training
+    loss_kwargs = {
+        "margin": recipe.loss.margin,
+        "max_violation": recipe.loss.max_violation,
+        "mask_same_image": recipe.loss.mask_same_image,
+    }
+    token_dropout = token_dropout_of(recipe, accelerator.unwrap_model(model))
+    if state.global_step == 0 and state.batches_done_in_epoch == 0 and state.epoch == 0:
+        validate()  # the starting point: zero-shot for adapters initialised to identity
+    progress = tqdm(
+        total=steps_per_epoch * training.epochs,
+        initial=state.global_step,
+        disable=not accelerator.is_local_main_process,
+        desc="training",
+    )
+    while state.epoch < training.epochs:
+        model.train()
+        loader.set_epoch(state.epoch)
+        batches = (
+            accelerator.skip_first_batches(loader, state.batches_done_in_epoch)
+            if state.batches_done_in_epoch
+            else loader
+        )
+        for batch in batches:
+            with accelerator.accumulate(model):
+                views = encode_views(
+                    model, batch["pixel_values"], batch["input_ids"], batch["attention_mask"], token_dropout
+                )
+                loss = hmmc_loss(
+                    views.image,
+                    views.text,
+                    views.image_aug,
+                    views.text_aug,
+                    image_ids=batch["image_ids"],
+                    **loss_kwargs,
+                )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and training.max_grad_norm:
+                    accelerator.clip_grad_norm_(trainable, training.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            state.batches_done_in_epoch += 1
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            state.global_step += 1
+            step_loss = accelerator.gather(loss.detach()[None]).mean().item()
+            state.train_loss.append({"step": state.global_step, "loss": step_loss})
+            accelerator.log(
+                {"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0]}, step=state.global_step
+            )
+            progress.update(1)
+            progress.set_postfix(loss=f"{step_loss:.3f}", best_mR=f"{state.best_mR:.2f}")
+            if training.eval_every_steps and state.global_step % training.eval_every_steps == 0:
+                validate()
+            if training.checkpoint_every_steps and state.global_step % training.checkpoint_every_steps == 0:
+                checkpoint()
+        state.epoch += 1
+        state.batches_done_in_epoch = 0
+        if not training.eval_every_steps:
+            validate()
+        if not training.checkpoint_every_steps:
+            checkpoint()
+    progress.close()
+
+    # The best adapter, evaluated once on test
+    unwrapped = accelerator.unwrap_model(model)
+    load_best(unwrapped, output_dir)
+    with accelerator.autocast():
+        test_metrics = evaluate_retrieval(
+            unwrapped,
+            dataset["test"],
+            processor,
+            batch_size=training.eval_batch_size,
+            accelerator=accelerator,
+        )
+    state.evaluations.append({"step": state.best_step, "epoch": None, "split": "test", **test_metrics})
+    accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state.global_step)
+    result = TrainResult(output_dir, test_metrics, state.best_step, state.best_mR)
+    push_error = None
+    if accelerator.is_main_process:
+        write_outputs(recipe, unwrapped, processor, state, test_metrics, output_dir)
+        if recipe.hub.push_to_hub:
+            try:
+                result.pushed_to = push_adapter(
+                    output_dir / "adapter",
+                    recipe.hub.model_id,
+                    recipe.to_dict(),
+                    test_metrics,
+                    dataset_name=Path(recipe.data.path).name or recipe.data.path,
+                    private=recipe.hub.private,
+                )
+            except HubPushError as error:  # raised after the other processes have finished too
+                push_error = error
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if push_error is not None:
+        raise push_error
+    return result
+
+
+def write_outputs(
+    recipe, model, processor, state: TrainerState, test_metrics: dict, output_dir: Path
+) -> None:
+    """Main process only: the final adapter folder, metrics.json and the plots."""
+    from .plots import plot_recalls, plot_training_curve
+
+    adapter_dir = output_dir / "adapter"
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    shutil.copytree(output_dir / "best_adapter", adapter_dir)
+    processor.save_pretrained(adapter_dir)
+    metrics = {
+        "best": {"step": state.best_step, "validation_mR": state.best_mR},
+        "test": test_metrics,
+        "evaluations": state.evaluations,
+        "train_loss": state.train_loss,
+    }
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_training_curve(state.train_loss, state.evaluations, output_dir / "training_curve.png")
+    plot_recalls(state.evaluations, output_dir / "recall.png")
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, int | float | str | bool) else str(value)
+    return flat
+
+
+def _has_accelerator() -> bool:
+    if hasattr(torch, "accelerator"):  # torch >= 2.6
+        return torch.accelerator.is_available()
+    return torch.cuda.is_available()
+
+
+def _tensorboard_installed() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("tensorboard") is not None or find_spec("tensorboardX") is not None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("--config", help="YAML recipe (see hub_configs/)")
+    parser.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder")
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        recipe = load_recipe(args.config, overrides)
+        if recipe.hub.push_to_hub and not recipe.hub.model_id:
+            raise RecipeError("--push_to_hub needs --hub_model_id user/name")
+        train(recipe, args.resume_from_checkpoint)
+    except (RecipeError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except HubPushError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import CLIPModel, CLIPProcessor
+
+from rsitr_hf.data import load_rsitr
+from rsitr_hf.evaluation import evaluate_retrieval
+from rsitr_hf.hub import HubPushError, push_adapter
+from rsitr_hf.recipe import RecipeError, load_recipe
+from rsitr_hf.train import main, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_recipe(path: Path, tiny_clip_dir, synthetic_dir, output_dir, **training) -> Path:
+    recipe = {
+        "base_model": str(tiny_clip_dir),
+        "output_dir": str(output_dir),
+        "method": {"name": "mrs_adapter", "config": {"bottleneck_dim": 16, "shared_dim": 8}},
+        "data": {"path": str(synthetic_dir), "validation_fraction": 0.2},
+        "optimizer": {"lr": 1.0e-2},
+        "schedule": {"name": "cosine"},
+        "training": {"epochs": 2, "batch_size": 8, "eval_batch_size": 7, **training},
+    }
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run_script(arguments: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    command = [*(launcher or [sys.executable]), str(ROOT / "train_accelerate.py"), *arguments]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_clip_dir, synthetic_dir):
+    """One tiny end-to-end run through train_accelerate.py, shared by the tests that inspect its outputs."""
+    root = tmp_path_factory.mktemp("run")
+    recipe = write_recipe(root / "recipe.yaml", tiny_clip_dir, synthetic_dir, root / "out")
+    result = run_script(["--config", str(recipe), "--training.checkpoint_every_steps", "4"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "out"
+
+
+def test_unknown_and_mistyped_keys_name_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  bach_size: 8\n")
+    with pytest.raises(
+        RecipeError, match=r"bad.yaml: unknown key training.bach_size \(known keys of training:"
+    ):
+        load_recipe(bad)
+    bad.write_text("method:\n  name: prefix_tuning\n")
+    with pytest.raises(RecipeError, match=r"method.name: expected one of \['mrs_adapter', 'lora', 'full'\]"):
+        load_recipe(bad)
+    bad.write_text("training:\n  epochs: three\n")
+    with pytest.raises(RecipeError, match=r"training.epochs: expected an integer, got 'three'"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match=r"unknown key learning_rate"):
+        load_recipe(None, ["--learning_rate", "1"])
+
+
+def test_overrides_reach_every_field_and_aliases_work():
+    recipe = load_recipe(
+        ROOT / "hub_configs" / "pe_rsitr_rsitmd.yaml",
+        [
+            "--training.epochs",
+            "3",
+            "--optimizer.lr=1e-3",
+            "--method.config",
+            "{bottleneck_dim: 32}",
+            "--push_to_hub",
+            "--hub_model_id",
+            "me/adapter",
+            "--data.path",
+            "elsewhere",
+        ],
+    )
+    assert recipe.training.epochs == 3 and recipe.optimizer.lr == 1e-3
+    assert recipe.method.config == {"bottleneck_dim": 32}
+    assert recipe.hub.push_to_hub is True and recipe.hub.model_id == "me/adapter"
+    assert recipe.data.path == "elsewhere" and recipe.training.batch_size == 16
+
+
+def test_paper_recipes_match_the_specification():
+    for name in ("rsicd", "rsitmd", "ucm"):
+        recipe = load_recipe(ROOT / "hub_configs" / f"pe_rsitr_{name}.yaml")
+        assert recipe.base_model == "openai/clip-vit-base-patch32"
+        assert recipe.method.name == "mrs_adapter" and recipe.loss.margin == 0.2
+        assert (recipe.optimizer.name, recipe.optimizer.lr, recipe.optimizer.weight_decay) == (
+            "adam",
+            2e-4,
+            0.0,
+        )
+        assert (recipe.schedule.name, recipe.schedule.step_epochs, recipe.schedule.gamma) == ("step", 20, 0.7)
+        assert (recipe.training.epochs, recipe.training.batch_size) == (30, 16)
+
+
+def test_cli_reports_recipe_errors_with_exit_status_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("hub:\n  repo: x\n")
+    assert main(["--config", str(bad)]) == 2
+    assert "unknown key hub.repo" in capsys.readouterr().err
+    assert main(["--push_to_hub"]) == 2
+    assert "--push_to_hub needs --hub_model_id" in capsys.readouterr().err
+
+
+def test_end_to_end_outputs(trained_run, tiny_clip_dir, synthetic_dir):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    validations = [e for e in metrics["evaluations"] if e["split"] == "validation"]
+    assert [e["step"] for e in validations] == [
+        0,
+        15,
+        30,
+    ]  # start, then each epoch (24 images x 5 captions / 8)
+    assert [e["epoch"] for e in validations] == [0, 1, 2]
+    assert metrics["best"]["validation_mR"] == max(e["mR"] for e in validations)
+    assert len(metrics["train_loss"]) == 30
+    for name in ("training_curve.png", "recall.png", "recipe.yaml"):
+        assert (trained_run / name).stat().st_size > 0
+    adapter = trained_run / "adapter"
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "processor_config.json",
+        "tokenizer.json",
+    } <= {p.name for p in adapter.iterdir()}
+    # the saved adapter is the selected one and reproduces the reported test metrics
+    model = PeftModel.from_pretrained(CLIPModel.from_pretrained(tiny_clip_dir), adapter)
+    test = load_rsitr(synthetic_dir)["test"]
+    assert evaluate_retrieval(model, test, CLIPProcessor.from_pretrained(adapter)) == pytest.approx(
+        metrics["test"]
+    )
+
+
+def test_checkpoints_hold_the_adapter_never_the_backbone(trained_run):
+    checkpoints = sorted((trained_run / "checkpoints").iterdir())
+    assert [c.name for c in checkpoints] == ["step_00000024", "step_00000028"]  # every 4 steps, keep 2
+    for checkpoint in checkpoints:
+        files = {p.relative_to(checkpoint).as_posix() for p in checkpoint.rglob("*") if p.is_file()}
+        assert (
+            "adapter/adapter_model.safetensors" in files and "best_adapter/adapter_model.safetensors" in files
+        )
+        assert not any(name.startswith(("model", "pytorch_model")) for name in files)
+        assert sum(p.stat().st_size for p in checkpoint.rglob("*") if p.is_file()) < 2_000_000
+
+
+def test_resumed_run_ends_with_the_same_adapter(tmp_path, tiny_clip_dir, synthetic_dir):
+    uninterrupted = tmp_path / "uninterrupted"
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml",
+        tiny_clip_dir,
+        synthetic_dir,
+        uninterrupted,
+        checkpoint_every_steps=2,
+        checkpoints_total_limit=None,
+        eval_every_steps=2,
+    )
+    full = train(load_recipe(recipe))
+    # the interrupted run: only what existed at step 4 of 30 survives
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(
+        uninterrupted / "checkpoints" / "step_00000004", interrupted / "checkpoints" / "step_00000004"
+    )
+    resumed = train(load_recipe(recipe, ["--output_dir", str(interrupted)]), resume_from_checkpoint="latest")
+    last = "checkpoints/step_00000030/adapter/adapter_model.safetensors"
+    first, second = load_file(uninterrupted / last), load_file(interrupted / last)
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(second[key], first[key], rtol=1e-5, atol=1e-6)
+    assert resumed.test_metrics == pytest.approx(full.test_metrics)
+    assert resumed.best_step == full.best_step
+    full_evaluations = json.loads((uninterrupted / "metrics.json").read_text())["evaluations"]
+    resumed_evaluations = json.loads((interrupted / "metrics.json").read_text())["evaluations"]
+    assert [(e["step"], e["split"]) for e in resumed_evaluations] == [
+        (e["step"], e["split"]) for e in full_evaluations
+    ]
+    for resumed_evaluation, full_evaluation in zip(resumed_evaluations, full_evaluations, strict=True):
+        assert resumed_evaluation["mR"] == pytest.approx(full_evaluation["mR"])
+
+
+def test_two_processes_evaluate_exactly_like_one(tmp_path, tiny_clip_dir, synthetic_dir):
+    single = write_recipe(
+        tmp_path / "single.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "single", epochs=0
+    )
+    assert run_script(["--config", str(single)]).returncode == 0
+    double = write_recipe(
+        tmp_path / "double.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "double", epochs=1
+    )
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    result = run_script(["--config", str(double)], launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = json.loads((tmp_path / "single" / "metrics.json").read_text())["evaluations"]
+    two = json.loads((tmp_path / "double" / "metrics.json").read_text())
+    assert two["evaluations"][0] == one[0]  # step-0 validation of the same (identity) adapter
+    assert (
+        len(two["train_loss"]) == 8
+    )  # 120 captions, 8 per process, 2 processes: 15 batches -> 8 per process
+    assert (tmp_path / "double" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+class FolderHubApi:
+    """Stands in for huggingface_hub.HfApi: a repo is a folder under ``root``."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def create_repo(self, repo_id, repo_type, private, exist_ok):
+        (self.root / repo_id).mkdir(parents=True, exist_ok=exist_ok)
+        return f"file://{self.root / repo_id}"
+
+    def upload_folder(self, repo_id, repo_type, folder_path, commit_message):
+        shutil.copytree(folder_path, self.root / repo_id, dirs_exist_ok=True)
+
+
+def test_push_with_an_injected_api_then_load(trained_run, tiny_clip_dir, synthetic_dir, tmp_path):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    recipe = yaml.safe_load((trained_run / "recipe.yaml").read_text())
+    url = push_adapter(
+        trained_run / "adapter",
+        "someone/mrs-synthetic",
+        recipe,
+        metrics["test"],
+        "synthrs",
+        api=FolderHubApi(tmp_path / "hub"),
+    )
+    repo = tmp_path / "hub" / "someone" / "mrs-synthetic"
+    assert url.endswith("someone/mrs-synthetic")
+    card = (repo / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "peft" and front["base_model"] == str(tiny_clip_dir)
+    assert {"peft", "remote-sensing", "image-text-retrieval", "mrs-adapter"} <= set(front["tags"])
+    assert front["datasets"] == ["synthrs"]
+    results = front["model-index"][0]["results"][0]["metrics"]
+    assert {m["type"]: m["value"] for m in results}["mR"] == round(metrics["test"]["mR"], 2)
+    assert "import rsitr_hf" in card and "PeftModel.from_pretrained" in card
+    model = PeftModel.from_pretrained(CLIPModel.from_pretrained(tiny_clip_dir), repo)
+    test = load_rsitr(synthetic_dir)["test"]
+    assert evaluate_retrieval(model, test, CLIPProcessor.from_pretrained(repo)) == pytest.approx(
+        metrics["test"]
+    )
+
+
+def test_failed_push_is_a_clear_error_and_keeps_the_outputs(tmp_path, tiny_clip_dir, synthetic_dir):
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "out", epochs=0)
+    result = run_script(["--config", str(recipe), "--push_to_hub", "--hub_model_id", "someone/offline"])
+    assert result.returncode == 1
+    assert "could not push" in result.stderr and "saved locally" in result.stderr
+    adapter = tmp_path / "out" / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and (tmp_path / "out" / "metrics.json").is_file()
+
+    class Refusing(FolderHubApi):
+        def upload_folder(self, **kwargs):
+            raise ConnectionError("network unreachable")
+
+    before = sorted(p.name for p in adapter.iterdir())
+    with pytest.raises(HubPushError, match="network unreachable"):
+        push_adapter(
+            adapter,
+            "someone/x",
+            {"base_model": "b", "method": {"name": "lora"}},
+            {},
+            "d",
+            api=Refusing(tmp_path / "hub"),
+        )
+    assert sorted(p.name for p in adapter.iterdir()) == before
