@@ -52,7 +52,7 @@ class TrainerState:
     global_step: int = 0
     epoch: int = 0
     batches_done_in_epoch: int = 0
-    best_mR: float = -1.0
+    best_mR: float | None = None  # None without a validation split (the latest adapter is kept)
     best_step: int = -1
     evaluations: list = field(default_factory=list)
     train_loss: list = field(default_factory=list)
@@ -70,7 +70,7 @@ class TrainResult:
     output_dir: Path
     test_metrics: dict
     best_step: int
-    best_validation_mR: float
+    best_validation_mR: float | None
     pushed_to: str | None = None
 
 
@@ -243,9 +243,8 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
             {"step": state.global_step, "epoch": state.epoch, "split": "validation", **metrics}
         )
         accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=state.global_step)
-        score = metrics.get("mR", float(state.global_step))  # no validation split: keep the latest
-        if score > state.best_mR:
-            state.best_mR, state.best_step = score, state.global_step
+        if "mR" not in metrics or state.best_mR is None or metrics["mR"] > state.best_mR:
+            state.best_mR, state.best_step = metrics.get("mR"), state.global_step
             if accelerator.is_main_process:
                 save_best(accelerator.unwrap_model(model), output_dir)
         accelerator.wait_for_everyone()
@@ -314,7 +313,7 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
                 {"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0]}, step=state.global_step
             )
             progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.3f}", best_mR=f"{state.best_mR:.2f}")
+            progress.set_postfix(loss=f"{step_loss:.3f}", best_mR=state.best_mR)
             if training.eval_every_steps and state.global_step % training.eval_every_steps == 0:
                 validate()
             if training.checkpoint_every_steps and state.global_step % training.checkpoint_every_steps == 0:

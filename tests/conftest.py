@@ -11,6 +11,11 @@ import pytest  # noqa: E402
 # ../shared beside the checkout (as in CI), or RSITR_SHARED_DIR
 SHARED = Path(os.environ.get("RSITR_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 SPLITS_DIR = SHARED / "rsitr_splits"
+# two real gloo processes on a CPU-only machine (the scripts must create Accelerator(cpu=True))
+TWO_PROCESS_LAUNCH = [
+    "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    "--mixed_precision", "no", "--dynamo_backend", "no",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="session")

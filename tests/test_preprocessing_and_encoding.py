@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TWO_PROCESS_LAUNCH
 from torch.utils.data import DataLoader
 from transformers import CLIPModel, CLIPProcessor
 
@@ -99,17 +100,7 @@ def test_two_process_encoding_equals_single_process(
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [
         sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *TWO_PROCESS_LAUNCH,
         str(script),
         str(tiny_clip_dir),
         str(synthetic_dir),

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TWO_PROCESS_LAUNCH
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPProcessor
@@ -195,21 +196,7 @@ def test_two_processes_evaluate_exactly_like_one(tmp_path, tiny_clip_dir, synthe
     double = write_recipe(
         tmp_path / "double.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "double", epochs=1
     )
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
-    result = run_script(["--config", str(double)], launcher)
+    result = run_script(["--config", str(double)], [sys.executable, *TWO_PROCESS_LAUNCH])
     assert result.returncode == 0, result.stderr[-3000:]
     one = json.loads((tmp_path / "single" / "metrics.json").read_text())["evaluations"]
     two = json.loads((tmp_path / "double" / "metrics.json").read_text())
@@ -285,3 +272,12 @@ def test_failed_push_is_a_clear_error_and_keeps_the_outputs(tmp_path, tiny_clip_
             api=Refusing(tmp_path / "hub"),
         )
     assert sorted(p.name for p in adapter.iterdir()) == before
+
+
+def test_without_a_validation_split_the_latest_adapter_is_kept(tmp_path, tiny_clip_dir, synthetic_dir):
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "out", epochs=1)
+    result = train(load_recipe(recipe, ["--data.validation_fraction", "0"]))
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert result.best_step == 19 and result.best_validation_mR is None  # 30 images x 5 captions / 8
+    assert metrics["best"] == {"step": 19, "validation_mR": None}
+    assert [e["step"] for e in metrics["evaluations"]] == [0, 19, 19]
