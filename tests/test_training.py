@@ -281,3 +281,24 @@ def test_without_a_validation_split_the_latest_adapter_is_kept(tmp_path, tiny_cl
     assert result.best_step == 19 and result.best_validation_mR is None  # 30 images x 5 captions / 8
     assert metrics["best"] == {"step": 19, "validation_mR": None}
     assert [e["step"] for e in metrics["evaluations"]] == [0, 19, 19]
+
+
+def test_bf16_with_accumulation_and_clipping(tmp_path, tiny_clip_dir, synthetic_dir):
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml",
+        tiny_clip_dir,
+        synthetic_dir,
+        tmp_path / "out",
+        epochs=1,
+        mixed_precision="bf16",
+        gradient_accumulation_steps=2,
+        max_grad_norm=1.0,
+    )
+    result = train(load_recipe(recipe))
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert len(metrics["train_loss"]) == 8  # 15 micro-batches, 2 per optimiser step
+    assert all(torch.isfinite(torch.tensor(point["loss"])) for point in metrics["train_loss"])
+    saved = load_file(tmp_path / "out" / "adapter" / "adapter_model.safetensors")
+    assert all(tensor.dtype == torch.float32 for tensor in saved.values())  # the adapter stays fp32
+    assert saved["base_model.mrs_adapter.shared_up.weight"].abs().sum() > 0  # optimiser steps happened
+    assert set(result.test_metrics) == set(metrics["test"])
