@@ -298,7 +298,9 @@ def test_bf16_with_accumulation_and_clipping(tmp_path, tiny_clip_dir, synthetic_
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert len(metrics["train_loss"]) == 8  # 15 micro-batches, 2 per optimiser step
     assert all(torch.isfinite(torch.tensor(point["loss"])) for point in metrics["train_loss"])
-    saved = load_file(tmp_path / "out" / "adapter" / "adapter_model.safetensors")
-    assert all(tensor.dtype == torch.float32 for tensor in saved.values())  # the adapter stays fp32
-    assert saved["base_model.mrs_adapter.shared_up.weight"].abs().sum() > 0  # optimiser steps happened
+    last = load_file(
+        tmp_path / "out" / "checkpoints" / "step_00000008" / "adapter" / "adapter_model.safetensors"
+    )
+    assert all(tensor.dtype == torch.float32 for tensor in last.values())  # the adapter stays fp32
+    assert last["base_model.mrs_adapter.shared_up.weight"].abs().sum() > 0  # optimiser steps happened
     assert set(result.test_metrics) == set(metrics["test"])
