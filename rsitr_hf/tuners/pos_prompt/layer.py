@@ -1,0 +1,311 @@
+"""POSAPL modules and the two CLIP towers that run them.
+
+Shapes: ``B`` batch, ``L`` caption tokens, ``N`` image tokens (CLS + patches), ``D`` tower width.
+Every module whose output enters the residual stream starts at zero (last projection zero-initialised),
+so a freshly created adapter leaves CLIP's embeddings unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .config import POSPromptConfig
+
+
+def zero_linear(in_features: int, out_features: int) -> nn.Linear:
+    linear = nn.Linear(in_features, out_features)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
+class Connector(nn.Module):
+    """``(B, L, D)`` POS prior -> ``(B, L, D)`` prompt ``z_p``: Linear, ReLU, zero-initialised Linear."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(width, width), nn.ReLU(), zero_linear(width, width))
+
+    def forward(self, prior: torch.Tensor) -> torch.Tensor:
+        return self.net(prior)
+
+
+class POSAdapter(nn.Module):
+    """Per-layer ``(B, L, D) -> (B, L, D)`` map of ``z_p``: Linear D->r, ReLU, zero-initialised r->D."""
+
+    def __init__(self, width: int, bottleneck: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(width, bottleneck), nn.ReLU(), zero_linear(bottleneck, width))
+
+    def forward(self, prompt: torch.Tensor) -> torch.Tensor:
+        return self.net(prompt)
+
+
+class SAAdapter(nn.Module):
+    """On a block's MLP output ``m`` ``(B, T, D)``: ``a = down(m)``, ``a = a + MHSA(a)``, returns ``up(a)``.
+
+    ``key_padding_mask`` ``(B, T)`` is True at padding positions, which then take no part in attention.
+    """
+
+    def __init__(self, width: int, bottleneck: int, heads: int):
+        super().__init__()
+        self.down = nn.Linear(width, bottleneck)
+        self.attention = nn.MultiheadAttention(bottleneck, heads, batch_first=True)
+        self.up = zero_linear(bottleneck, width)
+
+    def forward(self, mlp_output: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        reduced = self.down(mlp_output)
+        attended, _ = self.attention(
+            reduced, reduced, reduced, key_padding_mask=key_padding_mask, need_weights=False
+        )
+        return self.up(reduced + attended)
+
+
+class SideFusion(nn.Module):
+    """Mix four tapped residual streams ``x1..x4`` ``(B, T, D)``.
+
+    Units ``A1..A3`` are Linear+ReLU, ``A4`` a zero-initialised Linear. ``cascade``:
+    ``a1 = A1(x1)``, ``a_k = A_k(a_{k-1} + x_k)``; ``parallel``: ``A4(A1(x1) + A2(x2) + A3(x3))``.
+    With ``pool`` (vision) each unit's output is averaged over tokens (CLS included) and a pooled
+    vector is broadcast-added to the next tap; returns ``(B, D)``. Without (text), per token: ``(B, T, D)``.
+    """
+
+    def __init__(self, width: int, mode: str, pool: bool):
+        super().__init__()
+        self.mode, self.pool = mode, pool
+        self.units = nn.ModuleList(
+            [nn.Sequential(nn.Linear(width, width), nn.ReLU()) for _ in range(3)]
+            + [zero_linear(width, width)]
+        )
+
+    def reduce(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens.mean(dim=1) if self.pool else tokens
+
+    def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
+        if self.mode == "parallel":
+            mixed = sum(self.reduce(unit(tap)) for unit, tap in zip(self.units[:3], taps[:3], strict=True))
+            return self.units[3](mixed)
+        previous = self.reduce(self.units[0](taps[0]))
+        for unit, tap in zip(self.units[1:], taps[1:], strict=True):
+            carried = previous[:, None, :] if self.pool else previous
+            previous = self.reduce(unit(tap + carried))
+        return previous
+
+
+class POSPromptTower(nn.Module, BaseTunerLayer):
+    """Common part of the two towers: per-adapter modules in ``ModuleDict``s keyed by adapter name."""
+
+    adapter_layer_names = ("posapl_sa_adapters", "posapl_fusion")
+    other_param_names = ("posapl_fusion_layers",)
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: POSPromptConfig):
+        nn.Module.__init__(self)
+        self.base_layer = base_layer
+        self.posapl_sa_adapters = nn.ModuleDict()
+        self.posapl_fusion = nn.ModuleDict()
+        self.posapl_fusion_layers: dict[str, list[int]] = {}
+        self._active_adapter = adapter_name
+        self._disable_adapters = False
+        self.merged_adapters = []
+        self.update_layer(adapter_name, config)
+
+    @property
+    def width(self) -> int:
+        return self.base_layer.config.hidden_size
+
+    def update_layer(self, adapter_name: str, config: POSPromptConfig) -> None:
+        layers = self.base_layer.config.num_hidden_layers
+        if max(config.fusion_layers) > layers:
+            raise ValueError(
+                f"fusion_layers {config.fusion_layers} exceed the {layers} blocks of the base tower"
+            )
+        self.posapl_sa_adapters[adapter_name] = nn.ModuleList(
+            SAAdapter(self.width, config.adapter_dim, config.adapter_heads) for _ in range(layers)
+        )
+        self.posapl_fusion[adapter_name] = SideFusion(self.width, config.fusion, pool=self.pools_fusion)
+        self.posapl_fusion_layers[adapter_name] = list(config.fusion_layers)
+        device = next(self.base_layer.parameters()).device
+        self.to(device)
+
+    def active_name(self) -> str:
+        names = [name for name in self.active_adapters if name in self.posapl_sa_adapters]
+        if len(names) != 1:
+            raise ValueError(f"POSAPL runs exactly one active adapter at a time, got {names}")
+        return names[0]
+
+    def run_block(
+        self, layer, hidden, attention_mask, sa_adapter, padding, pos_update=None, **attention_kwargs
+    ):
+        """One CLIP block with POSAPL: ``h = x + Attn(LN1 x) [+ POS-Adapter(z_p)]``,
+        ``m = MLP(LN2 h)``, ``out = h + m + SA(m)``."""
+        attended, _ = layer.self_attn(
+            hidden_states=layer.layer_norm1(hidden), attention_mask=attention_mask, **attention_kwargs
+        )
+        hidden = hidden + attended
+        if pos_update is not None:
+            hidden = hidden + pos_update
+        mlp_output = layer.mlp(layer.layer_norm2(hidden))
+        return hidden + mlp_output + sa_adapter(mlp_output, padding)
+
+    def taps(self, name: str, states: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The residual streams after the fusion blocks (``states[k]`` is the output of block ``k``)."""
+        return [states[block] for block in self.posapl_fusion_layers[name]]
+
+    def merge(self, *args, **kwargs) -> None:
+        raise ValueError(
+            "POSAPL adds attention and non-linear branches; it cannot be merged into CLIP's weights"
+        )
+
+    def unmerge(self) -> None:
+        return None
+
+
+class POSPromptVisionTower(POSPromptTower):
+    """Wraps ``CLIPModel.vision_model``: SA-Adapters in every block; Side Fusion (pooled) added to the
+    post-LayerNorm CLS feature, so ``pooler_output`` ``(B, D)`` goes to the frozen projection as before."""
+
+    pools_fusion = True
+
+    def forward(self, pixel_values=None, interpolate_pos_encoding=False, output_hidden_states=None, **kwargs):
+        base = self.base_layer
+        if self.disable_adapters:
+            return base(
+                pixel_values=pixel_values,
+                interpolate_pos_encoding=interpolate_pos_encoding,
+                output_hidden_states=output_hidden_states,
+            )
+        name = self.active_name()
+        hidden = base.pre_layrnorm(
+            base.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        )
+        states = [hidden]
+        for layer, sa_adapter in zip(base.encoder.layers, self.posapl_sa_adapters[name], strict=True):
+            hidden = self.run_block(layer, hidden, None, sa_adapter, None)
+            states.append(hidden)
+        pooled = base.post_layernorm(hidden[:, 0, :]) + self.posapl_fusion[name](self.taps(name, states))
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden,
+            pooler_output=pooled,
+            hidden_states=tuple(states) if output_hidden_states else None,
+        )
+
+
+class POSPromptTextTower(POSPromptTower):
+    """Wraps ``CLIPModel.text_model``: the POS prior enters through the Connector (added to the token
+    embeddings) and the optional POS-Adapters; SA-Adapters attend over non-padding tokens; Side Fusion
+    (per token) is added to the final-LayerNorm tokens before the end-of-text token is pooled.
+
+    POS inputs are keyword arguments of ``get_text_features`` / ``forward`` (they pass through
+    ``PeftModel`` and Accelerate's wrappers): ``pos_input_ids`` ``(B, L_pos)`` in sentence mode
+    (padded or cut to the caption length ``L`` with the pad token, as the release's 77-token padding
+    does), ``pos_tag_ids`` ``(B, L)`` in aligned mode.
+    """
+
+    pools_fusion = False
+    adapter_layer_names = (
+        *POSPromptTower.adapter_layer_names,
+        "posapl_connector",
+        "posapl_pos_adapters",
+        "posapl_tag_embedding",
+    )
+    other_param_names = (*POSPromptTower.other_param_names, "posapl_pos_mode")
+
+    def update_layer(self, adapter_name: str, config: POSPromptConfig) -> None:
+        for attribute in ("posapl_connector", "posapl_pos_adapters", "posapl_tag_embedding"):
+            if not hasattr(self, attribute):
+                setattr(self, attribute, nn.ModuleDict())
+        if not hasattr(self, "posapl_pos_mode"):
+            self.posapl_pos_mode: dict[str, str] = {}
+        self.posapl_connector[adapter_name] = Connector(self.width)
+        if config.pos_adapter_dim:
+            self.posapl_pos_adapters[adapter_name] = nn.ModuleList(
+                POSAdapter(self.width, config.pos_adapter_dim)
+                for _ in range(self.base_layer.config.num_hidden_layers)
+            )
+        if config.pos_mode == "aligned":
+            self.posapl_tag_embedding[adapter_name] = nn.Embedding(config.num_pos_tags, self.width)
+        self.posapl_pos_mode[adapter_name] = config.pos_mode
+        super().update_layer(adapter_name, config)
+
+    def pos_prior(self, name: str, input_ids, pos_input_ids, pos_tag_ids) -> torch.Tensor:
+        """``(B, L, D)``: what the Connector maps to the prompt ``z_p``."""
+        length = input_ids.shape[1]
+        if self.posapl_pos_mode[name] == "aligned":
+            if pos_tag_ids is None:
+                raise ValueError(
+                    "this POSAPL model (pos_mode='aligned') needs `pos_tag_ids` (B, L): the UPOS tag "
+                    "id of every caption token, from rsitr_hf.data.pos; none were given"
+                )
+            if pos_tag_ids.shape != input_ids.shape:
+                raise ValueError(
+                    f"pos_tag_ids {tuple(pos_tag_ids.shape)} must match input_ids {tuple(input_ids.shape)}"
+                )
+            return self.posapl_tag_embedding[name](pos_tag_ids)
+        if pos_input_ids is None:
+            raise ValueError(
+                "this POSAPL model (pos_mode='sentence') needs `pos_input_ids`: the CLIP tokens of each "
+                "caption's POS sentence, from rsitr_hf.data.pos; none were given"
+            )
+        pos_input_ids = pos_input_ids[:, :length]
+        if pos_input_ids.shape[1] < length:
+            padding = pos_input_ids.new_full(
+                (len(pos_input_ids), length - pos_input_ids.shape[1]), self.base_layer.config.pad_token_id
+            )
+            pos_input_ids = torch.cat([pos_input_ids, padding], dim=1)
+        with torch.no_grad():  # CLIP's own embeddings stay frozen
+            return self.base_layer.embeddings(input_ids=pos_input_ids)
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        pos_input_ids=None,
+        pos_tag_ids=None,
+        output_hidden_states=None,
+        **kwargs,
+    ):
+        base = self.base_layer
+        if self.disable_adapters:
+            return base(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                output_hidden_states=output_hidden_states,
+            )
+        name = self.active_name()
+        prompt = self.posapl_connector[name](self.pos_prior(name, input_ids, pos_input_ids, pos_tag_ids))
+        hidden = base.embeddings(input_ids=input_ids, position_ids=position_ids) + prompt
+        causal_mask = create_causal_mask(
+            config=base.config, inputs_embeds=hidden, attention_mask=attention_mask, past_key_values=None
+        )
+        padding = None if attention_mask is None else attention_mask == 0
+        pos_adapters = self.posapl_pos_adapters[name] if name in self.posapl_pos_adapters else None
+        states = [hidden]
+        for index, (layer, sa_adapter) in enumerate(
+            zip(base.encoder.layers, self.posapl_sa_adapters[name], strict=True)
+        ):
+            pos_update = pos_adapters[index](prompt) if pos_adapters is not None else None
+            hidden = self.run_block(
+                layer, hidden, causal_mask, sa_adapter, padding, pos_update, is_causal=True
+            )
+            states.append(hidden)
+        tokens = base.final_layer_norm(hidden) + self.posapl_fusion[name](self.taps(name, states))
+        return BaseModelOutputWithPooling(
+            last_hidden_state=tokens,
+            pooler_output=tokens[
+                torch.arange(len(tokens), device=tokens.device), self.eos_positions(input_ids)
+            ],
+            hidden_states=tuple(states) if output_hidden_states else None,
+        )
+
+    def eos_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Where CLIPTextModel pools: the first end-of-text token (the highest id for legacy configs)."""
+        eos_token_id = self.base_layer.eos_token_id
+        if eos_token_id == 2:
+            return input_ids.to(torch.int).argmax(dim=-1)
+        return (input_ids == eos_token_id).int().argmax(dim=-1)
