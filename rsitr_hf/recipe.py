@@ -21,8 +21,9 @@ import yaml
 
 @dataclass
 class MethodRecipe:
-    """The PEFT method. ``name``: ``mrs_adapter`` | ``lora`` | ``full`` (full fine-tuning);
-    ``config``: keyword arguments of its config (``MRSAdapterConfig`` / ``peft.LoraConfig``)."""
+    """The PEFT method. ``name``: ``mrs_adapter`` | ``pos_prompt`` (POSAPL) | ``lora`` | ``full`` (full
+    fine-tuning); ``config``: keyword arguments of its config (``MRSAdapterConfig``, ``POSPromptConfig``,
+    ``peft.LoraConfig``)."""
 
     name: str = "mrs_adapter"
     config: dict = field(default_factory=dict)
@@ -30,20 +31,28 @@ class MethodRecipe:
 
 @dataclass
 class LossRecipe:
-    """``name``: ``hmmc``. ``margin``, ``max_violation``: the hinge; ``mask_same_image``: pairs of the
-    same image are never negatives (False reproduces the paper's release)."""
+    """``name``: ``hmmc`` (PE-RSITR) or ``posapl`` (multi-positive InfoNCE + power-scaled triplet).
+    ``margin``: the hinge margin (HMMC 0.2, POSAPL 0.1); ``max_violation`` (HMMC): hardest negative only;
+    ``mask_same_image`` (HMMC): pairs of the same image are never negatives (False: the release);
+    ``power`` (POSAPL): exponent of the triplet hinge; ``exponentiate_scale`` (POSAPL): InfoNCE scale
+    ``exp(logit_scale)`` as in CLIP, False for the release's raw ``logit_scale`` ("paper-faithful")."""
 
     name: str = "hmmc"
     margin: float = 0.2
     max_violation: bool = True
     mask_same_image: bool = True
+    power: float = 2.0
+    exponentiate_scale: bool = True
 
 
 @dataclass
 class DataRecipe:
     """``format``: ``seed`` (``<name>_precomp`` folder), ``imagefolder`` or ``hub`` (dataset id).
     ``path``: that folder or id. ``validation_fraction`` / ``split_seed``: the validation carve.
-    ``empty_captions``: ``error`` | ``drop`` | ``keep``. ``augment``: random resized crop + flip."""
+    ``empty_captions``: ``error`` | ``drop`` | ``keep``. ``augment``: random resized crop + flip.
+    POSAPL only: ``pos_model`` (a stanza tagger ``.pt``; default ``$RSITR_POS_MODEL`` or stanza's English
+    model), ``stanza_dir`` (resources; default ``$RSITR_STANZA_DIR``), ``pos_cache`` (where the tagged
+    dataset is saved and reused; default ``~/.cache/rsitr_hf/pos``)."""
 
     format: str = "seed"
     path: str = ""
@@ -52,6 +61,9 @@ class DataRecipe:
     split_seed: int = 0
     empty_captions: str = "error"
     augment: bool = False
+    pos_model: str | None = None
+    stanza_dir: str | None = None
+    pos_cache: str | None = None
 
 
 @dataclass
@@ -122,8 +134,8 @@ class Recipe:
 
 ALIASES = {"push_to_hub": "hub.push_to_hub", "hub_model_id": "hub.model_id", "output_dir": "output_dir"}
 CHOICES = {
-    "method.name": ("mrs_adapter", "lora", "full"),
-    "loss.name": ("hmmc",),
+    "method.name": ("mrs_adapter", "pos_prompt", "lora", "full"),
+    "loss.name": ("hmmc", "posapl"),
     "data.format": ("seed", "imagefolder", "hub"),
     "data.empty_captions": ("error", "drop", "keep"),
     "optimizer.name": ("adam", "adamw"),

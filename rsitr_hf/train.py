@@ -33,13 +33,14 @@ from transformers import CLIPModel, CLIPProcessor, get_cosine_schedule_with_warm
 
 from .baselines import lora_baseline_config
 from .data import explode_captions, load_rsitr, load_rsitr_hub
+from .data.pos import cached_pos_dataset, pos_text_inputs
 from .data.preprocessing import CaptionPairTransform, RandomResizedCropFlip, RetrievalCollator
 from .evaluation import evaluate_retrieval
 from .hub import HubPushError, push_adapter
-from .losses import hmmc_loss
+from .losses import hmmc_loss, posapl_loss
 from .recipe import Recipe, RecipeError, load_recipe, save_recipe
-from .tuners import MRSAdapterConfig
-from .views import encode_views
+from .tuners import MRSAdapterConfig, POSPromptConfig
+from .views import encode_views, unwrap_clip
 
 logger = logging.getLogger(__name__)
 DEFAULT_TOKEN_DROPOUT = 0.2
@@ -82,11 +83,8 @@ def build_model(recipe: Recipe) -> torch.nn.Module:
         if method.config:
             raise RecipeError("method.config: full fine-tuning takes no options")
         return base
-    config = (
-        MRSAdapterConfig(**method.config)
-        if method.name == "mrs_adapter"
-        else lora_baseline_config(**method.config)
-    )
+    configs = {"mrs_adapter": MRSAdapterConfig, "pos_prompt": POSPromptConfig, "lora": lora_baseline_config}
+    config = configs[method.name](**method.config)
     config.base_model_name_or_path = recipe.base_model
     return get_peft_model(base, config)
 
@@ -98,15 +96,30 @@ def token_dropout_of(recipe: Recipe, model: torch.nn.Module) -> float:
     return DEFAULT_TOKEN_DROPOUT
 
 
-def load_data(recipe: Recipe):
+def pos_mode_of(model: torch.nn.Module) -> str | None:
+    """``"sentence"``/``"aligned"`` for a POSAPL model (its text needs POS inputs), else ``None``."""
+    config = model.peft_config["default"] if isinstance(model, PeftModel) else None
+    return config.pos_mode if isinstance(config, POSPromptConfig) else None
+
+
+def load_data(recipe: Recipe, tokenizer, pos_mode: str | None):
+    """The DatasetDict of the recipe; with POS columns (tagged once, then cached) for POSAPL."""
     data = recipe.data
     if not data.path:
         raise RecipeError("data.path: give the dataset folder or Hub dataset id")
     if data.format == "seed":
-        return load_rsitr(
+        dataset = load_rsitr(
             data.path, data.name, data.validation_fraction, data.split_seed, data.empty_captions
         )
-    return load_rsitr_hub(data.path, data.validation_fraction, data.split_seed)
+    else:
+        dataset = load_rsitr_hub(data.path, data.validation_fraction, data.split_seed)
+    if pos_mode is None:
+        return dataset
+    keys = ("format", "path", "name", "validation_fraction", "split_seed", "empty_captions")
+    identity = {key: getattr(data, key) for key in keys}
+    if data.format != "hub":
+        identity["path"] = str(Path(data.path).resolve())
+    return cached_pos_dataset(dataset, identity, tokenizer, data.pos_cache, data.pos_model, data.stanza_dir)
 
 
 def build_scheduler(recipe: Recipe, optimizer, steps_per_epoch: int):
@@ -164,10 +177,13 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
     # Model, processor and data
     model = build_model(recipe)
     processor = CLIPProcessor.from_pretrained(recipe.base_model)
-    dataset = load_data(recipe)
+    pos_mode = pos_mode_of(model)
+    if pos_mode is not None and recipe.loss.name != "posapl":
+        raise RecipeError("loss.name: POSAPL (method pos_prompt) trains with the posapl loss")
+    dataset = load_data(recipe, processor.tokenizer, pos_mode)
     augmentation = RandomResizedCropFlip() if recipe.data.augment else None
     pairs = explode_captions(dataset["train"]).with_transform(
-        CaptionPairTransform(processor, augmentation=augmentation)
+        CaptionPairTransform(processor, augmentation=augmentation, pos_mode=pos_mode)
     )
     loader = DataLoader(
         pairs,
@@ -227,18 +243,25 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
         save_recipe(recipe, output_dir / "recipe.yaml")
     accelerator.init_trackers("rsitr_hf", config=_flat(recipe.to_dict()))
 
+    def evaluate(split: str) -> dict:
+        text = {}
+        if pos_mode is not None:  # POSAPL encodes the normalised captions with their POS inputs
+            text = {
+                "caption_column": "pos_captions",
+                "text_inputs": pos_text_inputs(dataset[split], processor.tokenizer, pos_mode),
+            }
+        with accelerator.autocast():
+            return evaluate_retrieval(
+                accelerator.unwrap_model(model),
+                dataset[split],
+                processor,
+                batch_size=training.eval_batch_size,
+                accelerator=accelerator,
+                **text,
+            )
+
     def validate() -> None:
-        if len(dataset["validation"]) == 0:
-            metrics = {}
-        else:
-            with accelerator.autocast():
-                metrics = evaluate_retrieval(
-                    accelerator.unwrap_model(model),
-                    dataset["validation"],
-                    processor,
-                    batch_size=training.eval_batch_size,
-                    accelerator=accelerator,
-                )
+        metrics = evaluate("validation") if len(dataset["validation"]) else {}
         state.evaluations.append(
             {"step": state.global_step, "epoch": state.epoch, "split": "validation", **metrics}
         )
@@ -262,12 +285,28 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
         accelerator.wait_for_everyone()
 
     # Training
-    loss_kwargs = {
-        "margin": recipe.loss.margin,
-        "max_violation": recipe.loss.max_violation,
-        "mask_same_image": recipe.loss.mask_same_image,
-    }
     token_dropout = token_dropout_of(recipe, accelerator.unwrap_model(model))
+    loss_options = recipe.loss
+
+    def training_loss(batch: dict) -> torch.Tensor:
+        if loss_options.name == "hmmc":  # PE-RSITR: clean and augmented views of both towers
+            views = encode_views(
+                model, batch["pixel_values"], batch["input_ids"], batch["attention_mask"], token_dropout
+            )
+            return hmmc_loss(
+                views.image, views.text, views.image_aug, views.text_aug, image_ids=batch["image_ids"],
+                margin=loss_options.margin, max_violation=loss_options.max_violation,
+                mask_same_image=loss_options.mask_same_image,
+            )  # fmt: skip
+        pos_inputs = {key: batch[key] for key in ("pos_input_ids", "pos_tag_ids") if key in batch}
+        output = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"], return_dict=True, **pos_inputs)  # fmt: skip
+        return posapl_loss(
+            output.image_embeds.float(), output.text_embeds.float(), batch["image_ids"],
+            unwrap_clip(model).logit_scale, loss_options.exponentiate_scale,
+            loss_options.margin, loss_options.power,
+        )  # fmt: skip
+
     if state.global_step == 0 and state.batches_done_in_epoch == 0 and state.epoch == 0:
         validate()  # the starting point: zero-shot for adapters initialised to identity
     progress = tqdm(
@@ -286,17 +325,7 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
         )
         for batch in batches:
             with accelerator.accumulate(model):
-                views = encode_views(
-                    model, batch["pixel_values"], batch["input_ids"], batch["attention_mask"], token_dropout
-                )
-                loss = hmmc_loss(
-                    views.image,
-                    views.text,
-                    views.image_aug,
-                    views.text_aug,
-                    image_ids=batch["image_ids"],
-                    **loss_kwargs,
-                )
+                loss = training_loss(batch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and training.max_grad_norm:
                     accelerator.clip_grad_norm_(trainable, training.max_grad_norm)
@@ -329,14 +358,7 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
     # The best adapter, evaluated once on test
     unwrapped = accelerator.unwrap_model(model)
     load_best(unwrapped, output_dir)
-    with accelerator.autocast():
-        test_metrics = evaluate_retrieval(
-            unwrapped,
-            dataset["test"],
-            processor,
-            batch_size=training.eval_batch_size,
-            accelerator=accelerator,
-        )
+    test_metrics = evaluate("test")
     state.evaluations.append({"step": state.best_step, "epoch": None, "split": "test", **test_metrics})
     accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state.global_step)
     result = TrainResult(output_dir, test_metrics, state.best_step, state.best_mR)

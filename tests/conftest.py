@@ -33,3 +33,16 @@ def synthetic_dir(tmp_path_factory) -> Path:
     return write_seed_layout(
         tmp_path_factory.mktemp("synthetic"), "synthrs", num_train=30, num_test=12, seed=0, image_size=32
     )
+
+
+@pytest.fixture(scope="session")
+def stanza_tagger_path() -> Path:
+    """A small UPOS tagger trained by stanza's own trainer on UD English-EWT test (about 3 minutes on 2
+    cores), cached between runs in ~/.cache/rsitr_hf (or $RSITR_TEST_CACHE)."""
+    from rsitr_hf.data.pos_tagger import train_small_tagger
+
+    cache = Path(os.environ.get("RSITR_TEST_CACHE", Path.home() / ".cache" / "rsitr_hf")) / "test-tagger-v1"
+    if not (cache / "tagger.pt").is_file():
+        ewt = SHARED / "ud_english_ewt"
+        train_small_tagger(ewt / "en_ewt-ud-test.conllu", ewt / "en_ewt-ud-dev.conllu", cache, max_steps=600)
+    return cache / "tagger.pt"

@@ -172,30 +172,51 @@ def split_validation(
     return train.select(train_rows), train.select(validation_rows)
 
 
+# per-image list columns -> their one-row-per-caption names (POS columns come from rsitr_hf.data.pos)
+PER_CAPTION_COLUMNS = {
+    "captions": "caption",
+    "pos_captions": "pos_caption",
+    "pos_tags": "pos_tags",
+    "pos_sentences": "pos_sentence",
+    "pos_tag_ids": "pos_tag_ids",
+}
+
+
 def explode_captions(dataset: datasets.Dataset) -> datasets.Dataset:
-    """One row per caption (``image``, ``image_id``, ``filename``, ``caption``), in image order.
+    """One row per caption, in image order: ``image``, ``image_id``, ``filename``, ``caption`` and the
+    per-caption entries of any POS columns (``pos_caption``, ``pos_tags``, ``pos_sentence``, ``pos_tag_ids``).
 
     Images are not decoded or copied: rows point at the same files or bytes as ``dataset``.
     """
     undecoded = dataset.cast_column("image", datasets.Image(decode=False))
+    listed = {
+        column: PER_CAPTION_COLUMNS[column]
+        for column in undecoded.column_names
+        if column in PER_CAPTION_COLUMNS
+    }
+    shared = [column for column in undecoded.column_names if column not in listed]
+    features = datasets.Features(
+        {
+            **{column: undecoded.features[column] for column in shared},
+            **{single: undecoded.features[column].feature for column, single in listed.items()},
+        }
+    )
 
     def explode(batch: dict) -> dict:
-        out = {"image": [], "image_id": [], "filename": [], "caption": []}
-        for image, image_id, filename, captions in zip(
-            batch["image"], batch["image_id"], batch["filename"], batch["captions"], strict=True
-        ):
-            for caption in captions:
-                out["image"].append(image)
-                out["image_id"].append(image_id)
-                out["filename"].append(filename)
-                out["caption"].append(caption)
+        out = {column: [] for column in features}
+        for row in range(len(batch["image_id"])):
+            for index in range(len(batch["captions"][row])):
+                for column in shared:
+                    out[column].append(batch[column][row])
+                for column, single in listed.items():
+                    out[single].append(batch[column][row][index])
         return out
 
     exploded = undecoded.map(
         explode,
         batched=True,
         remove_columns=undecoded.column_names,
-        features=datasets.Features({**CAPTION_FEATURES, "image": datasets.Image(decode=False)}),
+        features=features,
         desc="one row per caption",
     )
     return exploded.cast_column("image", datasets.Image(mode="RGB"))

@@ -59,39 +59,74 @@ class CaptionPairTransform:
         processor: a ``CLIPProcessor`` (its ``image_processor`` and ``tokenizer`` are used).
         max_length: captions are truncated to this many tokens (CLIP: 77).
         augmentation: optional PIL -> PIL function applied to each image before preprocessing.
+        pos_mode: for POSAPL, ``"sentence"`` or ``"aligned"``: the text is the normalised
+            ``pos_caption`` and the POS input (``pos_input_ids`` of the ``pos_sentence``, or the
+            ``pos_tag_ids``) is added; ``None`` for the other methods (text: ``caption``).
     """
 
     processor: object
     max_length: int = 77
     augmentation: Callable[[PIL.Image.Image], PIL.Image.Image] | None = None
+    pos_mode: str | None = None
 
     def __call__(self, batch: dict) -> dict:
         images = [to_rgb(image) for image in batch["image"]]
         if self.augmentation is not None:
             images = [self.augmentation(image) for image in images]
-        encoded = self.processor.tokenizer(batch["caption"], truncation=True, max_length=self.max_length)
-        return {
+        text = batch["caption"] if self.pos_mode is None else batch["pos_caption"]
+        encoded = self.processor.tokenizer(text, truncation=True, max_length=self.max_length)
+        features = {
             "pixel_values": list(pixel_values(self.processor.image_processor, images)),
             "input_ids": encoded["input_ids"],
             "image_id": batch["image_id"],
         }
+        if self.pos_mode == "sentence":
+            sentences = self.processor.tokenizer(
+                batch["pos_sentence"], truncation=True, max_length=self.max_length
+            )
+            features["pos_input_ids"] = sentences["input_ids"]
+        elif self.pos_mode == "aligned":
+            features["pos_tag_ids"] = batch["pos_tag_ids"]
+        return features
+
+
+def pad_sequences(sequences: list[list[int]], value: int, length: int | None = None) -> torch.Tensor:
+    """``(N, length)`` tensor of ``sequences`` right-padded with ``value`` (default: to the longest)."""
+    length = length or max(len(sequence) for sequence in sequences)
+    return torch.tensor(
+        [list(sequence[:length]) + [value] * (length - len(sequence)) for sequence in sequences]
+    )
 
 
 @dataclass
 class RetrievalCollator:
-    """Stack images and pad captions to the longest one in the batch."""
+    """Stack images and pad captions to the longest one in the batch.
+
+    POS inputs, when present, are padded too: ``pos_input_ids`` with the tokenizer's pad token to their
+    longest, ``pos_tag_ids`` with ``PAD_TAG_ID`` to the caption length.
+    """
 
     tokenizer: object
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        from .pos import PAD_TAG_ID
+
         text = self.tokenizer.pad(
             {"input_ids": [example["input_ids"] for example in examples]},
             padding="longest",
             return_tensors="pt",
         )
-        return {
+        batch = {
             "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
             "input_ids": text["input_ids"],
             "attention_mask": text["attention_mask"],
             "image_ids": torch.tensor([example["image_id"] for example in examples], dtype=torch.long),
         }
+        if "pos_input_ids" in examples[0]:
+            pad = self.tokenizer.pad_token_id
+            batch["pos_input_ids"] = pad_sequences([e["pos_input_ids"] for e in examples], pad)
+        if "pos_tag_ids" in examples[0]:
+            batch["pos_tag_ids"] = pad_sequences(
+                [e["pos_tag_ids"] for e in examples], PAD_TAG_ID, length=batch["input_ids"].shape[1]
+            )
+        return batch

@@ -92,6 +92,7 @@ def encode_split(
     accelerator=None,
     max_length: int = 77,
     text_inputs: Callable[[Sequence[str]], dict] | None = None,
+    caption_column: str = "captions",
 ) -> RetrievalEmbeddings:
     """Embed every image and every distinct caption of ``dataset`` (rows of the RSITR schema).
 
@@ -103,18 +104,16 @@ def encode_split(
         accelerator: an ``accelerate.Accelerator`` to shard the work over processes, or ``None``.
         max_length: captions are truncated to this many tokens.
         text_inputs: optional ``captions -> model inputs`` builder replacing the tokenizer call (for
-            methods whose text tower takes extra inputs).
+            methods whose text tower takes extra inputs, e.g. :func:`rsitr_hf.data.pos.pos_text_inputs`).
+        caption_column: the column of 5 caption strings per row to embed (POSAPL: ``pos_captions``).
     """
     was_training = model.training
     model.eval()
     device = model_device(model)
-    captions = [caption for row in dataset["captions"] for caption in row]
+    rows = list(dataset[caption_column])
+    captions = [caption for row in rows for caption in row]
     caption_image_ids = torch.tensor(
-        [
-            image_id
-            for image_id, row in zip(dataset["image_id"], dataset["captions"], strict=True)
-            for _ in row
-        ]
+        [image_id for image_id, row in zip(dataset["image_id"], rows, strict=True) for _ in row]
     )
     distinct = list(dict.fromkeys(captions))
     row_of = {caption: row for row, caption in enumerate(distinct)}

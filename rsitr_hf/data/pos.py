@@ -1,0 +1,287 @@
+"""Part-of-speech priors for POSAPL: caption normalisation, stanza UPOS tagging, and the two prior forms.
+
+For every caption of a DatasetDict of the RSITR schema, :func:`add_pos_columns` adds (one entry per
+caption, 5 per row, tagging each distinct caption once):
+
+- ``pos_captions``: the caption normalised as POSAPL trains on it (lower case, punctuation removed,
+  at most 30 words); the other columns describe this text;
+- ``pos_tags``: the UPOS tag of each word (stanza ``tokenize,pos`` on the whitespace-split words);
+- ``pos_sentences``: the published "POS sentence" (DET -> "determiner", NOUN -> "noun", ...);
+- ``pos_tag_ids``: one tag id per CLIP token of the caption, every BPE piece of a word carrying its
+  word's tag, ``SPECIAL_TAG_ID`` at the start/end tokens (``PAD_TAG_ID`` is for padding).
+
+Save the result with ``save_to_disk`` (``rsitr-pos-tag`` does it) so tagging happens once per dataset.
+
+Stanza's English models are not on PyPI. Online: ``stanza.download("en", processors="tokenize,pos")``.
+Offline: pass a tagger file (``pos_model_path=`` or ``RSITR_POS_MODEL``) and/or a resources directory
+(``resources_dir=`` or ``RSITR_STANZA_DIR``); without either, :class:`StanzaTagger` explains this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+
+UPOS_TAGS = (
+    "ADJ",
+    "ADP",
+    "ADV",
+    "AUX",
+    "CCONJ",
+    "DET",
+    "INTJ",
+    "NOUN",
+    "NUM",
+    "PART",
+    "PRON",
+    "PROPN",
+    "PUNCT",
+    "SCONJ",
+    "SYM",
+    "VERB",
+    "X",
+)
+SPECIAL_TAG_ID = len(UPOS_TAGS)
+PAD_TAG_ID = SPECIAL_TAG_ID + 1
+NUM_POS_TAGS = PAD_TAG_ID + 1
+# the release's tag words; PUNCT (rare once punctuation is removed) joins X and SYM as "x"
+POS_WORDS = {
+    "DET": "determiner", "ADJ": "adjective", "NOUN": "noun", "ADP": "adposition", "VERB": "verb",
+    "AUX": "auxiliary", "PRON": "pronoun", "PROPN": "pronoun", "CCONJ": "conjunction", "SCONJ": "conjunction",
+    "NUM": "numeral", "ADV": "adverb", "PART": "participle", "INTJ": "interjection", "X": "x", "SYM": "x",
+    "PUNCT": "x",
+}  # fmt: skip
+MAX_WORDS = 30
+DOWNLOAD_HINT = (
+    "Get stanza's English tagger with `python -c \"import stanza; stanza.download('en', "
+    "processors='tokenize,pos')\"` (needs the network), or, offline, point RSITR_POS_MODEL (or "
+    "pos_model_path=) at a tagger .pt file trained by `python -m stanza.models.tagger` and/or "
+    "RSITR_STANZA_DIR (or resources_dir=) at a stanza resources directory."
+)
+
+
+class POSModelMissing(RuntimeError):
+    """stanza's English POS model is not available here; the message says how to get it."""
+
+
+def normalise_caption(caption: str, max_words: int = MAX_WORDS) -> str:
+    """Lower case, punctuation removed, whitespace collapsed, at most ``max_words`` words."""
+    words = re.sub(r"[^\w\s]|_", " ", caption.lower()).split()
+    return " ".join(words[:max_words])
+
+
+class StanzaTagger:
+    """UPOS tags of pre-split words with stanza's real pipeline (``tokenize,pos``, pretokenized).
+
+    Args:
+        pos_model_path: a tagger ``.pt`` file; default ``$RSITR_POS_MODEL``, else stanza's English model.
+        resources_dir: stanza's resources directory; default ``$RSITR_STANZA_DIR``, else stanza's default.
+        batch_size: sentences per stanza call.
+    """
+
+    def __init__(
+        self, pos_model_path: str | None = None, resources_dir: str | None = None, batch_size: int = 512
+    ):
+        import stanza
+
+        pos_model_path = pos_model_path or os.environ.get("RSITR_POS_MODEL")
+        resources_dir = resources_dir or os.environ.get("RSITR_STANZA_DIR")
+        options = {
+            "processors": "tokenize,pos",
+            "tokenize_pretokenized": True,
+            "download_method": None,
+            "logging_level": "WARN",
+            "pos_batch_size": batch_size,
+        }
+        if pos_model_path:
+            if not Path(pos_model_path).is_file():
+                raise POSModelMissing(f"POS model file {pos_model_path} not found. {DOWNLOAD_HINT}")
+            resources_dir = resources_dir or minimal_resources_dir()
+            options.update(pos_model_path=str(pos_model_path), pos_pretrain_path=None)
+        if resources_dir:
+            options["dir"] = str(resources_dir)
+        try:
+            self.pipeline = stanza.Pipeline("en", **options)
+        except Exception as error:  # stanza raises several types for missing resources
+            raise POSModelMissing(
+                f"could not load stanza's English POS tagger ({error}). {DOWNLOAD_HINT}"
+            ) from error
+        self.batch_size = batch_size
+
+    def tag(self, sentences: Sequence[Sequence[str]]) -> list[list[str]]:
+        """One UPOS tag per word of each sentence (an empty sentence gets no tags)."""
+        tags: list[list[str]] = [[] for _ in sentences]
+        non_empty = [index for index, words in enumerate(sentences) if words]
+        for start in range(0, len(non_empty), self.batch_size):
+            chunk = non_empty[start : start + self.batch_size]
+            document = self.pipeline([list(sentences[index]) for index in chunk])
+            for index, sentence in zip(chunk, document.sentences, strict=True):
+                tags[index] = [word.upos for word in sentence.words]
+        return tags
+
+
+def minimal_resources_dir() -> str:
+    """A stanza resources directory that declares English and nothing else (for local model files)."""
+    directory = Path(tempfile.gettempdir()) / "rsitr_hf_stanza_resources"
+    (directory / "en").mkdir(parents=True, exist_ok=True)
+    (directory / "resources.json").write_text(
+        json.dumps({"en": {"lang_name": "English", "default_processors": {}}}), encoding="utf-8"
+    )
+    return str(directory)
+
+
+def pos_sentence(tags: Sequence[str]) -> str:
+    """The release's POS sentence: ``["DET", "NOUN"]`` -> ``"determiner noun"``."""
+    return " ".join(POS_WORDS.get(tag, "x") for tag in tags)
+
+
+def aligned_tag_ids(
+    words: Sequence[str],
+    tags: Sequence[str],
+    tokenizer,
+    max_length: int = 77,
+    pieces_cache: dict | None = None,
+) -> list[int]:
+    """One tag id per CLIP token of ``" ".join(words)``: start, each word's BPE pieces, end.
+
+    Truncated like the tokenizer truncates (the end token kept) to ``max_length`` tokens.
+    """
+    pieces_cache = {} if pieces_cache is None else pieces_cache
+    ids = [SPECIAL_TAG_ID]
+    for word, tag in zip(words, tags, strict=True):
+        if word not in pieces_cache:
+            pieces_cache[word] = len(tokenizer(word, add_special_tokens=False)["input_ids"])
+        ids.extend([UPOS_TAGS.index(tag)] * pieces_cache[word])
+    return ids[: max_length - 1] + [SPECIAL_TAG_ID]
+
+
+def add_pos_columns(
+    dataset_dict: datasets.DatasetDict, tagger: StanzaTagger, tokenizer, max_length: int = 77
+) -> datasets.DatasetDict:
+    """Add ``pos_captions``, ``pos_tags``, ``pos_sentences``, ``pos_tag_ids`` (5 per row) to every split."""
+    pieces_cache: dict[str, int] = {}
+
+    def annotate(batch: dict) -> dict:
+        normalised = [[normalise_caption(caption) for caption in captions] for captions in batch["captions"]]
+        distinct = list(dict.fromkeys(caption for group in normalised for caption in group))
+        tags = dict(zip(distinct, tagger.tag([caption.split() for caption in distinct]), strict=True))
+        return {
+            "pos_captions": normalised,
+            "pos_tags": [[tags[caption] for caption in group] for group in normalised],
+            "pos_sentences": [[pos_sentence(tags[caption]) for caption in group] for group in normalised],
+            "pos_tag_ids": [
+                [
+                    aligned_tag_ids(caption.split(), tags[caption], tokenizer, max_length, pieces_cache)
+                    for caption in group
+                ]
+                for group in normalised
+            ],
+        }
+
+    return dataset_dict.map(annotate, batched=True, batch_size=1000, desc="POS tagging")
+
+
+def pos_text_inputs(dataset: datasets.Dataset, tokenizer, pos_mode: str, max_length: int = 77):
+    """A ``texts -> model inputs`` builder for :func:`rsitr_hf.evaluation.encode_split` on a POSAPL model.
+
+    ``texts`` are normalised captions from ``dataset["pos_captions"]``; their POS inputs are looked up
+    in the same rows (``pos_input_ids`` of the POS sentence, or the aligned ``pos_tag_ids``).
+    """
+    from .preprocessing import pad_sequences
+
+    lookup = {}
+    for captions, sentences, tag_ids in zip(
+        dataset["pos_captions"], dataset["pos_sentences"], dataset["pos_tag_ids"], strict=True
+    ):
+        lookup.update(zip(captions, zip(sentences, tag_ids, strict=True), strict=True))
+
+    def build(texts: Sequence[str]) -> dict:
+        encoded = dict(
+            tokenizer(
+                list(texts), padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
+            )
+        )
+        if pos_mode == "sentence":
+            sentences = [lookup[text][0] for text in texts]
+            encoded["pos_input_ids"] = tokenizer(
+                sentences, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
+            )["input_ids"]
+        else:
+            encoded["pos_tag_ids"] = pad_sequences(
+                [lookup[text][1] for text in texts], PAD_TAG_ID, length=encoded["input_ids"].shape[1]
+            )
+        return encoded
+
+    return build
+
+
+def cached_pos_dataset(
+    dataset_dict: datasets.DatasetDict,
+    identity: dict,
+    tokenizer,
+    cache_root: str | None = None,
+    pos_model_path: str | None = None,
+    resources_dir: str | None = None,
+) -> datasets.DatasetDict:
+    """``add_pos_columns`` once per dataset: the tagged DatasetDict is saved under ``cache_root``
+    (default ``~/.cache/rsitr_hf/pos``) in a folder named by a hash of ``identity`` (what the data is:
+    its source and split options) and of the tokenizer and tagger, and loaded from there afterwards."""
+    import hashlib
+
+    key = json.dumps(
+        {**identity, "tokenizer": tokenizer.name_or_path, "tagger": pos_model_path}, sort_keys=True
+    )
+    root = Path(cache_root or Path.home() / ".cache" / "rsitr_hf" / "pos")
+    folder = root / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if not (folder / "dataset_dict.json").is_file():
+        tagged = add_pos_columns(dataset_dict, StanzaTagger(pos_model_path, resources_dir), tokenizer)
+        tagged.save_to_disk(str(folder))
+        (folder / "identity.json").write_text(key, encoding="utf-8")
+    return datasets.load_from_disk(str(folder))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from transformers import CLIPTokenizer
+
+    from .loading import load_rsitr
+
+    parser = argparse.ArgumentParser(
+        description="Tag a seed-layout dataset's captions and save the DatasetDict."
+    )
+    parser.add_argument("data_dir", help="<root>/<name>_precomp")
+    parser.add_argument("out_dir", help="where to save_to_disk the tagged DatasetDict")
+    parser.add_argument(
+        "--tokenizer", required=True, help="base model id or folder whose CLIP tokenizer is used"
+    )
+    parser.add_argument(
+        "--pos-model", default=None, help="tagger .pt (default: $RSITR_POS_MODEL or stanza's)"
+    )
+    parser.add_argument(
+        "--stanza-dir", default=None, help="stanza resources dir (default: $RSITR_STANZA_DIR)"
+    )
+    parser.add_argument("--validation-fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--empty-captions", default="error", choices=("error", "drop", "keep"))
+    args = parser.parse_args(argv)
+    dataset = load_rsitr(
+        args.data_dir,
+        validation_fraction=args.validation_fraction,
+        seed=args.seed,
+        empty_captions=args.empty_captions,
+    )
+    tagged = add_pos_columns(
+        dataset, StanzaTagger(args.pos_model, args.stanza_dir), CLIPTokenizer.from_pretrained(args.tokenizer)
+    )
+    tagged.save_to_disk(args.out_dir)
+    print(f"saved {args.out_dir}")
+
+
+if __name__ == "__main__":
+    main()

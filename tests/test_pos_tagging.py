@@ -1,0 +1,120 @@
+from collections import Counter
+
+import pytest
+from conftest import SHARED, SPLITS_DIR
+from transformers import CLIPProcessor
+
+from rsitr_hf.data import explode_captions, load_rsitr
+from rsitr_hf.data.pos import (
+    PAD_TAG_ID,
+    SPECIAL_TAG_ID,
+    UPOS_TAGS,
+    POSModelMissing,
+    StanzaTagger,
+    add_pos_columns,
+    normalise_caption,
+    pos_sentence,
+)
+from rsitr_hf.data.pos_tagger import caption_like_conllu, read_conllu_upos
+from rsitr_hf.data.preprocessing import CaptionPairTransform, RetrievalCollator
+from rsitr_hf.data.seed_layout import read_lines
+
+
+@pytest.fixture(scope="module")
+def tagger(stanza_tagger_path):
+    return StanzaTagger(pos_model_path=str(stanza_tagger_path))
+
+
+def test_normalisation_matches_the_posapl_recipe():
+    assert normalise_caption("Many planes, parked near the AIRPORT.") == "many planes parked near the airport"
+    assert normalise_caption(" ".join(["word"] * 40)) == " ".join(["word"] * 30)
+    assert pos_sentence(["DET", "ADJ", "NOUN", "PROPN", "SCONJ", "SYM"]) == (
+        "determiner adjective noun pronoun conjunction x"
+    )
+
+
+def test_held_out_accuracy_is_well_above_the_trivial_baseline(tagger, tmp_path):
+    dev = read_conllu_upos(
+        caption_like_conllu(SHARED / "ud_english_ewt" / "en_ewt-ud-dev.conllu", tmp_path / "d")
+    )
+    predicted = tagger.tag([words for words, _ in dev])
+    gold = [tag for _, tags in dev for tag in tags]
+    flat = [tag for tags in predicted for tag in tags]
+    assert len(flat) == len(gold) > 20_000
+    accuracy = sum(p == g for p, g in zip(flat, gold, strict=True)) / len(gold)
+    majority = Counter(gold).most_common(1)[0][1] / len(gold)  # always answering NOUN
+    assert majority < 0.25
+    assert accuracy > majority + 0.45, (accuracy, majority)
+
+
+def test_real_rs_captions_are_tagged_sensibly(tagger):
+    captions = read_lines(SPLITS_DIR / "rsicd_precomp" / "test_caps.txt")
+    sentences = [normalise_caption(caption).split() for caption in dict.fromkeys(captions)]
+    tags = tagger.tag(sentences)
+    seen = {"airport": Counter(), "river": Counter(), "two": Counter()}
+    for words, word_tags in zip(sentences, tags, strict=True):
+        for word, tag in zip(words, word_tags, strict=True):
+            if word in seen:
+                seen[word][tag] += 1
+    # the small test tagger (about 79% UPOS on held-out EWT) gets these right most of the time
+    for word, expected, share in (("airport", "NOUN", 0.8), ("river", "NOUN", 0.8), ("two", "NUM", 0.6)):
+        total = sum(seen[word].values())
+        assert total >= 20, word
+        assert seen[word].most_common(1)[0][0] == expected, (word, seen[word])
+        assert seen[word][expected] / total >= share, (word, seen[word])
+
+
+class CountingTagger:
+    def __init__(self, tagger):
+        self.tagger, self.sentences = tagger, 0
+
+    def tag(self, sentences):
+        self.sentences += len(sentences)
+        return self.tagger.tag(sentences)
+
+
+def test_pos_columns_align_with_clip_tokens(tagger, synthetic_dir, tiny_clip_dir):
+    dataset = load_rsitr(synthetic_dir)
+    tokenizer = CLIPProcessor.from_pretrained(tiny_clip_dir).tokenizer
+    counting = CountingTagger(tagger)
+    tagged = add_pos_columns(dataset, counting, tokenizer)
+    distinct = {normalise_caption(c) for split in dataset.values() for row in split["captions"] for c in row}
+    assert (
+        counting.sentences <= len(distinct) + 2
+    )  # each distinct caption once per map batch (one batch here)
+    row = tagged["train"][0]
+    for caption, tags, sentence, ids in zip(
+        row["pos_captions"], row["pos_tags"], row["pos_sentences"], row["pos_tag_ids"], strict=True
+    ):
+        words = caption.split()
+        assert len(tags) == len(words) == len(sentence.split())
+        assert len(ids) == len(tokenizer(caption)["input_ids"])
+        assert ids[0] == ids[-1] == SPECIAL_TAG_ID and all(0 <= i < len(UPOS_TAGS) for i in ids[1:-1])
+        assert ids[1] == UPOS_TAGS.index(tags[0])
+    pairs = explode_captions(tagged["train"])
+    assert {"pos_caption", "pos_tags", "pos_sentence", "pos_tag_ids"} <= set(pairs.column_names)
+    processor = CLIPProcessor.from_pretrained(tiny_clip_dir)
+    examples = [
+        pairs.with_transform(CaptionPairTransform(processor, pos_mode="aligned"))[i] for i in range(6)
+    ]
+    aligned = RetrievalCollator(tokenizer)(examples)
+    assert aligned["pos_tag_ids"].shape == aligned["input_ids"].shape
+    assert (aligned["pos_tag_ids"][aligned["attention_mask"] == 0] == PAD_TAG_ID).all()
+    assert (aligned["pos_tag_ids"][aligned["attention_mask"] == 1] != PAD_TAG_ID).all()
+    examples = [
+        pairs.with_transform(CaptionPairTransform(processor, pos_mode="sentence"))[i] for i in range(6)
+    ]
+    sentence = RetrievalCollator(tokenizer)(examples)
+    expected = tokenizer(pairs["pos_sentence"][:6], padding="longest", return_tensors="pt")["input_ids"]
+    assert sentence["pos_input_ids"].tolist() == expected.tolist()
+    assert (
+        tokenizer.decode(sentence["pos_input_ids"][0], skip_special_tokens=True) == pairs["pos_sentence"][0]
+    )
+
+
+def test_missing_model_says_how_to_get_it(tmp_path):
+    with pytest.raises(POSModelMissing, match=r"stanza.download\('en', processors='tokenize,pos'\)"):
+        StanzaTagger(pos_model_path=str(tmp_path / "nowhere.pt"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(POSModelMissing, match="RSITR_STANZA_DIR"):
+        StanzaTagger(resources_dir=str(tmp_path / "empty"))
