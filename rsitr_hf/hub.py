@@ -16,7 +16,12 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from .evaluation import METRIC_KEYS
 
-METHOD_TAGS = {"mrs_adapter": "mrs-adapter", "lora": "lora", "full": "full-fine-tuning"}
+METHOD_TAGS = {
+    "mrs_adapter": "mrs-adapter",
+    "pos_prompt": "posapl",
+    "lora": "lora",
+    "full": "full-fine-tuning",
+}
 METRIC_NAMES = {
     "i2t_r1": "Image-to-text R@1",
     "i2t_r5": "Image-to-text R@5",
