@@ -4,6 +4,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -46,3 +48,12 @@ def stanza_tagger_path() -> Path:
         ewt = SHARED / "ud_english_ewt"
         train_small_tagger(ewt / "en_ewt-ud-test.conllu", ewt / "en_ewt-ud-dev.conllu", cache, max_steps=600)
     return cache / "tagger.pt"
+
+
+def run_in_fresh_process(tmp_path: Path, source: str, *arguments) -> subprocess.CompletedProcess:
+    """Run ``source`` as a script in a new Python process (from the repository root) with ``arguments``."""
+    script = tmp_path / "fresh_process.py"
+    script.write_text(source)
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(script), *map(str, arguments)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=300)

@@ -1,9 +1,6 @@
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import run_in_fresh_process
 from peft import PeftModel, get_peft_model
 from peft.utils import PeftType
 from safetensors.torch import load_file
@@ -17,7 +14,6 @@ from rsitr_hf.losses import hmmc_loss
 from rsitr_hf.tiny_clip import save_tiny_clip
 from rsitr_hf.tuners.mrs_adapter import MRSAdapterEncoderLayer
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"bottleneck_dim": 16, "shared_dim": 8}  # tiny towers are 48 (vision) and 32 (text) wide
 
 
@@ -167,21 +163,8 @@ def test_save_and_reload_in_a_fresh_process(base, tiny_clip_dir, tmp_path):
     assert "base_model.mrs_adapter.shared_up.weight" in saved  # no adapter name in checkpoint keys
     assert sum(t.numel() for t in saved.values()) == model.get_nb_trainable_parameters()[0]
     torch.save({"pixel_values": pixel_values, "input_ids": input_ids}, tmp_path / "inputs.pt")
-    script = tmp_path / "reload.py"
-    script.write_text(RELOAD)
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            str(tiny_clip_dir),
-            str(tmp_path / "adapter"),
-            str(tmp_path / "inputs.pt"),
-            str(tmp_path / "out.pt"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
+    result = run_in_fresh_process(
+        tmp_path, RELOAD, tiny_clip_dir, tmp_path / "adapter", tmp_path / "inputs.pt", tmp_path / "out.pt"
     )
     assert result.returncode == 0, result.stderr[-2000:]
     out = torch.load(tmp_path / "out.pt")

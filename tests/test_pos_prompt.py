@@ -1,11 +1,9 @@
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_in_fresh_process
 from peft import PeftModel, get_peft_model
 from transformers import CLIPConfig, CLIPModel
 
@@ -15,7 +13,6 @@ from rsitr_hf.losses import multi_positive_infonce, power_triplet_loss
 from rsitr_hf.tiny_clip import save_tiny_clip
 from rsitr_hf.tuners.pos_prompt import SideFusion
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"adapter_dim": 16, "adapter_heads": 2, "fusion_layers": [1, 2, 3, 4]}
 
 
@@ -164,20 +161,8 @@ def test_save_and_reload_in_a_fresh_process(four_layer_dir, tmp_path):
         expected = model(**inputs, return_dict=True)
     model.save_pretrained(tmp_path / "adapter")
     torch.save(inputs, tmp_path / "inputs.pt")
-    (tmp_path / "reload.py").write_text(RELOAD)
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(tmp_path / "reload.py"),
-            str(four_layer_dir),
-            str(tmp_path / "adapter"),
-            str(tmp_path / "inputs.pt"),
-            str(tmp_path / "out.pt"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
+    result = run_in_fresh_process(
+        tmp_path, RELOAD, four_layer_dir, tmp_path / "adapter", tmp_path / "inputs.pt", tmp_path / "out.pt"
     )
     assert result.returncode == 0, result.stderr[-2000:]
     out = torch.load(tmp_path / "out.pt")

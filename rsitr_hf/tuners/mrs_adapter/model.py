@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from ...views import ViewEmbeddings, encode_views
+from ..base import WrappingTuner
 from .config import TOWERS, MRSAdapterConfig
 from .layer import MRSAdapter, MRSAdapterEncoderLayer
 
@@ -21,21 +21,7 @@ def tower_widths(model: nn.Module) -> dict[str, int]:
     return {tower: getattr(config, f"{tower}_config").hidden_size for tower in TOWERS}
 
 
-def reset_output_capturing(model: nn.Module) -> None:
-    """Drop transformers' ``output_hidden_states`` hooks so they are installed afresh on next use.
-
-    transformers installs them once, lazily, on the ``CLIPEncoderLayer`` instances present at the
-    time; after blocks are wrapped or unwrapped they must be reinstalled on the blocks that now run.
-    """
-    for module in model.modules():
-        for key, hook in list(module._forward_hooks.items()):
-            if getattr(hook, "__name__", "") == "output_capturing_hook":
-                del module._forward_hooks[key]
-        if getattr(module, "_output_capturing_hooks_installed", False):
-            module._output_capturing_hooks_installed = False
-
-
-class MRSAdapterModel(BaseTuner):
+class MRSAdapterModel(WrappingTuner):
     """PEFT tuner of PE-RSITR: one :class:`MRSAdapter` per adapter name, shared by every adapted block.
 
     The adapter lives here as ``mrs_adapter[adapter_name]`` and is saved once. Use through
@@ -45,6 +31,9 @@ class MRSAdapterModel(BaseTuner):
     prefix = PREFIX
     tuner_layer_cls = MRSAdapterEncoderLayer
     target_module_mapping = {"clip": r"(.*\.)?(vision|text)_model\.encoder\.layers\.\d+"}
+    merge_refusal = (
+        "the adapter is a non-linear (ReLU) branch parallel to each MLP, not a change of CLIP's weights."
+    )
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
         """Create the shared adapter, wrap the blocks, and freeze it for inference-mode configs.
@@ -56,7 +45,6 @@ class MRSAdapterModel(BaseTuner):
         super().inject_adapter(model, adapter_name, **kwargs)
         # peft freezes inference-mode adapters found inside `model`; this one lives on the tuner
         self.mrs_adapter[adapter_name].requires_grad_(not config.inference_mode)
-        reset_output_capturing(model)
 
     def create_shared_adapter(self, model: nn.Module, config: MRSAdapterConfig, adapter_name: str) -> None:
         """Check or record the base widths in ``config`` and add ``mrs_adapter[adapter_name]``."""
@@ -89,26 +77,6 @@ class MRSAdapterModel(BaseTuner):
         tower = re.search(r"(vision|text)_model\.encoder", current_key).group(1)
         self._replace_module(
             parent, target_name, MRSAdapterEncoderLayer(target, adapter_name, tower, self.mrs_adapter), target
-        )
-
-    def _replace_module(self, parent, child_name, new_module, child) -> None:
-        setattr(parent, child_name, new_module)
-
-    def _unload_and_optionally_merge(self, *args, **kwargs) -> nn.Module:
-        model = super()._unload_and_optionally_merge(*args, **kwargs)
-        reset_output_capturing(model)
-        return model
-
-    @classmethod
-    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
-        # checkpoint keys carry no adapter name, so a checkpoint loads under any adapter name;
-        # peft builds the inverse mapping for loading from this same function
-        return key.replace(f"mrs_adapter.{adapter_name}.", "mrs_adapter.", 1)
-
-    def _check_merge_allowed(self) -> None:
-        raise ValueError(
-            "merge_and_unload() is not possible for the MRS-Adapter: it is a non-linear (ReLU) branch "
-            "parallel to each MLP, not a change of CLIP's weights. Keep the PeftModel, or use unload()."
         )
 
     def encode_views(
