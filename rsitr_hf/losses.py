@@ -126,8 +126,11 @@ def posapl_loss(
     exponentiate_scale: bool = True,
     margin: float = 0.1,
     power: float = 2.0,
+    mask_same_image: bool = True,
 ) -> torch.Tensor:
-    """``L_MA + L_PST`` (METHODS.md §3)."""
+    """``L_MA + L_PST`` (METHODS.md §3). ``L_MA`` always treats captions of the same image as positives;
+    ``mask_same_image=False`` makes every other in-batch item a negative of ``L_PST``, as in the release."""
+    negatives_ids = image_ids if mask_same_image else None
     return multi_positive_infonce(
         image, text, image_ids, logit_scale, exponentiate_scale
-    ) + power_triplet_loss(image, text, image_ids, margin, power)
+    ) + power_triplet_loss(image, text, negatives_ids, margin, power)

@@ -33,7 +33,7 @@ class MethodRecipe:
 class LossRecipe:
     """``name``: ``hmmc`` (PE-RSITR) or ``posapl`` (multi-positive InfoNCE + power-scaled triplet).
     ``margin``: the hinge margin (HMMC 0.2, POSAPL 0.1); ``max_violation`` (HMMC): hardest negative only;
-    ``mask_same_image`` (HMMC): pairs of the same image are never negatives (False: the release);
+    ``mask_same_image``: pairs of the same image are never negatives (False: the releases' behaviour);
     ``power`` (POSAPL): exponent of the triplet hinge; ``exponentiate_scale`` (POSAPL): InfoNCE scale
     ``exp(logit_scale)`` as in CLIP, False for the release's raw ``logit_scale`` ("paper-faithful")."""
 

@@ -304,7 +304,7 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
         return posapl_loss(
             output.image_embeds.float(), output.text_embeds.float(), batch["image_ids"],
             unwrap_clip(model).logit_scale, loss_options.exponentiate_scale,
-            loss_options.margin, loss_options.power,
+            loss_options.margin, loss_options.power, loss_options.mask_same_image,
         )  # fmt: skip
 
     if state.global_step == 0 and state.batches_done_in_epoch == 0 and state.epoch == 0:

@@ -208,3 +208,17 @@ def test_power_triplet_by_hand_and_brute_force():
         / 2
     )
     assert power_triplet_loss(a, b).item() == pytest.approx(brute, rel=1e-5)
+
+
+def test_posapl_loss_masks_same_image_negatives_unless_paper_mode():
+    from rsitr_hf.losses import posapl_loss
+
+    v = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    ids = torch.tensor([7, 7, 9])
+    scale = torch.tensor(0.0)
+    masked = posapl_loss(v, v, ids, scale)
+    paper = posapl_loss(v, v, ids, scale, mask_same_image=False)
+    # items 0 and 1 (same image, similarity 1) are negatives of each other only in paper mode:
+    # 4 hinge terms of (0.1 + 1 - 1)^2 = 0.01, halved -> 0.02 more
+    assert (paper - masked).item() == pytest.approx(0.02, abs=1e-6)
+    assert (masked - multi_positive_infonce(v, v, ids, scale)).item() == pytest.approx(0.0, abs=1e-7)
