@@ -181,7 +181,7 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
     if pos_mode is not None and recipe.loss.name != "posapl":
         raise RecipeError("loss.name: POSAPL (method pos_prompt) trains with the posapl loss")
     dataset = load_data(recipe, processor.tokenizer, pos_mode)
-    augmentation = RandomResizedCropFlip() if recipe.data.augment else None
+    augmentation = RandomResizedCropFlip(seed=training.seed) if recipe.data.augment else None
     pairs = explode_captions(dataset["train"]).with_transform(
         CaptionPairTransform(processor, augmentation=augmentation, pos_mode=pos_mode)
     )
@@ -318,6 +318,8 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
     while state.epoch < training.epochs:
         model.train()
         loader.set_epoch(state.epoch)
+        if augmentation is not None:
+            augmentation.epoch = state.epoch  # new crops each epoch, the same ones after a resume
         batches = (
             accelerator.skip_first_batches(loader, state.batches_done_in_epoch)
             if state.batches_done_in_epoch

@@ -39,8 +39,11 @@ def test_collator_pads_to_the_longest_caption_of_the_batch(synthetic_dir, model_
 
 def test_augmentation_keeps_size_and_is_seeded(synthetic_dir):
     image = load_rsitr(synthetic_dir)["train"][0]["image"]
-    first, second = RandomResizedCropFlip(seed=5)(image), RandomResizedCropFlip(seed=5)(image)
+    first, second = RandomResizedCropFlip(seed=5)(image, 3), RandomResizedCropFlip(seed=5)(image, 3)
     assert first.size == image.size and first.tobytes() == second.tobytes()
+    by_index = {RandomResizedCropFlip(seed=5)(image, index).tobytes() for index in range(8)}
+    by_epoch = {RandomResizedCropFlip(seed=5, epoch=epoch)(image, 3).tobytes() for epoch in range(8)}
+    assert len(by_index) > 4 and len(by_epoch) > 4  # crops vary between examples and between epochs
 
 
 def test_encoding_distinct_captions_matches_encoding_every_caption(synthetic_dir, model_and_processor):

@@ -168,13 +168,16 @@ def test_resumed_run_ends_with_the_same_adapter(tmp_path, tiny_clip_dir, synthet
         checkpoints_total_limit=None,
         eval_every_steps=2,
     )
-    full = train(load_recipe(recipe))
+    full = train(load_recipe(recipe, ["--data.augment", "true"]))  # random crops and flips too
     # the interrupted run: only what existed at step 4 of 30 survives
     interrupted = tmp_path / "interrupted"
     shutil.copytree(
         uninterrupted / "checkpoints" / "step_00000004", interrupted / "checkpoints" / "step_00000004"
     )
-    resumed = train(load_recipe(recipe, ["--output_dir", str(interrupted)]), resume_from_checkpoint="latest")
+    resumed = train(
+        load_recipe(recipe, ["--data.augment", "true", "--output_dir", str(interrupted)]),
+        resume_from_checkpoint="latest",
+    )
     last = "checkpoints/step_00000030/adapter/adapter_model.safetensors"
     first, second = load_file(uninterrupted / last), load_file(interrupted / last)
     assert first.keys() == second.keys()

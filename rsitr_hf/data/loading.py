@@ -22,7 +22,7 @@ import datasets
 import numpy as np
 
 from .images import decode_fully, needs_rescaling, rgb_png_bytes
-from .seed_layout import SPLITS, Problem, RSITRDataError, infer_name, read_split_listing
+from .seed_layout import CAPTIONS_PER_IMAGE, SPLITS, Problem, RSITRDataError, infer_name, read_split_listing
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,8 @@ PER_CAPTION_COLUMNS = {
 
 def explode_captions(dataset: datasets.Dataset) -> datasets.Dataset:
     """One row per caption, in image order: ``image``, ``image_id``, ``filename``, ``caption`` and the
-    per-caption entries of any POS columns (``pos_caption``, ``pos_tags``, ``pos_sentence``, ``pos_tag_ids``).
+    per-caption entries of any POS columns (``pos_caption``, ``pos_tags``, ``pos_sentence``, ``pos_tag_ids``),
+    plus ``pair_index`` (``5 * row + k``, stable for seeding per-example augmentation).
 
     Images are not decoded or copied: rows point at the same files or bytes as ``dataset``.
     """
@@ -199,13 +200,15 @@ def explode_captions(dataset: datasets.Dataset) -> datasets.Dataset:
         {
             **{column: undecoded.features[column] for column in shared},
             **{single: undecoded.features[column].feature for column, single in listed.items()},
+            "pair_index": datasets.Value("int64"),
         }
     )
 
-    def explode(batch: dict) -> dict:
+    def explode(batch: dict, rows: list[int]) -> dict:
         out = {column: [] for column in features}
-        for row in range(len(batch["image_id"])):
+        for row, row_index in enumerate(rows):
             for index in range(len(batch["captions"][row])):
+                out["pair_index"].append(CAPTIONS_PER_IMAGE * row_index + index)
                 for column in shared:
                     out[column].append(batch[column][row])
                 for column, single in listed.items():
@@ -215,6 +218,7 @@ def explode_captions(dataset: datasets.Dataset) -> datasets.Dataset:
     exploded = undecoded.map(
         explode,
         batched=True,
+        with_indices=True,
         remove_columns=undecoded.column_names,
         features=features,
         desc="one row per caption",

@@ -24,24 +24,29 @@ from .images import to_rgb
 @dataclass
 class RandomResizedCropFlip:
     """Train-time augmentation on PIL images: a random crop of ``scale`` of the area, resized back to
-    the original size, and a horizontal flip with probability ``flip_probability``."""
+    the original size, and a horizontal flip with probability ``flip_probability``.
+
+    The randomness of an example is a function of ``(seed, epoch, index)`` only, not of any global
+    generator state, so a resumed run sees exactly the crops an uninterrupted one would (Accelerate's
+    data loader fetches a batch ahead, which would otherwise shift a shared generator). The training
+    loop sets ``epoch`` at the start of each epoch.
+    """
 
     scale: tuple[float, float] = (0.5, 1.0)
     flip_probability: float = 0.5
-    seed: int | None = None
+    seed: int = 0
+    epoch: int = 0
 
-    def __post_init__(self):
-        self.rng = random.Random(self.seed)
-
-    def __call__(self, image: PIL.Image.Image) -> PIL.Image.Image:
+    def __call__(self, image: PIL.Image.Image, index: int) -> PIL.Image.Image:
+        rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
         width, height = image.size
-        area_share = self.rng.uniform(*self.scale)
+        area_share = rng.uniform(*self.scale)
         crop_w = max(1, round(width * area_share**0.5))
         crop_h = max(1, round(height * area_share**0.5))
-        left = self.rng.randint(0, width - crop_w)
-        top = self.rng.randint(0, height - crop_h)
+        left = rng.randint(0, width - crop_w)
+        top = rng.randint(0, height - crop_h)
         image = image.resize((width, height), PIL.Image.BICUBIC, box=(left, top, left + crop_w, top + crop_h))
-        if self.rng.random() < self.flip_probability:
+        if rng.random() < self.flip_probability:
             image = image.transpose(PIL.Image.FLIP_LEFT_RIGHT)
         return image
 
@@ -58,7 +63,8 @@ class CaptionPairTransform:
     Args:
         processor: a ``CLIPProcessor`` (its ``image_processor`` and ``tokenizer`` are used).
         max_length: captions are truncated to this many tokens (CLIP: 77).
-        augmentation: optional PIL -> PIL function applied to each image before preprocessing.
+        augmentation: optional ``(image, pair_index) -> image`` function applied before preprocessing
+            (e.g. :class:`RandomResizedCropFlip`; ``pair_index`` comes from :func:`explode_captions`).
         pos_mode: for POSAPL, ``"sentence"`` or ``"aligned"``: the text is the normalised
             ``pos_caption`` and the POS input (``pos_input_ids`` of the ``pos_sentence``, or the
             ``pos_tag_ids``) is added; ``None`` for the other methods (text: ``caption``).
@@ -66,13 +72,16 @@ class CaptionPairTransform:
 
     processor: object
     max_length: int = 77
-    augmentation: Callable[[PIL.Image.Image], PIL.Image.Image] | None = None
+    augmentation: Callable[[PIL.Image.Image, int], PIL.Image.Image] | None = None
     pos_mode: str | None = None
 
     def __call__(self, batch: dict) -> dict:
         images = [to_rgb(image) for image in batch["image"]]
         if self.augmentation is not None:
-            images = [self.augmentation(image) for image in images]
+            images = [
+                self.augmentation(image, index)
+                for image, index in zip(images, batch["pair_index"], strict=True)
+            ]
         text = batch["caption"] if self.pos_mode is None else batch["pos_caption"]
         encoded = self.processor.tokenizer(text, truncation=True, max_length=self.max_length)
         features = {
