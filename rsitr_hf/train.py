@@ -33,7 +33,7 @@ from transformers import CLIPModel, CLIPProcessor, get_cosine_schedule_with_warm
 
 from .baselines import lora_baseline_config
 from .data import explode_captions, load_rsitr, load_rsitr_hub
-from .data.pos import cached_pos_dataset, pos_text_inputs
+from .data.pos import POSModelMissing, cached_pos_dataset, pos_text_inputs
 from .data.preprocessing import CaptionPairTransform, RandomResizedCropFlip, RetrievalCollator
 from .evaluation import evaluate_retrieval
 from .hub import HubPushError, push_adapter
@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         if recipe.hub.push_to_hub and not recipe.hub.model_id:
             raise RecipeError("--push_to_hub needs --hub_model_id user/name")
         train(recipe, args.resume_from_checkpoint)
-    except (RecipeError, FileNotFoundError) as error:
+    except (RecipeError, FileNotFoundError, POSModelMissing) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except HubPushError as error:

@@ -369,3 +369,11 @@ def test_posapl_tags_each_dataset_once(tmp_path, tiny_clip_dir, synthetic_dir, s
         text_inputs=pos_text_inputs(test, processor.tokenizer, "aligned"),
     )
     assert metrics == pytest.approx(first.test_metrics)
+
+
+def test_posapl_without_a_pos_model_is_a_clear_error(tmp_path, tiny_clip_dir, synthetic_dir, capsys):
+    missing = tmp_path / "no-tagger.pt"
+    overrides = posapl_overrides(tiny_clip_dir, synthetic_dir, missing, tmp_path / "out", tmp_path / "pos")
+    assert main(["--config", str(ROOT / "hub_configs" / "posapl_rsitmd.yaml"), *overrides]) == 2
+    error = capsys.readouterr().err
+    assert str(missing) in error and "stanza.download('en', processors='tokenize,pos')" in error

@@ -276,9 +276,11 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         empty_captions=args.empty_captions,
     )
-    tagged = add_pos_columns(
-        dataset, StanzaTagger(args.pos_model, args.stanza_dir), CLIPTokenizer.from_pretrained(args.tokenizer)
-    )
+    try:
+        tagger = StanzaTagger(args.pos_model, args.stanza_dir)
+    except POSModelMissing as error:
+        raise SystemExit(f"error: {error}") from None
+    tagged = add_pos_columns(dataset, tagger, CLIPTokenizer.from_pretrained(args.tokenizer))
     tagged.save_to_disk(args.out_dir)
     print(f"saved {args.out_dir}")
 
