@@ -24,7 +24,7 @@ from transformers import CLIPModel, CLIPProcessor
 
 from .data import load_rsitr
 from .data.synthetic import vocabulary, write_seed_layout
-from .evaluation import METRIC_KEYS, evaluate_retrieval
+from .evaluation import METRIC_KEYS, evaluate_retrieval, metrics_table
 from .pretrain import pretrain_clip
 from .recipe import load_recipe
 from .tiny_clip import save_tiny_clip
@@ -40,17 +40,6 @@ BASE_ARCHITECTURE = {
     "image_size": 64,
     "patch_size": 8,
 }
-
-
-def format_table(rows: dict[str, dict[str, float]]) -> str:
-    """A markdown table with one row per named result and one column per metric key."""
-    header = "| model | " + " | ".join(METRIC_KEYS) + " |"
-    rule = "|---|" + "---|" * len(METRIC_KEYS)
-    body = [
-        f"| {name} | " + " | ".join(f"{metrics[key]:.2f}" for key in METRIC_KEYS) + " |"
-        for name, metrics in rows.items()
-    ]
-    return "\n".join([header, rule, *body])
 
 
 def prepare(
@@ -110,7 +99,7 @@ def run_demo(
     base_parameters = total - adapter_parameters
     rows = {"zero-shot": zero_shot, "adapted": result.test_metrics, "reloaded": reloaded}
     print(f"\ntarget-domain test split: {len(test)} images, {5 * len(test)} captions")
-    print(format_table(rows))
+    print(metrics_table(rows))
     print(
         f"MRS-Adapter: {adapter_parameters:,} trained parameters = "
         f"{100 * adapter_parameters / base_parameters:.2f}% of the base model's {base_parameters:,}"

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
-from .evaluation import METRIC_KEYS
+from .evaluation import METRIC_KEYS, metrics_table
 
 METHOD_TAGS = {
     "mrs_adapter": "mrs-adapter",
@@ -62,10 +62,6 @@ def model_card(recipe: dict, test_metrics: dict[str, float], dataset_name: str, 
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results or None,
     )
-    table = "\n".join(
-        ["| " + " | ".join(METRIC_KEYS) + " |", "|" + "---|" * len(METRIC_KEYS)]
-        + ["| " + " | ".join(f"{test_metrics[k]:.2f}" for k in METRIC_KEYS if k in test_metrics) + " |"]
-    )
     content = f"""---
 {card_data.to_yaml()}
 ---
@@ -89,7 +85,7 @@ processor = CLIPProcessor.from_pretrained("{repo_id}")
 
 ## Test results ({dataset_name}, percent)
 
-{table}
+{metrics_table({"test": test_metrics}, label="split")}
 
 Recall@K by the RSITR protocol (image-to-text: best rank among an image's 5 captions); checkpoint
 selected on the validation split, test evaluated once.

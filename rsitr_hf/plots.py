@@ -9,7 +9,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-RECALLS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
+from .evaluation import METRIC_KEYS  # noqa: E402
+
+RECALLS = tuple(key for key in METRIC_KEYS if key != "mR")
 
 
 def plot_training_curve(train_loss: list[dict], evaluations: list[dict], path: Path) -> None:

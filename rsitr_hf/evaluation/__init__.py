@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from .encoding import RetrievalEmbeddings, encode_split, evaluate_retrieval
-from .metrics import METRIC_KEYS, retrieval_metrics, retrieval_ranks
+from .metrics import METRIC_KEYS, metrics_table, retrieval_metrics, retrieval_ranks
 
 METRIC_MODULE_DIR = Path(__file__).parent / "rsitr_retrieval"
 
@@ -22,6 +22,7 @@ __all__ = [
     "encode_split",
     "evaluate_retrieval",
     "load_retrieval_metric",
+    "metrics_table",
     "retrieval_metrics",
     "retrieval_ranks",
 ]

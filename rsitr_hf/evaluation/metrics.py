@@ -87,3 +87,16 @@ def retrieval_metrics(
             metrics[f"{direction}_r{k}"] = 100.0 * (ranks < k).double().mean().item()
     metrics["mR"] = sum(metrics.values()) / len(metrics)
     return metrics
+
+
+def metrics_table(rows: dict[str, dict[str, float]], label: str = "model") -> str:
+    """A markdown table: one row per named result, one column per metric key ("-" where missing)."""
+    header = f"| {label} | " + " | ".join(METRIC_KEYS) + " |"
+    rule = "|---|" + "---|" * len(METRIC_KEYS)
+    body = [
+        f"| {name} | "
+        + " | ".join(f"{metrics[key]:.2f}" if key in metrics else "-" for key in METRIC_KEYS)
+        + " |"
+        for name, metrics in rows.items()
+    ]
+    return "\n".join([header, rule, *body])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from peft.tuners.tuners_utils import BaseTuner
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
 
@@ -21,6 +21,19 @@ def reset_output_capturing(model: nn.Module) -> None:
                 del module._forward_hooks[key]
         if getattr(module, "_output_capturing_hooks_installed", False):
             module._output_capturing_hooks_installed = False
+
+
+class WrappingLayer(BaseTunerLayer):
+    """Tuner-layer state of the rsitr_hf wrappers. They are never merged (``WrappingTuner`` refuses before
+    peft reaches a layer), so there is nothing to unmerge either."""
+
+    def init_adapter_state(self, adapter_name: str) -> None:
+        self._active_adapter = adapter_name
+        self._disable_adapters = False
+        self.merged_adapters = []
+
+    def unmerge(self) -> None:
+        return None
 
 
 class WrappingTuner(BaseTuner):

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
+from ..base import WrappingLayer
 
 
 class MRSAdapter(nn.Module):
@@ -45,7 +46,7 @@ class MRSAdapter(nn.Module):
         return update.to(hidden_states.dtype)
 
 
-class MRSAdapterEncoderLayer(CLIPEncoderLayer, BaseTunerLayer):
+class MRSAdapterEncoderLayer(CLIPEncoderLayer, WrappingLayer):
     """A ``CLIPEncoderLayer`` whose MLP branch runs in parallel with the shared MRS-Adapter.
 
     ``h = x + Attn(LN1(x))``; ``out = h + MLP(LN2(h)) + sum_a A_a(h)`` over the active adapters ``a``.
@@ -62,9 +63,7 @@ class MRSAdapterEncoderLayer(CLIPEncoderLayer, BaseTunerLayer):
         self.base_layer = base_layer
         self.tower = tower
         object.__setattr__(self, "adapters", adapters)  # shared, deliberately not a submodule
-        self._active_adapter = adapter_name
-        self._disable_adapters = False
-        self.merged_adapters = []
+        self.init_adapter_state(adapter_name)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         block = self.base_layer
@@ -80,12 +79,3 @@ class MRSAdapterEncoderLayer(CLIPEncoderLayer, BaseTunerLayer):
             if name in self.adapters:
                 output = output + self.adapters[name](hidden, self.tower)
         return output
-
-    def merge(self, *args, **kwargs) -> None:
-        raise ValueError(
-            "The MRS-Adapter cannot be merged into CLIP's weights: it is a non-linear (ReLU) branch parallel "
-            "to the MLP. Keep the PeftModel, or use `unload()` to get the plain base model back."
-        )
-
-    def unmerge(self) -> None:
-        return None

@@ -9,7 +9,7 @@ from torch import nn
 
 from ...views import ViewEmbeddings, encode_views
 from ..base import WrappingTuner
-from .config import TOWERS, MRSAdapterConfig
+from .config import TOWERS, MRSAdapterConfig, encoder_layer_pattern
 from .layer import MRSAdapter, MRSAdapterEncoderLayer
 
 PREFIX = "mrs_"
@@ -30,7 +30,7 @@ class MRSAdapterModel(WrappingTuner):
 
     prefix = PREFIX
     tuner_layer_cls = MRSAdapterEncoderLayer
-    target_module_mapping = {"clip": r"(.*\.)?(vision|text)_model\.encoder\.layers\.\d+"}
+    target_module_mapping = {"clip": encoder_layer_pattern(list(TOWERS))}
     merge_refusal = (
         "the adapter is a non-linear (ReLU) branch parallel to each MLP, not a change of CLIP's weights."
     )

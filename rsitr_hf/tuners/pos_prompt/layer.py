@@ -8,11 +8,11 @@ so a freshly created adapter leaves CLIP's embeddings unchanged.
 from __future__ import annotations
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ..base import WrappingLayer
 from .config import POSPromptConfig
 
 
@@ -96,7 +96,7 @@ class SideFusion(nn.Module):
         return previous
 
 
-class POSPromptTower(nn.Module, BaseTunerLayer):
+class POSPromptTower(nn.Module, WrappingLayer):
     """Common part of the two towers: per-adapter modules in ``ModuleDict``s keyed by adapter name."""
 
     adapter_layer_names = ("posapl_sa_adapters", "posapl_fusion")
@@ -108,9 +108,7 @@ class POSPromptTower(nn.Module, BaseTunerLayer):
         self.posapl_sa_adapters = nn.ModuleDict()
         self.posapl_fusion = nn.ModuleDict()
         self.posapl_fusion_layers: dict[str, list[int]] = {}
-        self._active_adapter = adapter_name
-        self._disable_adapters = False
-        self.merged_adapters = []
+        self.init_adapter_state(adapter_name)
         self.update_layer(adapter_name, config)
 
     @property
@@ -154,14 +152,6 @@ class POSPromptTower(nn.Module, BaseTunerLayer):
     def taps(self, name: str, states: list[torch.Tensor]) -> list[torch.Tensor]:
         """The residual streams after the fusion blocks (``states[k]`` is the output of block ``k``)."""
         return [states[block] for block in self.posapl_fusion_layers[name]]
-
-    def merge(self, *args, **kwargs) -> None:
-        raise ValueError(
-            "POSAPL adds attention and non-linear branches; it cannot be merged into CLIP's weights"
-        )
-
-    def unmerge(self) -> None:
-        return None
 
 
 class POSPromptVisionTower(POSPromptTower):
