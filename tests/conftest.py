@@ -13,6 +13,16 @@ import pytest  # noqa: E402
 # ../shared beside the checkout (as in CI), or RSITR_SHARED_DIR
 SHARED = Path(os.environ.get("RSITR_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 SPLITS_DIR = SHARED / "rsitr_splits"
+
+
+def pytest_configure(config) -> None:
+    if not SPLITS_DIR.is_dir():
+        raise pytest.UsageError(
+            f"the shared test data (rsitr_splits/, ud_english_ewt/) is not at {SHARED}: clone the repository "
+            "next to shared/ (as CI does) or set RSITR_SHARED_DIR to that folder"
+        )
+
+
 # two real gloo processes on a CPU-only machine (the scripts must create Accelerator(cpu=True))
 TWO_PROCESS_LAUNCH = [
     "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
