@@ -5,8 +5,11 @@ Importing the package registers its PEFT methods, so ``peft.get_peft_model`` and
 """
 
 from .tuners import (
+    BOTTLENECK_ADAPTER,
     MRS_ADAPTER,
     POS_PROMPT,
+    BottleneckAdapterConfig,
+    BottleneckAdapterModel,
     MRSAdapterConfig,
     MRSAdapterModel,
     POSPromptConfig,
@@ -16,6 +19,9 @@ from .tuners import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BOTTLENECK_ADAPTER",
+    "BottleneckAdapterConfig",
+    "BottleneckAdapterModel",
     "MRS_ADAPTER",
     "POS_PROMPT",
     "MRSAdapterConfig",

@@ -42,10 +42,17 @@ BASE_ARCHITECTURE = {
 }
 
 
-def prepare(
-    output_dir: Path, num_source: int, num_target: int, num_test: int, pretrain_epochs: int, seed: int
+def prepare_demo_task(
+    output_dir: str | Path,
+    num_source: int = 1500,
+    num_target: int = 800,
+    num_test: int = 200,
+    pretrain_epochs: int = 3,
+    seed: int = 0,
 ) -> tuple[Path, Path]:
-    """Source data, target data and the source-pretrained base (each skipped when present)."""
+    """The synthetic transfer task in ``output_dir``: source data, the source-pretrained base and the
+    target data (each skipped when present). Returns ``(base model dir, target seed-layout dir)``."""
+    output_dir = Path(output_dir)
     data_root = output_dir / "data"
     source = data_root / "source_precomp"
     if not (source / "test_caps.txt").is_file():
@@ -73,7 +80,7 @@ def run_demo(
     """Run the demo; returns ``{"zero-shot": metrics, "adapted": metrics, "reloaded": metrics}``."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
-    base, target = prepare(output_dir, num_source, num_target, num_test, pretrain_epochs, seed)
+    base, target = prepare_demo_task(output_dir, num_source, num_target, num_test, pretrain_epochs, seed)
     recipe = load_recipe(
         config,
         [

@@ -21,9 +21,10 @@ import yaml
 
 @dataclass
 class MethodRecipe:
-    """The PEFT method. ``name``: ``mrs_adapter`` | ``pos_prompt`` (POSAPL) | ``lora`` | ``full`` (full
+    """The PEFT method. ``name``: ``mrs_adapter`` | ``pos_prompt`` (POSAPL) | ``lora`` |
+    ``bottleneck_adapter`` (Houlsby-style) | ``linear_probe`` (the two projections only) | ``full`` (full
     fine-tuning); ``config``: keyword arguments of its config (``MRSAdapterConfig``, ``POSPromptConfig``,
-    ``peft.LoraConfig``)."""
+    ``peft.LoraConfig``, ``BottleneckAdapterConfig``)."""
 
     name: str = "mrs_adapter"
     config: dict = field(default_factory=dict)
@@ -134,7 +135,7 @@ class Recipe:
 
 ALIASES = {"push_to_hub": "hub.push_to_hub", "hub_model_id": "hub.model_id", "output_dir": "output_dir"}
 CHOICES = {
-    "method.name": ("mrs_adapter", "pos_prompt", "lora", "full"),
+    "method.name": ("mrs_adapter", "pos_prompt", "lora", "bottleneck_adapter", "linear_probe", "full"),
     "loss.name": ("hmmc", "posapl"),
     "data.format": ("seed", "imagefolder", "hub"),
     "data.empty_captions": ("error", "drop", "keep"),

@@ -7,8 +7,9 @@ The loop: build base model + processor, apply the PEFT config, load the data, tr
 accumulation / mixed precision / optional clipping, validate each epoch (or every N steps) keeping the
 best adapter by validation mR, and evaluate that adapter once on test. Writes to ``output_dir``:
 ``adapter/`` (best adapter + processor), ``metrics.json`` (every evaluation with step and epoch, the
-training loss, the test result), ``training_curve.png``, ``recall.png``, ``recipe.yaml`` and
-resumable adapter-only checkpoints in ``checkpoints/``.
+training loss, the test result, and the cost: trainable parameters, wall time per step, peak memory),
+``training_curve.png``, ``recall.png``, ``retrieval_examples.png`` (top-5 images of a few validation
+queries), ``recipe.yaml`` and resumable adapter-only checkpoints in ``checkpoints/``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ import argparse
 import json
 import logging
 import math
+import resource
 import shutil
+import statistics
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,8 +43,9 @@ from .evaluation import evaluate_retrieval
 from .hub import HubPushError, push_adapter
 from .losses import hmmc_loss, posapl_loss
 from .recipe import Recipe, RecipeError, load_recipe, save_recipe
-from .tuners import MRSAdapterConfig, POSPromptConfig
+from .tuners import BottleneckAdapterConfig, MRSAdapterConfig, POSPromptConfig
 from .views import encode_views, unwrap_clip
+from .visualize import plot_retrieval_grid, split_examples
 
 logger = logging.getLogger(__name__)
 DEFAULT_TOKEN_DROPOUT = 0.2
@@ -72,21 +77,52 @@ class TrainResult:
     test_metrics: dict
     best_step: int
     best_validation_mR: float | None
+    cost: dict = field(default_factory=dict)
     pushed_to: str | None = None
 
 
+LINEAR_PROBE_MODULES = ("visual_projection", "text_projection")
+
+
 def build_model(recipe: Recipe) -> torch.nn.Module:
-    """The base CLIP with the recipe's method applied (a PeftModel, or the bare model for ``full``)."""
+    """The base CLIP with the recipe's method applied: a PeftModel, or the bare model for ``full`` and
+    ``linear_probe`` (everything frozen but ``LINEAR_PROBE_MODULES``)."""
     base = CLIPModel.from_pretrained(recipe.base_model)
     method = recipe.method
-    if method.name == "full":
+    if method.name in ("full", "linear_probe"):
         if method.config:
-            raise RecipeError("method.config: full fine-tuning takes no options")
+            raise RecipeError(f"method.config: {method.name} takes no options")
+        if method.name == "linear_probe":
+            for name, parameter in base.named_parameters():
+                parameter.requires_grad_(name.split(".")[0] in LINEAR_PROBE_MODULES)
         return base
-    configs = {"mrs_adapter": MRSAdapterConfig, "pos_prompt": POSPromptConfig, "lora": lora_baseline_config}
+    configs = {
+        "mrs_adapter": MRSAdapterConfig,
+        "pos_prompt": POSPromptConfig,
+        "lora": lora_baseline_config,
+        "bottleneck_adapter": BottleneckAdapterConfig,
+    }
     config = configs[method.name](**method.config)
     config.base_model_name_or_path = recipe.base_model
     return get_peft_model(base, config)
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """``(trainable, base)``: parameters being trained, and parameters of the base CLIP (a PEFT tuner's
+    own parameters, trainable or not, are not part of the base)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if not isinstance(model, PeftModel):
+        return trainable, sum(p.numel() for p in model.parameters())
+    prefix = model.base_model.prefix
+    base = sum(p.numel() for name, p in model.get_base_model().named_parameters() if prefix not in name)
+    return trainable, base
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """Peak memory of this process so far: CUDA's peak allocation, else the peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_rss"
 
 
 def token_dropout_of(recipe: Recipe, model: torch.nn.Module) -> float:
@@ -176,6 +212,7 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
 
     # Model, processor and data
     model = build_model(recipe)
+    trainable_parameters, base_parameters = parameter_counts(model)
     processor = CLIPProcessor.from_pretrained(recipe.base_model)
     pos_mode = pos_mode_of(model)
     if pos_mode is not None and recipe.loss.name != "posapl":
@@ -243,13 +280,15 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
         save_recipe(recipe, output_dir / "recipe.yaml")
     accelerator.init_trackers("rsitr_hf", config=_flat(recipe.to_dict()))
 
+    def text_options(split: str) -> dict:
+        if pos_mode is None:
+            return {}
+        return {  # POSAPL encodes the normalised captions with their POS inputs
+            "caption_column": "pos_captions",
+            "text_inputs": pos_text_inputs(dataset[split], processor.tokenizer, pos_mode),
+        }
+
     def evaluate(split: str) -> dict:
-        text = {}
-        if pos_mode is not None:  # POSAPL encodes the normalised captions with their POS inputs
-            text = {
-                "caption_column": "pos_captions",
-                "text_inputs": pos_text_inputs(dataset[split], processor.tokenizer, pos_mode),
-            }
         with accelerator.autocast():
             return evaluate_retrieval(
                 accelerator.unwrap_model(model),
@@ -257,7 +296,7 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
                 processor,
                 batch_size=training.eval_batch_size,
                 accelerator=accelerator,
-                **text,
+                **text_options(split),
             )
 
     def validate() -> None:
@@ -309,6 +348,7 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
 
     if state.global_step == 0 and state.batches_done_in_epoch == 0 and state.epoch == 0:
         validate()  # the starting point: zero-shot for adapters initialised to identity
+    step_seconds = []  # wall time of each optimiser step, data loading included, evaluations excluded
     progress = tqdm(
         total=steps_per_epoch * training.epochs,
         initial=state.global_step,
@@ -325,6 +365,7 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
             if state.batches_done_in_epoch
             else loader
         )
+        step_started = time.perf_counter()
         for batch in batches:
             with accelerator.accumulate(model):
                 loss = training_loss(batch)
@@ -338,7 +379,8 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
                 continue
             scheduler.step()
             state.global_step += 1
-            step_loss = accelerator.gather(loss.detach()[None]).mean().item()
+            step_loss = accelerator.gather(loss.detach()[None]).mean().item()  # waits for the device
+            step_seconds.append(time.perf_counter() - step_started)
             state.train_loss.append({"step": state.global_step, "loss": step_loss})
             accelerator.log(
                 {"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0]}, step=state.global_step
@@ -349,6 +391,7 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
                 validate()
             if training.checkpoint_every_steps and state.global_step % training.checkpoint_every_steps == 0:
                 checkpoint()
+            step_started = time.perf_counter()
         state.epoch += 1
         state.batches_done_in_epoch = 0
         if not training.eval_every_steps:
@@ -363,10 +406,30 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
     test_metrics = evaluate("test")
     state.evaluations.append({"step": state.best_step, "epoch": None, "split": "test", **test_metrics})
     accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state.global_step)
-    result = TrainResult(output_dir, test_metrics, state.best_step, state.best_mR)
+    memory_mb, memory_kind = peak_memory_mb(accelerator.device)
+    cost = {
+        "trainable_parameters": trainable_parameters,
+        "base_parameters": base_parameters,
+        "seconds_per_step": statistics.median(step_seconds) if step_seconds else None,
+        "steps_timed": len(step_seconds),
+        "peak_memory_mb": memory_mb,
+        "memory_kind": memory_kind,
+        "device": str(accelerator.device),
+        "num_processes": accelerator.num_processes,
+    }
+    result = TrainResult(output_dir, test_metrics, state.best_step, state.best_mR, cost)
     push_error = None
     if accelerator.is_main_process:
-        write_outputs(recipe, unwrapped, processor, state, test_metrics, output_dir)
+        write_outputs(recipe, unwrapped, processor, state, test_metrics, cost, output_dir)
+        if len(dataset["validation"]):
+            with accelerator.autocast():
+                examples = split_examples(
+                    unwrapped, dataset["validation"], processor, batch_size=training.eval_batch_size,
+                    **text_options("validation"),
+                )  # fmt: skip
+            plot_retrieval_grid(
+                examples, output_dir / "retrieval_examples.png", "validation queries, best adapter"
+            )
         if recipe.hub.push_to_hub:
             try:
                 result.pushed_to = push_adapter(
@@ -387,7 +450,7 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
 
 
 def write_outputs(
-    recipe, model, processor, state: TrainerState, test_metrics: dict, output_dir: Path
+    recipe, model, processor, state: TrainerState, test_metrics: dict, cost: dict, output_dir: Path
 ) -> None:
     """Main process only: the final adapter folder, metrics.json and the plots."""
     from .plots import plot_recalls, plot_training_curve
@@ -400,6 +463,7 @@ def write_outputs(
     metrics = {
         "best": {"step": state.best_step, "validation_mR": state.best_mR},
         "test": test_metrics,
+        "cost": cost,
         "evaluations": state.evaluations,
         "train_loss": state.train_loss,
     }

@@ -128,7 +128,7 @@ def test_end_to_end_outputs(trained_run, tiny_clip_dir, synthetic_dir):
     assert [e["epoch"] for e in validations] == [0, 1, 2]
     assert metrics["best"]["validation_mR"] == max(e["mR"] for e in validations)
     assert len(metrics["train_loss"]) == 30
-    for name in ("training_curve.png", "recall.png", "recipe.yaml"):
+    for name in ("training_curve.png", "recall.png", "retrieval_examples.png", "recipe.yaml"):
         assert (trained_run / name).stat().st_size > 0
     adapter = trained_run / "adapter"
     assert {

@@ -1,0 +1,359 @@
+"""Retrieval in practice: index a folder of images once, then search it by text (``rsitr-search``).
+
+    rsitr-search index IMAGE_DIR --index INDEX_DIR --model BASE [--adapter ADAPTER] [--batch-size 32]
+    rsitr-search query --index INDEX_DIR --text "many planes parked at the airport" [--text ...] [--top-k 5]
+    rsitr-search query --index INDEX_DIR --image PATH --captions CAPTIONS.txt [--top-k 5]
+        [--model BASE --adapter ADAPTER] [--json FILE|-]
+
+``index`` embeds every ``.jpg/.jpeg/.png/.tif/.tiff`` image under IMAGE_DIR (recursively) with the base
+CLIP model (a folder or Hub id) and optional PEFT adapter (a folder or Hub id), and saves INDEX_DIR:
+``embeddings.safetensors`` (``image_embeds``: ``(N, D)`` unit vectors, float32) and ``index.json`` (the image
+folder, the files relative to it in row order, and the model's identity). Run again on the same folder,
+it embeds only the images that are new and drops the ones that are gone.
+
+The model identity is the base and adapter names plus a fingerprint: the embeddings of a fixed probe
+image and caption. An index is only ever extended or queried with the model that built it: a different
+base, adapter or weights (even under the same names) is refused with an error naming both.
+
+``query`` ranks the indexed images for each ``--text`` (text -> image), or the captions of a caption file
+(one per line) for an ``--image`` (image -> text), and prints a table; ``--json`` writes the results too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .data.images import to_rgb
+from .data.preprocessing import pixel_values
+from .evaluation.encoding import projected
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
+PROBE_CAPTION = "an aerial image of a river next to green fields and a road"
+FINGERPRINT_TOLERANCE = 1e-3  # identical weights on another device or library version stay within this
+INDEX_FILE, EMBEDDINGS_FILE = "index.json", "embeddings.safetensors"
+
+
+class SearchError(ValueError):
+    """A search input is unusable (wrong model for an index, unreadable image, empty caption file ...)."""
+
+
+@dataclass
+class ModelIdentity:
+    """Which model embedded an index: names, and the embeddings of a fixed probe image and caption."""
+
+    base_model: str
+    adapter: str | None
+    fingerprint: list[float] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return f"{self.base_model}" + (f" + adapter {self.adapter}" if self.adapter else " (no adapter)")
+
+    def matches(self, other: ModelIdentity) -> bool:
+        if (self.base_model, self.adapter) != (other.base_model, other.adapter):
+            return False
+        mine, theirs = np.asarray(self.fingerprint), np.asarray(other.fingerprint)
+        return mine.shape == theirs.shape and bool(np.abs(mine - theirs).max() <= FINGERPRINT_TOLERANCE)
+
+
+@dataclass
+class Hit:
+    """One result: ``rank`` (1 = best), cosine ``score``, and the image path or caption found."""
+
+    rank: int
+    score: float
+    item: str
+
+
+def model_name(name_or_path: str | os.PathLike) -> str:
+    """A local folder as its absolute path; a Hub id as it is."""
+    return str(Path(name_or_path).resolve()) if Path(name_or_path).exists() else str(name_or_path)
+
+
+class RetrievalModel:
+    """A CLIP base model with an optional PEFT adapter, embedding images and captions as unit vectors."""
+
+    def __init__(self, base_model: str | os.PathLike, adapter: str | os.PathLike | None = None):
+        from peft import PeftModel
+        from transformers import CLIPModel, CLIPProcessor
+
+        import rsitr_hf  # noqa: F401  (registers the rsitr_hf tuners with peft)
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = CLIPModel.from_pretrained(base_model)
+        if adapter is not None:
+            model = PeftModel.from_pretrained(model, adapter)
+        self.model = model.to(device).eval()
+        self.processor = CLIPProcessor.from_pretrained(base_model)
+        self.device = device
+        self.identity = ModelIdentity(model_name(base_model), model_name(adapter) if adapter else None)
+        self.identity.fingerprint = self.probe_fingerprint()
+
+    def uses_pos_inputs(self) -> bool:
+        config = getattr(self.model, "peft_config", {}).get("default")
+        return getattr(config, "pos_mode", None) is not None
+
+    @torch.no_grad()
+    def embed_images(self, images: list[PIL.Image.Image]) -> torch.Tensor:
+        """``(N, D)`` unit-norm float32 embeddings of ``images``."""
+        pixels = pixel_values(self.processor.image_processor, images).to(self.device)
+        return F.normalize(
+            projected(self.model.get_image_features(pixel_values=pixels)).float(), dim=-1
+        ).cpu()
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """``(N, D)`` unit-norm float32 embeddings of ``texts``."""
+        if self.uses_pos_inputs():
+            raise SearchError(
+                "this adapter is POSAPL's: its text tower needs POS-tagged captions, which rsitr-search "
+                "does not produce; search with an adapter taking plain captions (MRS-Adapter, LoRA ...)"
+            )
+        inputs = self.processor.tokenizer(
+            texts, padding="longest", truncation=True, max_length=77, return_tensors="pt"
+        ).to(self.device)
+        return F.normalize(projected(self.model.get_text_features(**inputs)).float(), dim=-1).cpu()
+
+    def probe_fingerprint(self) -> list[float]:
+        """Embeddings of a fixed colour-ramp image and of ``PROBE_CAPTION`` (image only for POSAPL)."""
+        size = self.processor.image_processor.crop_size["height"]
+        ramp = np.linspace(0, 255, size * size * 3).reshape(size, size, 3).astype(np.uint8)
+        probes = [self.embed_images([PIL.Image.fromarray(ramp)])[0]]
+        if not self.uses_pos_inputs():
+            probes.append(self.embed_texts([PROBE_CAPTION])[0])
+        return [round(value, 6) for value in torch.cat(probes).tolist()]
+
+
+def list_images(folder: str | os.PathLike) -> list[str]:
+    """Image files under ``folder`` (recursive), as sorted POSIX paths relative to it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such image folder")
+    return sorted(
+        path.relative_to(folder).as_posix()
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    )
+
+
+def read_image(path: Path) -> PIL.Image.Image:
+    try:
+        with PIL.Image.open(path) as image:
+            rgb = to_rgb(image)
+            rgb.load()  # the pixels, before the file closes
+            return rgb
+    except (OSError, PIL.UnidentifiedImageError) as error:
+        raise SearchError(f"{path}: not a readable image ({error})") from None
+
+
+@dataclass
+class ImageIndex:
+    """Embeddings of the images of ``root``: row ``i`` of ``embeddings`` is ``root / files[i]``."""
+
+    root: str
+    files: list[str]
+    embeddings: torch.Tensor
+    model: ModelIdentity
+
+    def save(self, index_dir: str | os.PathLike) -> None:
+        index_dir = Path(index_dir)
+        index_dir.mkdir(parents=True, exist_ok=True)
+        save_file({"image_embeds": self.embeddings.contiguous()}, index_dir / EMBEDDINGS_FILE)
+        metadata = {"format_version": 1, "root": self.root, "files": self.files, "model": asdict(self.model)}
+        (index_dir / INDEX_FILE).write_text(json.dumps(metadata, indent=1), encoding="utf-8")
+
+    @classmethod
+    def load(cls, index_dir: str | os.PathLike) -> ImageIndex:
+        index_dir = Path(index_dir)
+        if not (index_dir / INDEX_FILE).is_file():
+            raise FileNotFoundError(f"{index_dir}: no image index here (build one with rsitr-search index)")
+        metadata = json.loads((index_dir / INDEX_FILE).read_text(encoding="utf-8"))
+        embeddings = load_file(index_dir / EMBEDDINGS_FILE)["image_embeds"]
+        if embeddings.shape[0] != len(metadata["files"]):
+            raise SearchError(
+                f"{index_dir}: {EMBEDDINGS_FILE} has {embeddings.shape[0]} rows for "
+                f"{len(metadata['files'])} files"
+            )
+        return cls(metadata["root"], metadata["files"], embeddings, ModelIdentity(**metadata["model"]))
+
+
+@dataclass
+class IndexUpdate:
+    """What :func:`build_index` did: images embedded now, dropped (gone from the folder), and the total."""
+
+    added: list[str]
+    removed: list[str]
+    total: int
+
+
+def check_same_model(index: ImageIndex, model: RetrievalModel, index_dir) -> None:
+    if not index.model.matches(model.identity):
+        reason = "" if model.identity.describe() != index.model.describe() else " (same names, other weights)"
+        raise SearchError(
+            f"{index_dir} was built with {index.model.describe()}, not with {model.identity.describe()}"
+            f"{reason}: query it with the model that built it, or build a new index"
+        )
+
+
+def build_index(
+    image_dir: str | os.PathLike,
+    index_dir: str | os.PathLike,
+    model: RetrievalModel,
+    batch_size: int = 32,
+) -> IndexUpdate:
+    """Create or update the index of ``image_dir`` in ``index_dir``, embedding only images not yet in it."""
+    root = str(Path(image_dir).resolve())
+    files = list_images(root)
+    if (Path(index_dir) / INDEX_FILE).is_file():
+        index = ImageIndex.load(index_dir)
+        check_same_model(index, model, index_dir)
+        if index.root != root:
+            raise SearchError(f"{index_dir} indexes {index.root}, not {root}: use another index folder")
+    else:
+        index = ImageIndex(root, [], torch.empty(0, model.model.config.projection_dim), model.identity)
+    present = set(files)
+    keep = [row for row, name in enumerate(index.files) if name in present]
+    removed = [name for name in index.files if name not in present]
+    known = set(index.files)
+    added = [name for name in files if name not in known]
+    pieces = [index.embeddings[keep]]
+    for start in tqdm(range(0, len(added), batch_size), desc="embedding images", disable=not added):
+        batch = added[start : start + batch_size]
+        pieces.append(model.embed_images([read_image(Path(root) / name) for name in batch]))
+    index.files = [index.files[row] for row in keep] + added
+    index.embeddings = torch.cat(pieces)
+    index.save(index_dir)
+    return IndexUpdate(added, removed, len(index.files))
+
+
+def top_k(similarity: torch.Tensor, items: list[str], k: int) -> list[list[Hit]]:
+    """For each row of ``(Q, N)`` ``similarity``: the ``k`` best of ``items``, best first."""
+    scores, indices = similarity.topk(min(k, similarity.shape[1]), dim=1)
+    return [
+        [
+            Hit(rank + 1, score, items[index])
+            for rank, (score, index) in enumerate(zip(row_s, row_i, strict=True))
+        ]
+        for row_s, row_i in zip(scores.tolist(), indices.tolist(), strict=True)
+    ]
+
+
+def search_images(
+    index: ImageIndex, model: RetrievalModel, queries: list[str], k: int = 5
+) -> list[list[Hit]]:
+    """Text -> image: the ``k`` best indexed images (paths under ``index.root``) for each query."""
+    if not queries or any(not query.strip() for query in queries):
+        raise SearchError("text queries must be non-empty")
+    return top_k(model.embed_texts(queries) @ index.embeddings.T, index.files, k)
+
+
+def read_captions(path: str | os.PathLike) -> list[str]:
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    captions = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
+    if not captions:
+        raise SearchError(f"{path}: no captions (expected one caption per line)")
+    return captions
+
+
+def search_captions(
+    model: RetrievalModel, image: str | os.PathLike, captions: list[str], k: int = 5, batch_size: int = 256
+) -> list[Hit]:
+    """Image -> text: the ``k`` best of ``captions`` for the image at ``image``."""
+    image_embeds = model.embed_images([read_image(Path(image))])
+    text_embeds = torch.cat(
+        [model.embed_texts(captions[i : i + batch_size]) for i in range(0, len(captions), batch_size)]
+    )
+    return top_k(image_embeds @ text_embeds.T, captions, k)[0]
+
+
+def format_table(query: str, hits: list[Hit]) -> str:
+    width = max([len(hit.item) for hit in hits] + [4])
+    lines = [f"query: {query}", f"  rank  score   {'item'.ljust(width)}"]
+    lines += [f"  {hit.rank:>4}  {hit.score:.4f}  {hit.item}" for hit in hits]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    index_parser = commands.add_parser("index", help="embed a folder of images (only the new ones)")
+    index_parser.add_argument("image_dir")
+    index_parser.add_argument("--index", required=True, help="the index folder to create or update")
+    index_parser.add_argument("--model", required=True, help="base CLIP model (folder or Hub id)")
+    index_parser.add_argument("--adapter", help="PEFT adapter (folder or Hub id)")
+    index_parser.add_argument("--batch-size", type=int, default=32)
+    query_parser = commands.add_parser("query", help="text -> images, or image -> captions")
+    query_parser.add_argument("--index", required=True)
+    query_parser.add_argument("--text", action="append", help="a text query (repeatable)")
+    query_parser.add_argument("--image", help="an image query (with --captions)")
+    query_parser.add_argument("--captions", help="caption file, one caption per line, for --image")
+    query_parser.add_argument("--top-k", type=int, default=5)
+    query_parser.add_argument("--model", help="checked against the index's model (default: that model)")
+    query_parser.add_argument("--adapter", help="checked against the index's adapter")
+    query_parser.add_argument("--json", help="also write the results as JSON to this file ('-': stdout only)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "index":
+            update = build_index(
+                args.image_dir, args.index, RetrievalModel(args.model, args.adapter), args.batch_size
+            )
+            print(
+                f"{args.index}: {update.total} images "
+                f"({len(update.added)} embedded now, {len(update.removed)} gone)"
+            )
+            return 0
+        return run_query(args)
+    except (SearchError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def run_query(args) -> int:
+    if bool(args.text) == bool(args.image) or bool(args.image) != bool(args.captions):
+        raise SearchError("give --text QUERY (repeatable), or --image PATH with --captions FILE")
+    index = ImageIndex.load(args.index)
+    named = args.model is not None or args.adapter is not None
+    model = RetrievalModel(
+        args.model or index.model.base_model, args.adapter if named else index.model.adapter
+    )
+    check_same_model(index, model, args.index)
+    if args.text:
+        key, queries = "path", args.text
+        found = [
+            [Hit(hit.rank, hit.score, str(Path(index.root) / hit.item)) for hit in hits]
+            for hits in search_images(index, model, args.text, args.top_k)
+        ]
+    else:
+        key, queries = "caption", [str(args.image)]
+        found = [search_captions(model, args.image, read_captions(args.captions), args.top_k)]
+    if args.json != "-":
+        for query, hits in zip(queries, found, strict=True):
+            print(format_table(query, hits))
+    if args.json:
+        results = [
+            {"query": query, "hits": [{"rank": h.rank, "score": h.score, key: h.item} for h in hits]}
+            for query, hits in zip(queries, found, strict=True)
+        ]
+        text = json.dumps(results, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

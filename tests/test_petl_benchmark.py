@@ -1,0 +1,128 @@
+"""Smoke test of the PETL harness on a tiny config: real subprocess runs, tables, plot, resumption."""
+
+import csv
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import CLIPModel, CLIPProcessor
+
+from rsitr_hf.data import load_rsitr
+from rsitr_hf.evaluation import METRIC_KEYS, evaluate_retrieval
+from rsitr_hf.petl_benchmark import main, run_benchmark
+from rsitr_hf.recipe import RecipeError
+
+METHODS = {
+    "zero_shot": {"method": {"name": "zero_shot"}},
+    "linear_probe": {"method": {"name": "linear_probe"}},
+    "houlsby": {"method": {"name": "bottleneck_adapter", "config": {"bottleneck_dim": 8}}},
+    "mrs": {"method": {"name": "mrs_adapter", "config": {"bottleneck_dim": 16, "shared_dim": 8}}},
+}
+
+
+def write_benchmark(root: Path, tiny_clip_dir, synthetic_dir, methods=None, **extra) -> Path:
+    recipe = {
+        "base_model": str(tiny_clip_dir),
+        # no validation split: the last adapter is tested, so each trained row differs from zero-shot
+        "data": {"path": str(synthetic_dir), "validation_fraction": 0.0},
+        "optimizer": {"lr": 1.0e-2},
+        "schedule": {"name": "cosine"},
+        "training": {"epochs": 1, "batch_size": 16, "eval_batch_size": 32},
+    }
+    (root / "shared_recipe.yaml").write_text(yaml.safe_dump(recipe))
+    benchmark = {
+        "recipe": str(root / "shared_recipe.yaml"),
+        "output_dir": str(root / "out"),
+        "seeds": [0, 1],
+        "methods": methods or METHODS,
+        **extra,
+    }
+    (root / "benchmark.yaml").write_text(yaml.safe_dump(benchmark, sort_keys=False))
+    return root / "benchmark.yaml"
+
+
+@pytest.fixture(scope="module")
+def benchmark_run(tmp_path_factory, tiny_clip_dir, synthetic_dir):
+    root = tmp_path_factory.mktemp("petl")
+    config = write_benchmark(root, tiny_clip_dir, synthetic_dir)
+    return config, run_benchmark(config), root / "out"
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_table_rows_parameters_and_statistics(benchmark_run, tiny_clip_dir):
+    _, summaries, out = benchmark_run
+    rows = {row["method"]: row for row in read_csv(out / "results.csv")}
+    assert list(rows) == list(METHODS)
+    base = CLIPModel.from_pretrained(tiny_clip_dir)
+    base_parameters = sum(p.numel() for p in base.parameters())
+    projections = base.visual_projection.weight.numel() + base.text_projection.weight.numel()
+    houlsby = 2 * sum(2 * (2 * width * 8 + 8 + width) for width in (48, 32))  # 2 blocks, 2 adapters each
+    expected = {"zero_shot": 0, "linear_probe": projections, "houlsby": houlsby}
+    for method, count in expected.items():
+        assert int(rows[method]["trainable_parameters"]) == count
+    assert all(int(row["base_parameters"]) == base_parameters for row in rows.values())
+    assert float(rows["houlsby"]["trainable_percent"]) == pytest.approx(
+        100 * houlsby / base_parameters, abs=1e-4
+    )
+
+    runs = read_csv(out / "runs.csv")
+    assert [(r["method"], r["seed"]) for r in runs] == [("zero_shot", "0")] + [
+        (m, s) for m in ("linear_probe", "houlsby", "mrs") for s in ("0", "1")
+    ]
+    for method in ("linear_probe", "houlsby", "mrs"):
+        values = [float(r["mR"]) for r in runs if r["method"] == method]
+        assert float(rows[method]["mR_mean"]) == pytest.approx(statistics.fmean(values), abs=1e-4)
+        assert float(rows[method]["mR_std"]) == pytest.approx(statistics.stdev(values), abs=1e-4)
+        assert float(rows[method]["seconds_per_step"]) > 0 and float(rows[method]["peak_memory_mb"]) > 0
+        assert rows[method]["seeds"] == "0 1"
+    assert rows["zero_shot"]["mR_std"] == "0.0000" and rows["zero_shot"]["seconds_per_step"] == ""
+    # the seeds really differ (initialisations, data orders), and training changed every method's result
+    assert len({float(r["mR"]) for r in runs if r["method"] == "mrs"}) == 2
+    assert all(
+        float(rows[m]["mR_mean"]) != float(rows["zero_shot"]["mR_mean"]) for m in METHODS if m != "zero_shot"
+    )
+
+    table = (out / "results.md").read_text()
+    assert table.count("\n") == 2 + len(METHODS) and "mR" in table.splitlines()[0]
+    assert (out / "mr_vs_trainable_parameters.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [s.method for s in summaries] == list(METHODS)
+
+
+def test_zero_shot_row_is_the_base_models_test_metrics(benchmark_run, tiny_clip_dir, synthetic_dir):
+    _, summaries, _ = benchmark_run
+    test = load_rsitr(synthetic_dir, validation_fraction=0.0)["test"]
+    direct = evaluate_retrieval(
+        CLIPModel.from_pretrained(tiny_clip_dir), test, CLIPProcessor.from_pretrained(tiny_clip_dir)
+    )
+    assert summaries[0].mean == pytest.approx({k: direct[k] for k in METRIC_KEYS})
+
+
+def test_rerun_reuses_finished_runs_and_completes_an_interrupted_one(benchmark_run):
+    config, summaries, out = benchmark_run
+    before = {s.method: s.mean for s in summaries}
+    kept = (out / "houlsby" / "seed_0" / "metrics.json").stat().st_mtime_ns
+    interrupted = out / "mrs" / "seed_1"
+    (interrupted / "metrics.json").unlink()  # as if the run had stopped after its last checkpoint
+    assert main(["--config", str(config)]) == 0
+    assert (out / "houlsby" / "seed_0" / "metrics.json").stat().st_mtime_ns == kept
+    assert "resumed from" in (interrupted / "train.log").read_text()
+    after = {row["method"]: row for row in read_csv(out / "results.csv")}
+    for method, mean in before.items():
+        assert float(after[method]["mR_mean"]) == pytest.approx(mean["mR"], abs=1e-4)
+
+
+def test_bad_benchmark_files_name_the_key(tmp_path, tiny_clip_dir, synthetic_dir):
+    config = write_benchmark(tmp_path, tiny_clip_dir, synthetic_dir, sedes=[0])
+    with pytest.raises(RecipeError, match="unknown key sedes"):
+        run_benchmark(config)
+    typo = {"lora": {"method": {"name": "lora"}, "optimiser": {"lr": 1.0}}}
+    config = write_benchmark(tmp_path, tiny_clip_dir, synthetic_dir, methods=typo)
+    with pytest.raises(RecipeError, match="methods.lora: unknown key optimiser"):
+        run_benchmark(config)
+    assert not (tmp_path / "out").exists()  # nothing ran
+    assert main(["--config", str(config), "--methods", "nope"]) == 2
