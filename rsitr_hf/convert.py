@@ -10,8 +10,9 @@ The checkpoint is a ``.pt``/``.bin``/``.safetensors`` state dict with OpenAI's k
 OpenAI TorchScript archive.
 The architecture (ViT-B/32, B/16, L/14 or any other ViT CLIP) is read from the tensor shapes; every key
 must be known and every shape consistent, or the conversion stops naming the key. The activation cannot
-be read from the weights: OpenAI's models and those fine-tuned from them (RemoteCLIP) use ``quick_gelu``,
-open_clip's LAION-trained models and those fine-tuned from them (GeoRSCLIP) use ``gelu``.
+be read from the weights: use the one of the model config the checkpoint's authors load it with.
+OpenAI's releases and open_clip's ``*-quickgelu`` configs use ``quick_gelu``; open_clip's plain ``ViT-B-32``,
+``ViT-B-16`` and ``ViT-L-14`` configs (the LAION models, and GeoRSCLIP built on them) use ``gelu``.
 
 The output folder holds ``config.json``, ``model.safetensors``, the image processor (OpenAI's mean/std,
 resize + centre crop at the model's resolution) and the tokenizer (copied from ``--tokenizer``, or built
@@ -36,7 +37,8 @@ from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProce
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
 HEAD_WIDTH = 64  # every OpenAI/open_clip ViT CLIP has 64-wide attention heads
-JIT_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+# not weights: metadata of OpenAI's TorchScript archives, and the causal mask older open_clip versions saved
+IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 ACTIVATIONS = ("quick_gelu", "gelu")
 
 
@@ -82,7 +84,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConversionError(f"{path}: expected a state dict of tensors")
     state = {key.removeprefix("module."): value for key, value in state.items()}
-    return {key: value for key, value in state.items() if key not in JIT_METADATA_KEYS}
+    return {key: value for key, value in state.items() if key not in IGNORED_KEYS}
 
 
 def _layers(state: dict, prefix: str) -> int:

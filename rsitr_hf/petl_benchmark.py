@@ -38,7 +38,7 @@ from pathlib import Path
 import yaml
 
 from .evaluation import METRIC_KEYS
-from .recipe import Recipe, RecipeError, apply_override, build, parse_overrides
+from .recipe import Recipe, RecipeError, apply_override, build, parse_overrides, save_recipe
 
 ZERO_SHOT = "zero_shot"
 # UD English-EWT, for the synthetic task's offline tagger: ../shared beside the checkout or $RSITR_SHARED_DIR
@@ -163,8 +163,6 @@ def prepare_synthetic_task(folder: Path, shared: dict, needs_pos_model: bool) ->
 
 def train_run(recipe: Recipe, launcher: list[str]) -> dict:
     """Train one recipe in its own process (resuming an interrupted run) and return its metrics.json."""
-    from .recipe import save_recipe
-
     run_dir = Path(recipe.output_dir)
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.is_file():

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -93,7 +94,9 @@ class RetrievalModel:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = CLIPModel.from_pretrained(base_model)
         if adapter is not None:
-            model = PeftModel.from_pretrained(model, adapter)
+            with warnings.catch_warnings():  # transformers' deprecation notice, triggered inside peft
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+                model = PeftModel.from_pretrained(model, adapter)
         self.model = model.to(device).eval()
         self.processor = CLIPProcessor.from_pretrained(base_model)
         self.device = device
@@ -330,21 +333,25 @@ def run_query(args) -> int:
         args.model or index.model.base_model, args.adapter if named else index.model.adapter
     )
     check_same_model(index, model, args.index)
-    if args.text:
-        key, queries = "path", args.text
-        found = [
-            [Hit(hit.rank, hit.score, str(Path(index.root) / hit.item)) for hit in hits]
-            for hits in search_images(index, model, args.text, args.top_k)
-        ]
+    if args.text:  # the table shows paths relative to the indexed folder, the JSON full paths
+        key, queries, prefix = "path", args.text, Path(index.root)
+        found = search_images(index, model, args.text, args.top_k)
+        print_prefix = f" (images under {index.root})"
     else:
-        key, queries = "caption", [str(args.image)]
+        key, queries, prefix, print_prefix = "caption", [str(args.image)], None, ""
         found = [search_captions(model, args.image, read_captions(args.captions), args.top_k)]
     if args.json != "-":
         for query, hits in zip(queries, found, strict=True):
-            print(format_table(query, hits))
+            print(format_table(query + print_prefix, hits))
     if args.json:
         results = [
-            {"query": query, "hits": [{"rank": h.rank, "score": h.score, key: h.item} for h in hits]}
+            {
+                "query": query,
+                "hits": [
+                    {"rank": h.rank, "score": h.score, key: str(prefix / h.item) if prefix else h.item}
+                    for h in hits
+                ],
+            }
             for query, hits in zip(queries, found, strict=True)
         ]
         text = json.dumps(results, indent=2)

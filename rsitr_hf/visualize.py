@@ -61,7 +61,7 @@ def plot_retrieval_grid(rows: list[GridRow], path: str | os.PathLike, title: str
             axis.axis("off")
     if title:
         figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.98 if title else 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return Path(path)

@@ -67,3 +67,25 @@ def run_in_fresh_process(tmp_path: Path, source: str, *arguments) -> subprocess.
     root = Path(__file__).resolve().parents[1]
     command = [sys.executable, str(script), *map(str, arguments)]
     return subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=300)
+
+
+def tiny_inputs(seed: int = 0, batch: int = 3):
+    """Random ``(pixel_values, input_ids)`` for the ``tiny_clip_dir`` model: 32-px images, 7 tokens."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(batch, 3, 32, 32, generator=generator)
+    input_ids = torch.randint(0, 700, (batch, 7), generator=generator)
+    input_ids[:, 0], input_ids[:, -1] = 742, 743  # bos ... eos
+    return pixel_values, input_ids
+
+
+def clip_embeddings(model, pixel_values, input_ids):
+    """``(image, text)`` projected embeddings of a CLIP-like model, without gradients."""
+    import torch
+
+    with torch.no_grad():
+        return (
+            model.get_image_features(pixel_values=pixel_values).pooler_output,
+            model.get_text_features(input_ids=input_ids).pooler_output,
+        )

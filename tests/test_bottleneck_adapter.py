@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import clip_embeddings, tiny_inputs
 from peft import PeftModel, get_peft_model
 from transformers import CLIPConfig, CLIPModel
 
@@ -12,22 +13,6 @@ SMALL = {"bottleneck_dim": 8}
 @pytest.fixture
 def base(tiny_clip_dir):
     return CLIPModel.from_pretrained(tiny_clip_dir)
-
-
-def inputs(seed=0, batch=3):
-    generator = torch.Generator().manual_seed(seed)
-    pixel_values = torch.randn(batch, 3, 32, 32, generator=generator)
-    input_ids = torch.randint(0, 700, (batch, 7), generator=generator)
-    input_ids[:, 0], input_ids[:, -1] = 742, 743
-    return pixel_values, input_ids
-
-
-def embeddings(model, pixel_values, input_ids):
-    with torch.no_grad():
-        return (
-            model.get_image_features(pixel_values=pixel_values).pooler_output,
-            model.get_text_features(input_ids=input_ids).pooler_output,
-        )
 
 
 def randomise(model, seed=0):
@@ -49,10 +34,10 @@ def test_houlsby_parameter_count_on_vit_b32_widths():
 
 
 def test_zero_init_is_the_base_model_and_blocks_compute_the_houlsby_formula(base):
-    pixel_values, input_ids = inputs()
-    reference = embeddings(base, pixel_values, input_ids)
+    pixel_values, input_ids = tiny_inputs()
+    reference = clip_embeddings(base, pixel_values, input_ids)
     model = get_peft_model(base, BottleneckAdapterConfig(**SMALL))
-    for got, want in zip(embeddings(model, pixel_values, input_ids), reference, strict=True):
+    for got, want in zip(clip_embeddings(model, pixel_values, input_ids), reference, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
     randomise(model)
@@ -73,7 +58,7 @@ def test_zero_init_is_the_base_model_and_blocks_compute_the_houlsby_formula(base
         torch.testing.assert_close(layer(x, None), expected)
         with model.disable_adapter():
             torch.testing.assert_close(layer(x), block(x, None))
-    changed = embeddings(model, pixel_values, input_ids)
+    changed = clip_embeddings(model, pixel_values, input_ids)
     assert all((got - want).abs().max() > 1e-3 for got, want in zip(changed, reference, strict=True))
 
 
@@ -85,11 +70,11 @@ def test_only_the_adapters_train_and_reload_is_exact(base, tiny_clip_dir, tmp_pa
     assert len(wrappers) == 4  # 2 blocks in each tower of the tiny CLIP
     randomise(model, seed=1)
     model.eval()
-    pixel_values, input_ids = inputs(seed=2)
-    before = embeddings(model, pixel_values, input_ids)
+    pixel_values, input_ids = tiny_inputs(seed=2)
+    before = clip_embeddings(model, pixel_values, input_ids)
     model.save_pretrained(tmp_path / "adapter")
     reloaded = PeftModel.from_pretrained(CLIPModel.from_pretrained(tiny_clip_dir), tmp_path / "adapter")
-    for got, want in zip(embeddings(reloaded, pixel_values, input_ids), before, strict=True):
+    for got, want in zip(clip_embeddings(reloaded, pixel_values, input_ids), before, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert not any(p.requires_grad for p in reloaded.parameters())
 

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import run_in_fresh_process
+from conftest import clip_embeddings, run_in_fresh_process, tiny_inputs
 from peft import PeftModel, get_peft_model
 from peft.utils import PeftType
 from safetensors.torch import load_file
@@ -20,22 +20,6 @@ SMALL = {"bottleneck_dim": 16, "shared_dim": 8}  # tiny towers are 48 (vision) a
 @pytest.fixture
 def base(tiny_clip_dir):
     return CLIPModel.from_pretrained(tiny_clip_dir)
-
-
-def inputs(seed=0, batch=3):
-    generator = torch.Generator().manual_seed(seed)
-    pixel_values = torch.randn(batch, 3, 32, 32, generator=generator)
-    input_ids = torch.randint(0, 700, (batch, 7), generator=generator)
-    input_ids[:, 0], input_ids[:, -1] = 742, 743  # bos ... eos
-    return pixel_values, input_ids
-
-
-def embeddings(model, pixel_values, input_ids):
-    with torch.no_grad():
-        return (
-            model.get_image_features(pixel_values=pixel_values).pooler_output,
-            model.get_text_features(input_ids=input_ids).pooler_output,
-        )
 
 
 def randomise_adapter(peft_model, seed=0):
@@ -66,16 +50,16 @@ def test_parameter_count_formula_and_one_wrapper_per_block(base):
 
 
 def test_zero_init_leaves_embeddings_unchanged(base):
-    pixel_values, input_ids = inputs()
-    reference = embeddings(base, pixel_values, input_ids)
+    pixel_values, input_ids = tiny_inputs()
+    reference = clip_embeddings(base, pixel_values, input_ids)
     model = get_peft_model(base, MRSAdapterConfig(**SMALL))
     model.train()  # adapter dropout active: still exact, the up-projections are zero
-    for got, want in zip(embeddings(model, pixel_values, input_ids), reference, strict=True):
+    for got, want in zip(clip_embeddings(model, pixel_values, input_ids), reference, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
 def test_one_step_changes_the_shared_adapter_seen_by_every_block(base):
-    pixel_values, input_ids = inputs(batch=4)
+    pixel_values, input_ids = tiny_inputs(batch=4)
     model = get_peft_model(base, MRSAdapterConfig(**SMALL))
     clip = model.get_base_model()
     with torch.no_grad():
@@ -103,7 +87,7 @@ def test_one_step_changes_the_shared_adapter_seen_by_every_block(base):
 def test_gradients_of_each_tower_reach_the_shared_projection_only_through_its_own_path(base):
     model = get_peft_model(base, MRSAdapterConfig(**SMALL))
     randomise_adapter(model)
-    pixel_values, input_ids = inputs()
+    pixel_values, input_ids = tiny_inputs()
     adapter = model.base_model.mrs_adapter["default"]
     model.get_text_features(input_ids=input_ids).pooler_output.sum().backward()
     assert adapter.shared_up.weight.grad.abs().sum() > 0 and adapter.down["text"].weight.grad.abs().sum() > 0
@@ -116,7 +100,7 @@ def test_gradients_of_each_tower_reach_the_shared_projection_only_through_its_ow
 
 
 def test_views_are_one_batched_pass_and_clean_views_match_plain_encoding(base):
-    pixel_values, input_ids = inputs(batch=2)
+    pixel_values, input_ids = tiny_inputs(batch=2)
     model = get_peft_model(base, MRSAdapterConfig(**SMALL))
     randomise_adapter(model)
     model.eval()
@@ -125,7 +109,7 @@ def test_views_are_one_batched_pass_and_clean_views_match_plain_encoding(base):
     views = model.base_model.encode_views(pixel_values, input_ids)
     hook.remove()
     assert len(calls) == 1
-    image, text = embeddings(model, pixel_values, input_ids)
+    image, text = clip_embeddings(model, pixel_values, input_ids)
     torch.testing.assert_close(views.image, torch.nn.functional.normalize(image, dim=-1))
     torch.testing.assert_close(views.text, torch.nn.functional.normalize(text, dim=-1))
     torch.testing.assert_close(views.image_aug, views.image)  # eval mode: token dropout off
@@ -155,8 +139,8 @@ def test_save_and_reload_in_a_fresh_process(base, tiny_clip_dir, tmp_path):
     model = get_peft_model(base, MRSAdapterConfig(**SMALL))
     randomise_adapter(model)
     model.eval()
-    pixel_values, input_ids = inputs()
-    expected = embeddings(model, pixel_values, input_ids)
+    pixel_values, input_ids = tiny_inputs()
+    expected = clip_embeddings(model, pixel_values, input_ids)
     model.save_pretrained(tmp_path / "adapter")
     saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
     assert len(saved) == 10  # 2 down + 2 up + 1 shared up, weights and biases, each stored once
@@ -205,8 +189,8 @@ def test_wrong_width_base_is_a_clear_error(base, tmp_path):
 
 
 def test_unload_gives_back_the_plain_model_and_merge_is_refused(base):
-    pixel_values, input_ids = inputs()
-    reference = embeddings(base, pixel_values, input_ids)
+    pixel_values, input_ids = tiny_inputs()
+    reference = clip_embeddings(base, pixel_values, input_ids)
     model = get_peft_model(base, MRSAdapterConfig(**SMALL))
     randomise_adapter(model)
     with pytest.raises(ValueError, match="non-linear"):
@@ -214,7 +198,7 @@ def test_unload_gives_back_the_plain_model_and_merge_is_refused(base):
     plain = model.unload()
     assert type(plain) is CLIPModel
     assert not any(isinstance(m, MRSAdapterEncoderLayer) for m in plain.modules())
-    for got, want in zip(embeddings(plain, pixel_values, input_ids), reference, strict=True):
+    for got, want in zip(clip_embeddings(plain, pixel_values, input_ids), reference, strict=True):
         torch.testing.assert_close(got, want)
     with torch.no_grad():
         assert (
@@ -231,7 +215,7 @@ def test_registration_is_idempotent():
 
 
 def test_lora_baseline_goes_through_the_same_views_and_loss(base):
-    pixel_values, input_ids = inputs(batch=4)
+    pixel_values, input_ids = tiny_inputs(batch=4)
     model = get_peft_model(base, lora_baseline_config(r=4))
     model.train()
     from rsitr_hf.views import encode_views

@@ -62,7 +62,9 @@ def test_unknown_and_mistyped_keys_name_the_key(tmp_path):
         load_recipe(bad)
     bad.write_text("method:\n  name: prefix_tuning\n")
     with pytest.raises(
-        RecipeError, match=r"method.name: expected one of \['mrs_adapter', 'pos_prompt', 'lora', 'full'\]"
+        RecipeError,
+        match=r"method.name: expected one of \['mrs_adapter', 'pos_prompt', 'lora', 'bottleneck_adapter', "
+        r"'linear_probe', 'full'\], got 'prefix_tuning'",
     ):
         load_recipe(bad)
     bad.write_text("training:\n  epochs: three\n")
