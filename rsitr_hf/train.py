@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import math
-import resource
 import shutil
 import statistics
 import sys
@@ -118,10 +117,15 @@ def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, base
 
 
-def peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    """Peak memory of this process so far: CUDA's peak allocation, else the peak resident set size."""
+def peak_memory_mb(device: torch.device) -> tuple[float | None, str | None]:
+    """Peak memory of this process so far: CUDA's peak allocation, else the peak resident set size
+    (``None`` where the ``resource`` module does not exist, i.e. on Windows)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    try:
+        import resource
+    except ImportError:
+        return None, None
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_rss"
 
 
