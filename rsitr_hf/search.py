@@ -44,6 +44,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
 PROBE_CAPTION = "an aerial image of a river next to green fields and a road"
 FINGERPRINT_TOLERANCE = 1e-3  # identical weights on another device or library version stay within this
 INDEX_FILE, EMBEDDINGS_FILE = "index.json", "embeddings.safetensors"
+SAVE_EVERY_BATCHES = 50
 
 
 class SearchError(ValueError):
@@ -100,6 +101,7 @@ class RetrievalModel:
         self.model = model.to(device).eval()
         self.processor = CLIPProcessor.from_pretrained(base_model)
         self.device = device
+        self.max_length = self.model.config.text_config.max_position_embeddings
         self.identity = ModelIdentity(model_name(base_model), model_name(adapter) if adapter else None)
         self.identity.fingerprint = self.probe_fingerprint()
 
@@ -124,7 +126,7 @@ class RetrievalModel:
                 "does not produce; search with an adapter taking plain captions (MRS-Adapter, LoRA ...)"
             )
         inputs = self.processor.tokenizer(
-            texts, padding="longest", truncation=True, max_length=77, return_tensors="pt"
+            texts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device)
         return F.normalize(projected(self.model.get_text_features(**inputs)).float(), dim=-1).cpu()
 
@@ -230,13 +232,18 @@ def build_index(
     removed = [name for name in index.files if name not in present]
     known = set(index.files)
     added = [name for name in files if name not in known]
-    pieces = [index.embeddings[keep]]
-    for start in tqdm(range(0, len(added), batch_size), desc="embedding images", disable=not added):
+    kept_files, pieces = [index.files[row] for row in keep], [index.embeddings[keep]]
+    starts = range(0, len(added), batch_size)
+    for number, start in enumerate(tqdm(starts, desc="embedding images", disable=not added), start=1):
         batch = added[start : start + batch_size]
         pieces.append(model.embed_images([read_image(Path(root) / name) for name in batch]))
-    index.files = [index.files[row] for row in keep] + added
-    index.embeddings = torch.cat(pieces)
-    index.save(index_dir)
+        if number % SAVE_EVERY_BATCHES == 0 or number == len(starts):  # an interrupted run keeps its work
+            index.files, index.embeddings = kept_files + added[: start + len(batch)], torch.cat(pieces)
+            pieces = [index.embeddings]
+            index.save(index_dir)
+    if not added:
+        index.files, index.embeddings = kept_files, pieces[0]
+        index.save(index_dir)
     return IndexUpdate(added, removed, len(index.files))
 
 

@@ -170,3 +170,27 @@ def test_grids_from_an_index_and_from_a_split(tmp_path, synthetic_dir, tiny_clip
         for position in truth_in_top:
             assert list(row.images[position].getdata()) == list(split[image_row]["image"].getdata())
     assert plot_retrieval_grid(rows, tmp_path / "rows.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_interrupted_index_keeps_its_work(tmp_path, image_folder, tiny_clip_dir, monkeypatch):
+    import rsitr_hf.search
+
+    monkeypatch.setattr(rsitr_hf.search, "SAVE_EVERY_BATCHES", 1)
+    model = RetrievalModel(tiny_clip_dir)
+    calls = []
+    original = RetrievalModel.embed_images
+
+    def failing_third_batch(images):
+        calls.append(len(images))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(model, images)
+
+    model.embed_images = failing_third_batch
+    with pytest.raises(KeyboardInterrupt):
+        build_index(image_folder, tmp_path / "index", model, batch_size=4)
+    partial = ImageIndex.load(tmp_path / "index")
+    assert partial.files == list_images(image_folder)[:8] and partial.embeddings.shape[0] == 8
+    model.embed_images = lambda images: original(model, images)
+    update = build_index(image_folder, tmp_path / "index", model, batch_size=4)
+    assert update.added == list_images(image_folder)[8:] and update.total == 13
