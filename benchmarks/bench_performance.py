@@ -35,8 +35,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-SHARED = Path(os.environ.get("RSITR_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
-RSICD_TEST_CAPTIONS = SHARED / "rsitr_splits" / "rsicd_precomp" / "test_caps.txt"
+from rsitr_hf.data.shared import shared_data_dir
+
+RSICD_TEST_CAPTIONS = shared_data_dir() / "rsitr_splits" / "rsicd_precomp" / "test_caps.txt"
 VOCABULARY_SIZE, TEXT_LENGTH = 49408, 32
 
 

@@ -41,8 +41,6 @@ from .evaluation import METRIC_KEYS
 from .recipe import Recipe, RecipeError, apply_override, build, parse_overrides, save_recipe
 
 ZERO_SHOT = "zero_shot"
-# UD English-EWT, for the synthetic task's offline tagger: ../shared beside the checkout or $RSITR_SHARED_DIR
-SHARED = Path(os.environ.get("RSITR_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 
 
 @dataclass
@@ -148,8 +146,9 @@ def prepare_synthetic_task(folder: Path, shared: dict, needs_pos_model: bool) ->
     shared["base_model"], shared.setdefault("data", {})["path"] = str(base), str(target)
     if needs_pos_model and not shared["data"].get("pos_model") and "RSITR_POS_MODEL" not in os.environ:
         from .data.pos_tagger import train_small_tagger
+        from .data.shared import shared_data_dir
 
-        tagger, ewt = folder / "pos_tagger" / "tagger.pt", SHARED / "ud_english_ewt"
+        tagger, ewt = folder / "pos_tagger" / "tagger.pt", shared_data_dir() / "ud_english_ewt"
         if not tagger.is_file():
             if not ewt.is_dir():
                 raise FileNotFoundError(

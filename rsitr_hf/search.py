@@ -32,13 +32,11 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .data.images import to_rgb
-from .data.preprocessing import pixel_values
-from .evaluation.encoding import projected
+from .evaluation.encoding import image_embeddings, text_embeddings
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
 PROBE_CAPTION = "an aerial image of a river next to green fields and a road"
@@ -100,7 +98,6 @@ class RetrievalModel:
                 model = PeftModel.from_pretrained(model, adapter)
         self.model = model.to(device).eval()
         self.processor = CLIPProcessor.from_pretrained(base_model)
-        self.device = device
         self.max_length = self.model.config.text_config.max_position_embeddings
         self.identity = ModelIdentity(model_name(base_model), model_name(adapter) if adapter else None)
         self.identity.fingerprint = self.probe_fingerprint()
@@ -112,10 +109,7 @@ class RetrievalModel:
     @torch.no_grad()
     def embed_images(self, images: list[PIL.Image.Image]) -> torch.Tensor:
         """``(N, D)`` unit-norm float32 embeddings of ``images``."""
-        pixels = pixel_values(self.processor.image_processor, images).to(self.device)
-        return F.normalize(
-            projected(self.model.get_image_features(pixel_values=pixels)).float(), dim=-1
-        ).cpu()
+        return image_embeddings(self.model, self.processor.image_processor, images).cpu()
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
@@ -127,8 +121,8 @@ class RetrievalModel:
             )
         inputs = self.processor.tokenizer(
             texts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
-        return F.normalize(projected(self.model.get_text_features(**inputs)).float(), dim=-1).cpu()
+        )
+        return text_embeddings(self.model, inputs).cpu()
 
     def probe_fingerprint(self) -> list[float]:
         """Embeddings of a fixed colour-ramp image and of ``PROBE_CAPTION`` (image only for POSAPL)."""
@@ -209,6 +203,18 @@ def check_same_model(index: ImageIndex, model: RetrievalModel, index_dir) -> Non
             f"{index_dir} was built with {index.model.describe()}, not with {model.identity.describe()}"
             f"{reason}: query it with the model that built it, or build a new index"
         )
+
+
+def open_index(
+    index_dir: str | os.PathLike, base_model: str | None = None, adapter: str | None = None
+) -> tuple[ImageIndex, RetrievalModel]:
+    """An index and the model to query it with: the index's own model, or the one named (which must be
+    the same; a ``SearchError`` otherwise)."""
+    index = ImageIndex.load(index_dir)
+    named = base_model is not None or adapter is not None
+    model = RetrievalModel(base_model or index.model.base_model, adapter if named else index.model.adapter)
+    check_same_model(index, model, index_dir)
+    return index, model
 
 
 def build_index(
@@ -334,12 +340,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_query(args) -> int:
     if bool(args.text) == bool(args.image) or bool(args.image) != bool(args.captions):
         raise SearchError("give --text QUERY (repeatable), or --image PATH with --captions FILE")
-    index = ImageIndex.load(args.index)
-    named = args.model is not None or args.adapter is not None
-    model = RetrievalModel(
-        args.model or index.model.base_model, args.adapter if named else index.model.adapter
-    )
-    check_same_model(index, model, args.index)
+    index, model = open_index(args.index, args.model, args.adapter)
     if args.text:  # the table shows paths relative to the indexed folder, the JSON full paths
         key, queries, prefix = "path", args.text, Path(index.root)
         found = search_images(index, model, args.text, args.top_k)

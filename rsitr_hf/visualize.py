@@ -120,11 +120,9 @@ def read_queries(path: str | os.PathLike) -> list[tuple[str, str | None]]:
 
 def index_rows(index_dir, queries: list[tuple[str, str | None]], top_k: int) -> list[GridRow]:
     """Grid rows for ``queries`` searched in an image index with the index's own model."""
-    from .search import ImageIndex, RetrievalModel, check_same_model, read_image, search_images
+    from .search import open_index, read_image, search_images
 
-    index = ImageIndex.load(index_dir)
-    model = RetrievalModel(index.model.base_model, index.model.adapter)
-    check_same_model(index, model, index_dir)
+    index, model = open_index(index_dir)
     found = search_images(index, model, [query for query, _ in queries], top_k)
     return [
         GridRow(

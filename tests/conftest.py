@@ -10,8 +10,9 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-# ../shared beside the checkout (as in CI), or RSITR_SHARED_DIR
-SHARED = Path(os.environ.get("RSITR_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+from rsitr_hf.data.shared import shared_data_dir  # noqa: E402
+
+SHARED = shared_data_dir()  # ../shared beside the checkout (as in CI), or RSITR_SHARED_DIR
 SPLITS_DIR = SHARED / "rsitr_splits"
 
 

@@ -49,6 +49,19 @@ def projected(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
+def image_embeddings(model: torch.nn.Module, image_processor, images: list) -> torch.Tensor:
+    """``(N, D)`` unit-norm float32 embeddings of PIL ``images`` (on the model's device)."""
+    pixels = pixel_values(image_processor, images).to(model_device(model))
+    return F.normalize(projected(model.get_image_features(pixel_values=pixels)).float(), dim=-1)
+
+
+def text_embeddings(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
+    """``(N, D)`` unit-norm float32 embeddings of tokenized captions (moved to the model's device)."""
+    device = model_device(model)
+    features = model.get_text_features(**{key: value.to(device) for key, value in inputs.items()})
+    return F.normalize(projected(features).float(), dim=-1)
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -109,7 +122,6 @@ def encode_split(
     """
     was_training = model.training
     model.eval()
-    device = model_device(model)
     rows = list(dataset[caption_column])
     captions = [caption for row in rows for caption in row]
     caption_image_ids = torch.tensor(
@@ -127,15 +139,10 @@ def encode_split(
         )
 
     def embed_images(rows: range) -> torch.Tensor:
-        images = dataset[rows.start : rows.stop]["image"]
-        pixels = pixel_values(processor.image_processor, images).to(device)
-        return F.normalize(projected(model.get_image_features(pixel_values=pixels)).float(), dim=-1)
+        return image_embeddings(model, processor.image_processor, dataset[rows.start : rows.stop]["image"])
 
     def embed_texts(rows: range) -> torch.Tensor:
-        inputs = {
-            key: value.to(device) for key, value in tokenize([distinct[by_length[i]] for i in rows]).items()
-        }
-        return F.normalize(projected(model.get_text_features(**inputs)).float(), dim=-1)
+        return text_embeddings(model, tokenize([distinct[by_length[i]] for i in rows]))
 
     try:
         image_embeds = embed_in_shards(len(dataset), batch_size, embed_images, accelerator, "images")
