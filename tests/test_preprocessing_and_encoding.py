@@ -88,6 +88,8 @@ if accelerator.is_main_process:
     out = {"metrics": retrieval_metrics(e.similarity(), e.caption_image_ids, e.image_ids),
            "images": e.image_embeds.shape[0], "texts": e.text_embeds.shape[0]}
     json.dump(out, open(sys.argv[3], "w"))
+accelerator.wait_for_everyone()
+accelerator.end_training()  # destroys the process group: no gloo thread left to abort at exit
 """
 
 
