@@ -18,14 +18,15 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPProcessor
 
-from .data import explode_captions, load_rsitr
-from .data.preprocessing import CaptionPairTransform, RetrievalCollator
+from .data import load_rsitr
+from .data.pixels import PixelNormalizer, cached_pixels
+from .data.preprocessing import RetrievalCollator, caption_pairs
 
 
-def clip_contrastive_loss(model: CLIPModel, batch: dict) -> torch.Tensor:
+def clip_contrastive_loss(model: CLIPModel, pixel_values: torch.Tensor, batch: dict) -> torch.Tensor:
     """Symmetric InfoNCE over the batch; pairs of the same image are not counted as negatives."""
     output = model(
-        pixel_values=batch["pixel_values"],
+        pixel_values=pixel_values,
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         return_dict=True,
@@ -54,14 +55,15 @@ def pretrain_clip(
     model = CLIPModel.from_pretrained(base_dir)
     processor = CLIPProcessor.from_pretrained(base_dir)
     train = load_rsitr(data_dir, validation_fraction=0.0, seed=seed)["train"]
-    pairs = explode_captions(train).with_transform(CaptionPairTransform(processor))
+    pixels = cached_pixels(train, processor.image_processor)
+    normalize = PixelNormalizer.from_processor(processor.image_processor)
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(
-        pairs,
+        caption_pairs(train, processor.tokenizer),
         batch_size=batch_size,
         shuffle=True,
         generator=generator,
-        collate_fn=RetrievalCollator(processor.tokenizer),
+        collate_fn=RetrievalCollator(pixels, processor.tokenizer.pad_token_id),
         drop_last=True,
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
@@ -72,7 +74,7 @@ def pretrain_clip(
     with tqdm(total=total, desc="pretraining the base on the source domain") as progress:
         for _ in range(epochs):
             for batch in loader:
-                loss = clip_contrastive_loss(model, batch)
+                loss = clip_contrastive_loss(model, normalize(batch["pixels"]), batch)
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad()

@@ -50,10 +50,13 @@ class LossRecipe:
 class DataRecipe:
     """``format``: ``seed`` (``<name>_precomp`` folder), ``imagefolder`` or ``hub`` (dataset id).
     ``path``: that folder or id. ``validation_fraction`` / ``split_seed``: the validation carve.
-    ``empty_captions``: ``error`` | ``drop`` | ``keep``. ``augment``: random resized crop + flip.
-    POSAPL only: ``pos_model`` (a stanza tagger ``.pt``; default ``$RSITR_POS_MODEL`` or stanza's English
-    model), ``stanza_dir`` (resources; default ``$RSITR_STANZA_DIR``), ``pos_cache`` (where the tagged
-    dataset is saved and reused; default ``~/.cache/rsitr_hf/pos``)."""
+    ``empty_captions``: ``error`` | ``drop`` | ``keep``. ``augment``: random resized crop (area 0.5-1, aspect
+    3/4-4/3) + horizontal flip, on the device. ``cache_images``: decode and resize every image once into a
+    memory-mapped Arrow cache (in ``image_cache``; default ``$RSITR_CACHE/images`` =
+    ``~/.cache/rsitr_hf/images``) reused by later epochs and runs; ``false`` decodes in the data-loader
+    workers every epoch. POSAPL only: ``pos_model`` (a stanza tagger ``.pt``; default ``$RSITR_POS_MODEL``
+    or stanza's English model), ``stanza_dir`` (resources; default ``$RSITR_STANZA_DIR``), ``pos_cache``
+    (where the tagged dataset is saved and reused; default ``~/.cache/rsitr_hf/pos``)."""
 
     format: str = "seed"
     path: str = ""
@@ -62,6 +65,8 @@ class DataRecipe:
     split_seed: int = 0
     empty_captions: str = "error"
     augment: bool = False
+    cache_images: bool = True
+    image_cache: str | None = None
     pos_model: str | None = None
     stanza_dir: str | None = None
     pos_cache: str | None = None
@@ -93,19 +98,33 @@ class TrainingRecipe:
     ``batch_size * gradient_accumulation_steps * num_processes`` pairs per step.
     ``eval_every_steps``: validate every N optimiser steps (default: each epoch).
     ``checkpoint_every_steps``: write a resumable checkpoint every N steps (default: each epoch);
-    ``checkpoints_total_limit`` keeps that many. ``mixed_precision``: ``no`` | ``bf16`` | ``fp16``."""
+    ``checkpoints_total_limit`` keeps that many. ``max_steps``: stop after this many optimiser steps (the
+    schedule then spans them), whatever ``epochs`` says.
+    ``mixed_precision`` (``no`` | ``bf16`` | ``fp16``) and ``compile`` (``torch.compile`` through Accelerate's
+    inductor backend): when set here they win; left unset (``null``) the launcher decides
+    (``accelerate launch --mixed_precision bf16 --dynamo_backend inductor`` or the accelerate config file),
+    and without a launcher they are off. ``base_dtype``: the dtype the frozen base model is loaded in
+    (``float32`` | ``bfloat16`` | ``float16``); the adapters stay float32 and compute in float32 (the
+    PE-RSITR release ran CLIP in half precision this way). A half-precision base needs no autocast casts
+    of the frozen weights and activations; methods that train base weights (``full``, ``linear_probe``)
+    need ``float32``. ``num_workers``: data-loader processes; ``auto`` is 0 when
+    training on the CPU (the CPU is busy with the model), otherwise one less than the CPUs per process, at
+    most 8."""
 
     epochs: int = 30
     batch_size: int = 16
     gradient_accumulation_steps: int = 1
     max_grad_norm: float | None = None
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None
+    base_dtype: str = "float32"
+    compile: bool | None = None
     seed: int = 0
     eval_every_steps: int | None = None
     eval_batch_size: int = 64
     checkpoint_every_steps: int | None = None
     checkpoints_total_limit: int | None = 2
-    num_workers: int = 0
+    num_workers: int | str = "auto"
+    max_steps: int | None = None
 
 
 @dataclass
@@ -142,7 +161,10 @@ CHOICES = {
     "optimizer.name": ("adam", "adamw"),
     "schedule.name": ("step", "cosine", "constant"),
     "training.mixed_precision": ("no", "bf16", "fp16"),
+    "training.base_dtype": ("float32", "bfloat16", "float16"),
+    "training.num_workers": ("auto",),  # or a number
 }
+NO_CHOICE = {"training.mixed_precision"}  # string fields whose choices include "no"
 
 
 class RecipeError(ValueError):
@@ -214,8 +236,10 @@ def build(cls, values: dict, prefix: str = ""):
         if dataclasses.is_dataclass(hints[name]):
             kwargs[name] = build(hints[name], value, f"{path}.")
         else:
+            if value is False and path in NO_CHOICE:  # YAML 1.1 reads an unquoted `no` as false
+                value = "no"
             kwargs[name] = coerce(value, hints[name], path)
-            if path in CHOICES and kwargs[name] not in CHOICES[path]:
+            if path in CHOICES and isinstance(kwargs[name], str) and kwargs[name] not in CHOICES[path]:
                 raise RecipeError(f"{path}: expected one of {list(CHOICES[path])}, got {kwargs[name]!r}")
     return cls(**kwargs)
 

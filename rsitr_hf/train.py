@@ -3,21 +3,26 @@
     accelerate launch train_accelerate.py --config hub_configs/<recipe>.yaml [--section.field value ...]
         [--resume_from_checkpoint latest|DIR] [--push_to_hub --hub_model_id user/name]
 
-The loop: build base model + processor, apply the PEFT config, load the data, train with gradient
-accumulation / mixed precision / optional clipping, validate each epoch (or every N steps) keeping the
-best adapter by validation mR, and evaluate that adapter once on test. Writes to ``output_dir``:
-``adapter/`` (best adapter + processor), ``metrics.json`` (every evaluation with step and epoch, the
-training loss, the test result, and the cost: trainable parameters, wall time per step, peak memory),
-``training_curve.png``, ``recall.png``, ``retrieval_examples.png`` (top-5 images of a few validation
-queries), ``recipe.yaml`` and resumable adapter-only checkpoints in ``checkpoints/``.
+The loop: build base model + processor, apply the PEFT config, load the data (images decoded and resized
+once into a cache, batches moved to the device as uint8 and normalised/augmented there), train with
+gradient accumulation / mixed precision / optional clipping and ``torch.compile``, validate each epoch (or
+every N steps) keeping the best adapter by validation mR, and evaluate that adapter once on test. Writes to
+``output_dir``: ``adapter/`` (best adapter + processor), ``metrics.json`` (every evaluation with step and
+epoch, the training loss, the test result, and the cost: trainable parameters, wall time per step, peak
+memory, the precision, compilation and data workers really used), ``training_curve.png``, ``recall.png``,
+``retrieval_examples.png`` (top-5 images of a few validation queries), ``recipe.yaml`` and resumable
+adapter-only checkpoints in ``checkpoints/``.
+
+Mixed precision and compilation: a value set in the recipe (``training.mixed_precision``,
+``training.compile``) wins; left unset, ``accelerate launch``'s flags or its config file decide.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -25,9 +30,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import datasets
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DynamoBackend, ProjectConfiguration, set_seed
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from peft.utils import load_peft_weights
 from torch.utils.data import DataLoader
@@ -35,19 +41,22 @@ from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPProcessor, get_cosine_schedule_with_warmup
 
 from .baselines import lora_baseline_config
-from .data import explode_captions, load_rsitr, load_rsitr_hub
+from .data import load_rsitr, load_rsitr_hub
+from .data.augmentation import RandomResizedCropFlip
+from .data.pixels import DecodedPixels, PixelNormalizer, PixelSource, cached_pixels
 from .data.pos import POSModelMissing, cached_pos_dataset, pos_text_inputs
-from .data.preprocessing import CaptionPairTransform, RandomResizedCropFlip, RetrievalCollator
+from .data.preprocessing import ImageBatchTransform, RetrievalCollator, caption_pairs
 from .evaluation import evaluate_retrieval
 from .hub import HubPushError, push_adapter
 from .losses import hmmc_loss, posapl_loss
-from .recipe import Recipe, RecipeError, load_recipe, save_recipe
+from .recipe import LossRecipe, Recipe, RecipeError, load_recipe, save_recipe
 from .tuners import BottleneckAdapterConfig, MRSAdapterConfig, POSPromptConfig
 from .views import encode_views, unwrap_clip
 from .visualize import plot_retrieval_grid, split_examples
 
-logger = logging.getLogger(__name__)
 DEFAULT_TOKEN_DROPOUT = 0.2
+LOSS_READ_EVERY = 10  # optimiser steps between reads of the loss from the device (each read synchronises)
+MAX_AUTO_WORKERS = 8
 
 
 @dataclass
@@ -81,13 +90,74 @@ class TrainResult:
 
 
 LINEAR_PROBE_MODULES = ("visual_projection", "text_projection")
+HALF_BASE_REFUSED = {
+    "full": "full fine-tuning trains the base weights, which need float32",
+    "linear_probe": "the linear probe trains base weights (the projections), which need float32",
+    "pos_prompt": "POSAPL's modules do not run on a half-precision base yet",
+}
+
+
+# --- Set-up: the accelerator, the model and what the run really uses -------------------------------
+
+
+def create_accelerator(recipe: Recipe) -> Accelerator:
+    """The run's ``Accelerator``. ``training.mixed_precision`` and ``training.compile`` are passed only when
+    the recipe sets them; otherwise Accelerate reads what ``accelerate launch`` (its flags or config file)
+    put in the environment, and defaults to no mixed precision and no compilation."""
+    training = recipe.training
+    output_dir = Path(recipe.output_dir)
+    dynamo_backend = None if training.compile is None else ("inductor" if training.compile else "no")
+    on_accelerator = _has_accelerator()
+    return Accelerator(
+        # without cpu=True, a GPU-less `accelerate launch --multi_gpu` runs unsynchronised copies
+        cpu=not on_accelerator,
+        mixed_precision=training.mixed_precision,
+        dynamo_backend=dynamo_backend,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        log_with="tensorboard" if _tensorboard_installed() else None,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
+        ),
+        dataloader_config=DataLoaderConfiguration(
+            use_seedable_sampler=True, data_seed=training.seed, non_blocking=on_accelerator
+        ),
+    )
+
+
+def run_settings(recipe: Recipe, accelerator: Accelerator, num_workers: int) -> dict:
+    """What the run really uses (recorded in ``metrics.json`` under ``cost``), and where each came from."""
+    training = recipe.training
+    launcher = "accelerate launch/config" if "ACCELERATE_MIXED_PRECISION" in os.environ else "default"
+    return {
+        "base_dtype": training.base_dtype,
+        "mixed_precision": accelerator.mixed_precision,
+        "mixed_precision_from": "recipe" if training.mixed_precision is not None else launcher,
+        "compiled": accelerator.state.dynamo_plugin.backend != DynamoBackend.NO,
+        "compile_from": "recipe" if training.compile is not None else launcher,
+        "num_workers": num_workers,
+        "image_cache": recipe.data.cache_images,
+    }
+
+
+def resolve_num_workers(value: int | str, device: torch.device, local_processes: int) -> int:
+    """``training.num_workers``: a number as given; ``auto`` is 0 on the CPU (the cores are training the
+    model, and the cached pipeline keeps up in the main process), else the CPUs per local process minus
+    one (the process itself), at most ``MAX_AUTO_WORKERS``."""
+    if value != "auto":
+        return int(value)
+    if device.type == "cpu":
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_AUTO_WORKERS, cpus // max(1, local_processes) - 1))
 
 
 def build_model(recipe: Recipe) -> torch.nn.Module:
-    """The base CLIP with the recipe's method applied: a PeftModel, or the bare model for ``full`` and
-    ``linear_probe`` (everything frozen but ``LINEAR_PROBE_MODULES``)."""
-    base = CLIPModel.from_pretrained(recipe.base_model)
-    method = recipe.method
+    """The base CLIP (in ``training.base_dtype``) with the recipe's method applied: a PeftModel, or the bare
+    model for ``full`` and ``linear_probe`` (everything frozen but ``LINEAR_PROBE_MODULES``)."""
+    method, base_dtype = recipe.method, recipe.training.base_dtype
+    if base_dtype != "float32" and method.name in HALF_BASE_REFUSED:
+        raise RecipeError(f"training.base_dtype: {HALF_BASE_REFUSED[method.name]}; use float32")
+    base = CLIPModel.from_pretrained(recipe.base_model, dtype=getattr(torch, base_dtype))
     if method.name in ("full", "linear_probe"):
         if method.config:
             raise RecipeError(f"method.config: {method.name} takes no options")
@@ -129,7 +199,7 @@ def peak_memory_mb(device: torch.device) -> tuple[float | None, str | None]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_rss"
 
 
-def token_dropout_of(recipe: Recipe, model: torch.nn.Module) -> float:
+def token_dropout_of(model: torch.nn.Module) -> float:
     """The augmented views' token dropout: the MRS-Adapter config's, else the paper's 0.2."""
     if isinstance(model, PeftModel):
         return getattr(model.peft_config["default"], "token_dropout", DEFAULT_TOKEN_DROPOUT)
@@ -142,7 +212,21 @@ def pos_mode_of(model: torch.nn.Module) -> str | None:
     return config.pos_mode if isinstance(config, POSPromptConfig) else None
 
 
-def load_data(recipe: Recipe, tokenizer, pos_mode: str | None):
+# --- Data: the splits, their pixels, the training batches -------------------------------------------
+
+
+@dataclass
+class RunData:
+    """The splits of a run, each split's images as uint8 pixels (cached or decoded), and the training
+    caption pairs (tokenised, one row per caption)."""
+
+    dataset: datasets.DatasetDict
+    pixels: dict[str, PixelSource]
+    pairs: datasets.Dataset
+    num_workers: int
+
+
+def load_data(recipe: Recipe, tokenizer, pos_mode: str | None) -> datasets.DatasetDict:
     """The DatasetDict of the recipe; with POS columns (tagged once, then cached) for POSAPL."""
     data = recipe.data
     if not data.path:
@@ -162,9 +246,60 @@ def load_data(recipe: Recipe, tokenizer, pos_mode: str | None):
     return cached_pos_dataset(dataset, identity, tokenizer, data.pos_cache, data.pos_model, data.stanza_dir)
 
 
-def build_scheduler(recipe: Recipe, optimizer, steps_per_epoch: int):
+def prepare_data(recipe: Recipe, processor, pos_mode: str | None, accelerator: Accelerator) -> RunData:
+    """Load the splits and their pixels; the main process builds the caches first, the others reuse them."""
+    with accelerator.main_process_first():
+        dataset = load_data(recipe, processor.tokenizer, pos_mode)
+        pixels = {}
+        for split, rows in dataset.items():
+            if recipe.data.cache_images and len(rows):
+                pixels[split] = cached_pixels(rows, processor.image_processor, recipe.data.image_cache)
+            else:
+                pixels[split] = DecodedPixels(rows, processor.image_processor)
+    pairs = caption_pairs(dataset["train"], processor.tokenizer, pos_mode)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    num_workers = resolve_num_workers(recipe.training.num_workers, accelerator.device, local_processes)
+    return RunData(dataset, pixels, pairs, num_workers)
+
+
+def training_loader(recipe: Recipe, data: RunData, pad_token_id: int, device: torch.device) -> DataLoader:
+    training = recipe.training
+    return DataLoader(
+        data.pairs,
+        batch_size=training.batch_size,
+        shuffle=True,
+        collate_fn=RetrievalCollator(data.pixels["train"], pad_token_id),
+        num_workers=data.num_workers,
+        persistent_workers=data.num_workers > 0,
+        pin_memory=device.type == "cuda",
+        # its own generator: a new iterator must not draw from the global RNG that checkpoints restore
+        generator=torch.Generator().manual_seed(training.seed),
+    )
+
+
+# --- Optimisation ------------------------------------------------------------------------------------
+
+
+def build_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer_class = torch.optim.AdamW if recipe.optimizer.name == "adamw" else torch.optim.Adam
+    return optimizer_class(
+        trainable,
+        lr=recipe.optimizer.lr,
+        betas=tuple(recipe.optimizer.betas),
+        weight_decay=recipe.optimizer.weight_decay,
+    )
+
+
+def total_steps_of(recipe: Recipe, steps_per_epoch: int) -> int:
+    """Optimiser steps of the whole run: ``epochs`` epochs, or ``max_steps`` when set."""
+    if recipe.training.max_steps is not None:
+        return recipe.training.max_steps
+    return steps_per_epoch * recipe.training.epochs
+
+
+def build_scheduler(recipe: Recipe, optimizer, steps_per_epoch: int, total_steps: int):
     schedule = recipe.schedule
-    total_steps = steps_per_epoch * recipe.training.epochs
     if schedule.name == "cosine":
         return get_cosine_schedule_with_warmup(optimizer, 0, max(total_steps, 1))
     if schedule.name == "step":
@@ -172,6 +307,205 @@ def build_scheduler(recipe: Recipe, optimizer, steps_per_epoch: int):
             optimizer, lambda step: schedule.gamma ** ((step // steps_per_epoch) // schedule.step_epochs)
         )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+# --- One step ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingStep:
+    """The loss of one training batch (as collated by ``RetrievalCollator``, on the device).
+
+    The uint8 pixels become ``pixel_values`` on the device (augmentation drawn from ``(seed, epoch,
+    pair_index)``, then normalisation); HMMC encodes clean and token-dropout views of both towers, POSAPL
+    one view with its POS inputs.
+    """
+
+    model: torch.nn.Module
+    loss: LossRecipe
+    images: ImageBatchTransform
+    token_dropout: float = DEFAULT_TOKEN_DROPOUT
+
+    def __call__(self, batch: dict, epoch: int) -> torch.Tensor:
+        pixel_values = self.images(batch["pixels"], batch["pair_index"], epoch)
+        options = self.loss
+        if options.name == "hmmc":  # PE-RSITR: clean and augmented views of both towers
+            views = encode_views(
+                self.model, pixel_values, batch["input_ids"], batch["attention_mask"], self.token_dropout
+            )
+            return hmmc_loss(
+                views.image, views.text, views.image_aug, views.text_aug, image_ids=batch["image_ids"],
+                margin=options.margin, max_violation=options.max_violation,
+                mask_same_image=options.mask_same_image,
+            )  # fmt: skip
+        pos_inputs = {key: batch[key] for key in ("pos_input_ids", "pos_tag_ids") if key in batch}
+        output = self.model(
+            pixel_values=pixel_values, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            return_dict=True, **pos_inputs,
+        )  # fmt: skip
+        return posapl_loss(
+            output.image_embeds.float(), output.text_embeds.float(), batch["image_ids"],
+            unwrap_clip(self.model).logit_scale, options.exponentiate_scale,
+            options.margin, options.power, options.mask_same_image,
+        )  # fmt: skip
+
+
+@dataclass
+class Run:
+    """Everything a training run holds between its phases."""
+
+    recipe: Recipe
+    accelerator: Accelerator
+    model: torch.nn.Module  # as prepared by Accelerate (DDP, compiled ...)
+    processor: CLIPProcessor
+    data: RunData
+    loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    step: TrainingStep
+    state: TrainerState
+    steps_per_epoch: int
+    total_steps: int
+    pos_mode: str | None
+    cost: dict
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.recipe.output_dir)
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        """The model itself (a PeftModel or CLIPModel), without DDP or compile wrappers."""
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+
+
+def set_up(recipe: Recipe, resume_from_checkpoint: str | None = None) -> Run:
+    """Everything before the first step: accelerator, model, data, optimiser, schedule, checkpoint hooks,
+    and the state of an interrupted run when resuming."""
+    training = recipe.training
+    accelerator = create_accelerator(recipe)
+    set_seed(training.seed)
+    model = build_model(recipe)
+    trainable_parameters, base_parameters = parameter_counts(model)
+    processor = CLIPProcessor.from_pretrained(recipe.base_model)
+    pos_mode = pos_mode_of(model)
+    if pos_mode is not None and recipe.loss.name != "posapl":
+        raise RecipeError("loss.name: POSAPL (method pos_prompt) trains with the posapl loss")
+    data = prepare_data(recipe, processor, pos_mode, accelerator)
+    token_dropout = token_dropout_of(model)
+    optimizer = build_optimizer(recipe, model)
+    loader = training_loader(recipe, data, processor.tokenizer.pad_token_id, accelerator.device)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps_per_epoch = math.ceil(len(loader) / training.gradient_accumulation_steps)
+    total_steps = total_steps_of(recipe, steps_per_epoch)
+    scheduler = build_scheduler(recipe, optimizer, steps_per_epoch, total_steps)  # stepped per optimiser step
+    state = TrainerState()
+    accelerator.register_for_checkpointing(scheduler, state)
+    augmentation = RandomResizedCropFlip(seed=training.seed) if recipe.data.augment else None
+    images = ImageBatchTransform(PixelNormalizer.from_processor(processor.image_processor), augmentation)
+    cost = {
+        "trainable_parameters": trainable_parameters,
+        "base_parameters": base_parameters,
+        **run_settings(recipe, accelerator, data.num_workers),
+    }
+    run = Run(
+        recipe, accelerator, model, processor, data, loader, optimizer, scheduler,
+        TrainingStep(model, recipe.loss, images, token_dropout), state, steps_per_epoch, total_steps,
+        pos_mode, cost,
+    )  # fmt: skip
+    checkpoint_adapter_only(run)
+    if resume_from_checkpoint:
+        resume(run, resume_from_checkpoint)
+    accelerator.print(
+        f"training {trainable_parameters:,} parameters for {total_steps} steps on {accelerator.device} "
+        f"x{accelerator.num_processes}: base {cost['base_dtype']}, mixed precision {cost['mixed_precision']} "
+        f"({cost['mixed_precision_from']}), compile {'on' if cost['compiled'] else 'off'} "
+        f"({cost['compile_from']}), {data.num_workers} data workers, "
+        f"images {'cached' if recipe.data.cache_images else 'decoded every epoch'}"
+    )
+    return run
+
+
+def optimizer_step(run: Run, batch: dict) -> torch.Tensor:
+    """Forward and backward of one micro-batch; clipping, optimiser step and zeroing once the gradients of
+    ``gradient_accumulation_steps`` micro-batches are in. Returns the detached loss (not synchronised)."""
+    accelerator, max_grad_norm = run.accelerator, run.recipe.training.max_grad_norm
+    with accelerator.accumulate(run.model):
+        loss = run.step(batch, run.state.epoch)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and max_grad_norm:
+            accelerator.clip_grad_norm_(run.optimizer.param_groups[0]["params"], max_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad()
+    return loss.detach()
+
+
+# --- Evaluation --------------------------------------------------------------------------------------
+
+
+def text_options(run: Run, split: str) -> dict:
+    if run.pos_mode is None:
+        return {}
+    return {  # POSAPL encodes the normalised captions with their POS inputs
+        "caption_column": "pos_captions",
+        "text_inputs": pos_text_inputs(run.data.dataset[split], run.processor.tokenizer, run.pos_mode),
+    }
+
+
+def evaluate(run: Run, split: str) -> dict:
+    """Retrieval metrics of the current model on ``split``, images read from the run's pixel source
+    (decoding, without a cache, in the data workers)."""
+    pixels = run.data.pixels[split]
+    with run.accelerator.autocast():
+        return evaluate_retrieval(
+            run.unwrapped,
+            run.data.dataset[split],
+            run.processor,
+            batch_size=run.recipe.training.eval_batch_size,
+            accelerator=run.accelerator,
+            pixels=pixels,
+            num_workers=0 if run.recipe.data.cache_images else run.data.num_workers,
+            **text_options(run, split),
+        )
+
+
+def validate(run: Run) -> None:
+    """Validation metrics of the current step; the best adapter so far is saved to ``best_adapter/``."""
+    state, accelerator = run.state, run.accelerator
+    metrics = evaluate(run, "validation") if len(run.data.dataset["validation"]) else {}
+    state.evaluations.append(
+        {"step": state.global_step, "epoch": state.epoch, "split": "validation", **metrics}
+    )
+    accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=state.global_step)
+    if "mR" not in metrics or state.best_mR is None or metrics["mR"] > state.best_mR:
+        state.best_mR, state.best_step = metrics.get("mR"), state.global_step
+        if accelerator.is_main_process:
+            save_best(run.unwrapped, run.output_dir)
+    accelerator.wait_for_everyone()
+
+
+# --- Checkpoints -------------------------------------------------------------------------------------
+
+
+def checkpoint_adapter_only(run: Run) -> None:
+    """Make ``save_state``/``load_state`` store the adapter only, never the frozen backbone."""
+    accelerator = run.accelerator
+    if not isinstance(run.unwrapped, PeftModel):
+        return
+
+    def save_adapter_only(models, weights, checkpoint_dir):
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(models[0], keep_torch_compile=False)
+            unwrapped.save_pretrained(Path(checkpoint_dir) / "adapter")
+        weights.clear()
+
+    def load_adapter_only(models, checkpoint_dir):
+        peft_model = accelerator.unwrap_model(models.pop(), keep_torch_compile=False)
+        weights = load_peft_weights(str(Path(checkpoint_dir) / "adapter"), device="cpu")
+        set_peft_model_state_dict(peft_model, weights)
+
+    accelerator.register_save_state_pre_hook(save_adapter_only)
+    accelerator.register_load_state_pre_hook(load_adapter_only)
 
 
 def latest_checkpoint(output_dir: Path) -> Path:
@@ -198,224 +532,147 @@ def load_best(model: torch.nn.Module, output_dir: Path) -> None:
         model.load_state_dict(CLIPModel.from_pretrained(best_dir).state_dict())
 
 
-def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainResult:
-    output_dir = Path(recipe.output_dir)
-    training = recipe.training
-    # without cpu=True, a GPU-less `accelerate launch --multi_gpu` runs unsynchronised copies
-    accelerator = Accelerator(
-        cpu=not _has_accelerator(),
-        mixed_precision=training.mixed_precision,
-        gradient_accumulation_steps=training.gradient_accumulation_steps,
-        log_with="tensorboard" if _tensorboard_installed() else None,
-        project_config=ProjectConfiguration(
-            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
-        ),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=training.seed),
+def save_checkpoint(run: Run) -> None:
+    """A resumable checkpoint in ``checkpoints/step_N`` (Accelerate state with the adapter only, and the
+    best adapter so far), keeping ``checkpoints_total_limit`` of them."""
+    accelerator, output_dir, limit = (
+        run.accelerator,
+        run.output_dir,
+        run.recipe.training.checkpoints_total_limit,
     )
-    set_seed(training.seed)
+    checkpoint_dir = output_dir / "checkpoints" / f"step_{run.state.global_step:08d}"
+    accelerator.save_state(str(checkpoint_dir))
+    if accelerator.is_main_process:  # the best adapter so far belongs to the resumable state
+        shutil.copytree(output_dir / "best_adapter", checkpoint_dir / "best_adapter", dirs_exist_ok=True)
+        if limit:
+            for old in sorted((output_dir / "checkpoints").glob("step_*"))[:-limit]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
 
-    # Model, processor and data
-    model = build_model(recipe)
-    trainable_parameters, base_parameters = parameter_counts(model)
-    processor = CLIPProcessor.from_pretrained(recipe.base_model)
-    pos_mode = pos_mode_of(model)
-    if pos_mode is not None and recipe.loss.name != "posapl":
-        raise RecipeError("loss.name: POSAPL (method pos_prompt) trains with the posapl loss")
-    dataset = load_data(recipe, processor.tokenizer, pos_mode)
-    augmentation = RandomResizedCropFlip(seed=training.seed) if recipe.data.augment else None
-    pairs = explode_captions(dataset["train"]).with_transform(
-        CaptionPairTransform(processor, augmentation=augmentation, pos_mode=pos_mode)
-    )
-    loader = DataLoader(
-        pairs,
-        batch_size=training.batch_size,
-        shuffle=True,
-        collate_fn=RetrievalCollator(processor.tokenizer),
-        num_workers=training.num_workers,
-        # its own generator: a new iterator must not draw from the global RNG that checkpoints restore
-        generator=torch.Generator().manual_seed(training.seed),
-    )
-    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer_class = torch.optim.AdamW if recipe.optimizer.name == "adamw" else torch.optim.Adam
-    optimizer = optimizer_class(
-        trainable,
-        lr=recipe.optimizer.lr,
-        betas=tuple(recipe.optimizer.betas),
-        weight_decay=recipe.optimizer.weight_decay,
-    )
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    steps_per_epoch = math.ceil(len(loader) / training.gradient_accumulation_steps)
-    scheduler = build_scheduler(recipe, optimizer, steps_per_epoch)  # stepped once per optimiser step
-    state = TrainerState()
-    accelerator.register_for_checkpointing(scheduler, state)
 
-    # Checkpoints hold the adapter only, never the frozen backbone
-    if isinstance(accelerator.unwrap_model(model), PeftModel):
-
-        def save_adapter_only(models, weights, checkpoint_dir):
-            if accelerator.is_main_process:
-                accelerator.unwrap_model(models[0]).save_pretrained(Path(checkpoint_dir) / "adapter")
-            weights.clear()
-
-        def load_adapter_only(models, checkpoint_dir):
-            peft_model = accelerator.unwrap_model(models.pop())
-            weights = load_peft_weights(str(Path(checkpoint_dir) / "adapter"), device="cpu")
-            set_peft_model_state_dict(peft_model, weights)
-
-        accelerator.register_save_state_pre_hook(save_adapter_only)
-        accelerator.register_load_state_pre_hook(load_adapter_only)
-
-    if resume_from_checkpoint:
-        checkpoint = (
-            latest_checkpoint(output_dir)
-            if resume_from_checkpoint == "latest"
-            else Path(resume_from_checkpoint)
-        )
-        accelerator.load_state(str(checkpoint))
-        if accelerator.is_main_process:
-            if (output_dir / "best_adapter").exists():
-                shutil.rmtree(output_dir / "best_adapter")
-            shutil.copytree(checkpoint / "best_adapter", output_dir / "best_adapter")
-        accelerator.wait_for_everyone()
-        accelerator.print(f"resumed from {checkpoint} at step {state.global_step}, epoch {state.epoch}")
-
+def resume(run: Run, checkpoint: str) -> None:
+    """Restore an interrupted run from ``checkpoint`` (``latest`` or a folder): adapter, optimiser,
+    schedule, RNG states, progress and the best adapter so far."""
+    accelerator, output_dir = run.accelerator, run.output_dir
+    folder = latest_checkpoint(output_dir) if checkpoint == "latest" else Path(checkpoint)
+    accelerator.load_state(str(folder))
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, output_dir / "recipe.yaml")
+        if (output_dir / "best_adapter").exists():
+            shutil.rmtree(output_dir / "best_adapter")
+        shutil.copytree(folder / "best_adapter", output_dir / "best_adapter")
+    accelerator.wait_for_everyone()
+    accelerator.print(f"resumed from {folder} at step {run.state.global_step}, epoch {run.state.epoch}")
+
+
+# --- The loop ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class LossLog:
+    """Losses of recent optimiser steps, read from the device together every few steps (reading one
+    synchronises the host with the device, which would stall the next step), with the wall time per step
+    of each window between reads."""
+
+    pending: list = field(default_factory=list)  # (step, loss tensor on the device)
+    window_started: float = field(default_factory=time.perf_counter)
+    seconds_per_step: list = field(default_factory=list)
+
+    def read(self, run: Run, progress) -> None:
+        """Record the pending losses in the state and the trackers, and close the timing window."""
+        if self.pending:
+            values = torch.stack([loss for _, loss in self.pending]).float().tolist()
+            self.seconds_per_step.append((time.perf_counter() - self.window_started) / len(self.pending))
+            for (step, _), value in zip(self.pending, values, strict=True):
+                run.state.train_loss.append({"step": step, "loss": value})
+                run.accelerator.log({"train/loss": value}, step=step)
+            run.accelerator.log({"train/lr": run.scheduler.get_last_lr()[0]}, step=run.state.global_step)
+            progress.set_postfix(loss=f"{values[-1]:.3f}", best_mR=run.state.best_mR)
+            self.pending.clear()
+        self.restart()
+
+    def restart(self) -> None:
+        self.window_started = time.perf_counter()
+
+
+def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainResult:
+    run = set_up(recipe, resume_from_checkpoint)
+    accelerator, state, training = run.accelerator, run.state, recipe.training
+    if accelerator.is_main_process:
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, run.output_dir / "recipe.yaml")
     accelerator.init_trackers("rsitr_hf", config=_flat(recipe.to_dict()))
 
-    def text_options(split: str) -> dict:
-        if pos_mode is None:
-            return {}
-        return {  # POSAPL encodes the normalised captions with their POS inputs
-            "caption_column": "pos_captions",
-            "text_inputs": pos_text_inputs(dataset[split], processor.tokenizer, pos_mode),
-        }
-
-    def evaluate(split: str) -> dict:
-        with accelerator.autocast():
-            return evaluate_retrieval(
-                accelerator.unwrap_model(model),
-                dataset[split],
-                processor,
-                batch_size=training.eval_batch_size,
-                accelerator=accelerator,
-                **text_options(split),
-            )
-
-    def validate() -> None:
-        metrics = evaluate("validation") if len(dataset["validation"]) else {}
-        state.evaluations.append(
-            {"step": state.global_step, "epoch": state.epoch, "split": "validation", **metrics}
-        )
-        accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=state.global_step)
-        if "mR" not in metrics or state.best_mR is None or metrics["mR"] > state.best_mR:
-            state.best_mR, state.best_step = metrics.get("mR"), state.global_step
-            if accelerator.is_main_process:
-                save_best(accelerator.unwrap_model(model), output_dir)
-        accelerator.wait_for_everyone()
-
-    def checkpoint() -> None:
-        checkpoint_dir = output_dir / "checkpoints" / f"step_{state.global_step:08d}"
-        accelerator.save_state(str(checkpoint_dir))
-        if accelerator.is_main_process:  # the best adapter so far belongs to the resumable state
-            shutil.copytree(output_dir / "best_adapter", checkpoint_dir / "best_adapter", dirs_exist_ok=True)
-        if accelerator.is_main_process and training.checkpoints_total_limit:
-            for old in sorted((output_dir / "checkpoints").glob("step_*"))[
-                : -training.checkpoints_total_limit
-            ]:
-                shutil.rmtree(old)
-        accelerator.wait_for_everyone()
-
-    # Training
-    token_dropout = token_dropout_of(recipe, accelerator.unwrap_model(model))
-    loss_options = recipe.loss
-
-    def training_loss(batch: dict) -> torch.Tensor:
-        if loss_options.name == "hmmc":  # PE-RSITR: clean and augmented views of both towers
-            views = encode_views(
-                model, batch["pixel_values"], batch["input_ids"], batch["attention_mask"], token_dropout
-            )
-            return hmmc_loss(
-                views.image, views.text, views.image_aug, views.text_aug, image_ids=batch["image_ids"],
-                margin=loss_options.margin, max_violation=loss_options.max_violation,
-                mask_same_image=loss_options.mask_same_image,
-            )  # fmt: skip
-        pos_inputs = {key: batch[key] for key in ("pos_input_ids", "pos_tag_ids") if key in batch}
-        output = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
-                       attention_mask=batch["attention_mask"], return_dict=True, **pos_inputs)  # fmt: skip
-        return posapl_loss(
-            output.image_embeds.float(), output.text_embeds.float(), batch["image_ids"],
-            unwrap_clip(model).logit_scale, loss_options.exponentiate_scale,
-            loss_options.margin, loss_options.power, loss_options.mask_same_image,
-        )  # fmt: skip
-
     if state.global_step == 0 and state.batches_done_in_epoch == 0 and state.epoch == 0:
-        validate()  # the starting point: zero-shot for adapters initialised to identity
-    step_seconds = []  # wall time of each optimiser step, data loading included, evaluations excluded
+        validate(run)  # the starting point: zero-shot for adapters initialised to identity
+    losses = LossLog()
     progress = tqdm(
-        total=steps_per_epoch * training.epochs,
+        total=run.total_steps,
         initial=state.global_step,
         disable=not accelerator.is_local_main_process,
         desc="training",
     )
-    while state.epoch < training.epochs:
-        model.train()
-        loader.set_epoch(state.epoch)
-        if augmentation is not None:
-            augmentation.epoch = state.epoch  # new crops each epoch, the same ones after a resume
+    while state.epoch < training.epochs and state.global_step < run.total_steps:
+        run.model.train()
+        run.loader.set_epoch(state.epoch)
         batches = (
-            accelerator.skip_first_batches(loader, state.batches_done_in_epoch)
+            accelerator.skip_first_batches(run.loader, state.batches_done_in_epoch)
             if state.batches_done_in_epoch
-            else loader
+            else run.loader
         )
-        step_started = time.perf_counter()
+        losses.restart()
         for batch in batches:
-            with accelerator.accumulate(model):
-                loss = training_loss(batch)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and training.max_grad_norm:
-                    accelerator.clip_grad_norm_(trainable, training.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
+            loss = optimizer_step(run, batch)
             state.batches_done_in_epoch += 1
             if not accelerator.sync_gradients:
                 continue
-            scheduler.step()
+            run.scheduler.step()
             state.global_step += 1
-            step_loss = accelerator.gather(loss.detach()[None]).mean().item()  # waits for the device
-            step_seconds.append(time.perf_counter() - step_started)
-            state.train_loss.append({"step": state.global_step, "loss": step_loss})
-            accelerator.log(
-                {"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0]}, step=state.global_step
-            )
+            losses.pending.append((state.global_step, accelerator.gather(loss[None]).mean()))
             progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.3f}", best_mR=state.best_mR)
-            if training.eval_every_steps and state.global_step % training.eval_every_steps == 0:
-                validate()
-            if training.checkpoint_every_steps and state.global_step % training.checkpoint_every_steps == 0:
-                checkpoint()
-            step_started = time.perf_counter()
-        state.epoch += 1
-        state.batches_done_in_epoch = 0
+            finished = state.global_step >= run.total_steps
+            evaluate_now = training.eval_every_steps and state.global_step % training.eval_every_steps == 0
+            save_now = (
+                training.checkpoint_every_steps and state.global_step % training.checkpoint_every_steps == 0
+            )
+            if len(losses.pending) >= LOSS_READ_EVERY or evaluate_now or save_now or finished:
+                losses.read(run, progress)
+            if evaluate_now:
+                validate(run)
+            if save_now:
+                save_checkpoint(run)
+            if evaluate_now or save_now:
+                losses.restart()  # the time per step leaves evaluations and checkpoints out
+            if finished:
+                break
+        if state.batches_done_in_epoch >= len(run.loader):  # the epoch ran to its end
+            state.epoch += 1
+            state.batches_done_in_epoch = 0
+        losses.read(run, progress)
         if not training.eval_every_steps:
-            validate()
+            validate(run)
         if not training.checkpoint_every_steps:
-            checkpoint()
+            save_checkpoint(run)
     progress.close()
+    return finish(run, losses.seconds_per_step)
 
-    # The best adapter, evaluated once on test
-    unwrapped = accelerator.unwrap_model(model)
+
+# --- Outputs -----------------------------------------------------------------------------------------
+
+
+def finish(run: Run, seconds_per_step: list[float]) -> TrainResult:
+    """Evaluate the best adapter once on test, write the outputs and push to the Hub if asked."""
+    accelerator, recipe, state, output_dir = run.accelerator, run.recipe, run.state, run.output_dir
+    unwrapped = run.unwrapped
     load_best(unwrapped, output_dir)
-    test_metrics = evaluate("test")
+    test_metrics = evaluate(run, "test")
     state.evaluations.append({"step": state.best_step, "epoch": None, "split": "test", **test_metrics})
     accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state.global_step)
     memory_mb, memory_kind = peak_memory_mb(accelerator.device)
     cost = {
-        "trainable_parameters": trainable_parameters,
-        "base_parameters": base_parameters,
-        "seconds_per_step": statistics.median(step_seconds) if step_seconds else None,
-        "steps_timed": len(step_seconds),
+        **run.cost,
+        "seconds_per_step": statistics.median(seconds_per_step) if seconds_per_step else None,
+        "steps_timed": len(state.train_loss),
+        "batch_size": recipe.training.batch_size * recipe.training.gradient_accumulation_steps,
         "peak_memory_mb": memory_mb,
         "memory_kind": memory_kind,
         "device": str(accelerator.device),
@@ -424,12 +681,13 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
     result = TrainResult(output_dir, test_metrics, state.best_step, state.best_mR, cost)
     push_error = None
     if accelerator.is_main_process:
-        write_outputs(recipe, unwrapped, processor, state, test_metrics, cost, output_dir)
-        if len(dataset["validation"]):
+        write_outputs(recipe, unwrapped, run.processor, state, test_metrics, cost, output_dir)
+        if len(run.data.dataset["validation"]):
             with accelerator.autocast():
                 examples = split_examples(
-                    unwrapped, dataset["validation"], processor, batch_size=training.eval_batch_size,
-                    **text_options("validation"),
+                    unwrapped, run.data.dataset["validation"], run.processor,
+                    batch_size=recipe.training.eval_batch_size, pixels=run.data.pixels["validation"],
+                    **text_options(run, "validation"),
                 )  # fmt: skip
             plot_retrieval_grid(
                 examples, output_dir / "retrieval_examples.png", "validation queries, best adapter"

@@ -1,9 +1,14 @@
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# image caches of the test runs (and of the processes they start) stay out of ~/.cache/rsitr_hf
+TEST_CACHE = None if "RSITR_CACHE" in os.environ else tempfile.mkdtemp(prefix="rsitr-test-cache-")
+os.environ.setdefault("RSITR_CACHE", TEST_CACHE or "")
 
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -12,8 +17,14 @@ import pytest  # noqa: E402
 
 from rsitr_hf.data.shared import shared_data_dir  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 SHARED = shared_data_dir()  # ../shared beside the checkout (as in CI), or RSITR_SHARED_DIR
 SPLITS_DIR = SHARED / "rsitr_splits"
+
+
+def pytest_unconfigure(config) -> None:
+    if TEST_CACHE:
+        shutil.rmtree(TEST_CACHE, ignore_errors=True)
 
 
 def pytest_configure(config) -> None:
@@ -61,13 +72,44 @@ def stanza_tagger_path() -> Path:
     return cache / "tagger.pt"
 
 
+def write_recipe(path: Path, tiny_clip_dir, synthetic_dir, output_dir, **training) -> Path:
+    """A tiny MRS-Adapter recipe on the synthetic data (``training`` entries override the defaults)."""
+    import yaml
+
+    recipe = {
+        "base_model": str(tiny_clip_dir),
+        "output_dir": str(output_dir),
+        "method": {"name": "mrs_adapter", "config": {"bottleneck_dim": 16, "shared_dim": 8}},
+        "data": {"path": str(synthetic_dir), "validation_fraction": 0.2},
+        "optimizer": {"lr": 1.0e-2},
+        "schedule": {"name": "cosine"},
+        "training": {"epochs": 2, "batch_size": 8, "eval_batch_size": 7, **training},
+    }
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run_script(arguments: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    """``train_accelerate.py arguments`` in a new process (under ``launcher``, e.g. ``accelerate launch``)."""
+    command = [*(launcher or [sys.executable]), str(ROOT / "train_accelerate.py"), *arguments]
+    return subprocess.run(
+        command, capture_output=True, text=True, env=subprocess_env(), timeout=600, cwd=ROOT
+    )
+
+
+def subprocess_env() -> dict:
+    """This environment, with the repository root prepended to ``PYTHONPATH`` (kept, not replaced: the
+    stack may itself come through ``PYTHONPATH``)."""
+    paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "HF_HUB_OFFLINE": "1"}
+
+
 def run_in_fresh_process(tmp_path: Path, source: str, *arguments) -> subprocess.CompletedProcess:
     """Run ``source`` as a script in a new Python process (from the repository root) with ``arguments``."""
     script = tmp_path / "fresh_process.py"
     script.write_text(source)
-    root = Path(__file__).resolve().parents[1]
     command = [sys.executable, str(script), *map(str, arguments)]
-    return subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
 def tiny_inputs(seed: int = 0, batch: int = 3):

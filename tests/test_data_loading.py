@@ -118,6 +118,10 @@ def test_explode_captions_keeps_image_ids_and_order(tmp_path):
     assert pairs["caption"][7] == "train image 1 caption 2"
     assert pairs[7]["image"].size == (8, 8)
     assert pairs[7]["filename"] == "train1.png"
+    assert pairs["image_row"] == [i for i in range(4) for _ in range(5)]
+    assert pairs["pair_index"] == list(range(20))
+    without_images = explode_captions(dataset["train"].remove_columns("image"))
+    assert "image" not in without_images.column_names and without_images["caption"] == pairs["caption"]
 
 
 def test_caption_filename_count_mismatch_names_both_files(tmp_path):

@@ -1,22 +1,26 @@
 from collections import Counter
 
+import datasets
 import pytest
 from conftest import SHARED, SPLITS_DIR
 from transformers import CLIPProcessor
 
 from rsitr_hf.data import explode_captions, load_rsitr
+from rsitr_hf.data.pixels import DecodedPixels, image_keys
 from rsitr_hf.data.pos import (
     PAD_TAG_ID,
+    POS_COLUMNS,
     SPECIAL_TAG_ID,
     UPOS_TAGS,
     POSModelMissing,
     StanzaTagger,
     add_pos_columns,
+    cached_pos_dataset,
     normalise_caption,
     pos_sentence,
 )
 from rsitr_hf.data.pos_tagger import caption_like_conllu, read_conllu_upos
-from rsitr_hf.data.preprocessing import CaptionPairTransform, RetrievalCollator
+from rsitr_hf.data.preprocessing import RetrievalCollator, caption_pairs
 from rsitr_hf.data.seed_layout import read_lines
 
 
@@ -94,22 +98,54 @@ def test_pos_columns_align_with_clip_tokens(tagger, synthetic_dir, tiny_clip_dir
     pairs = explode_captions(tagged["train"])
     assert {"pos_caption", "pos_tags", "pos_sentence", "pos_tag_ids"} <= set(pairs.column_names)
     processor = CLIPProcessor.from_pretrained(tiny_clip_dir)
-    examples = [
-        pairs.with_transform(CaptionPairTransform(processor, pos_mode="aligned"))[i] for i in range(6)
-    ]
-    aligned = RetrievalCollator(tokenizer)(examples)
+    collator = RetrievalCollator(
+        DecodedPixels(tagged["train"], processor.image_processor), tokenizer.pad_token_id
+    )
+    aligned_pairs = caption_pairs(tagged["train"], tokenizer, pos_mode="aligned")
+    assert aligned_pairs["input_ids"][:6] == tokenizer(pairs["pos_caption"][:6])["input_ids"]
+    aligned = collator([aligned_pairs[i] for i in range(6)])
     assert aligned["pos_tag_ids"].shape == aligned["input_ids"].shape
     assert (aligned["pos_tag_ids"][aligned["attention_mask"] == 0] == PAD_TAG_ID).all()
     assert (aligned["pos_tag_ids"][aligned["attention_mask"] == 1] != PAD_TAG_ID).all()
-    examples = [
-        pairs.with_transform(CaptionPairTransform(processor, pos_mode="sentence"))[i] for i in range(6)
-    ]
-    sentence = RetrievalCollator(tokenizer)(examples)
+    sentence_pairs = caption_pairs(tagged["train"], tokenizer, pos_mode="sentence")
+    assert "pos_tag_ids" not in sentence_pairs.column_names
+    sentence = collator([sentence_pairs[i] for i in range(6)])
     expected = tokenizer(pairs["pos_sentence"][:6], padding="longest", return_tensors="pt")["input_ids"]
     assert sentence["pos_input_ids"].tolist() == expected.tolist()
     assert (
         tokenizer.decode(sentence["pos_input_ids"][0], skip_special_tokens=True) == pairs["pos_sentence"][0]
     )
+
+
+def test_the_pos_cache_holds_the_tags_and_leaves_the_images_where_they_are(
+    stanza_tagger_path, synthetic_dir, tiny_clip_dir, tmp_path
+):
+    dataset = load_rsitr(synthetic_dir)
+    tokenizer = CLIPProcessor.from_pretrained(tiny_clip_dir).tokenizer
+    identity = {"path": str(synthetic_dir)}
+
+    def tagged_once():
+        return cached_pos_dataset(
+            dataset, identity, tokenizer, str(tmp_path / "pos"), str(stanza_tagger_path)
+        )
+
+    first = tagged_once()
+    (folder,) = (tmp_path / "pos").iterdir()
+    assert datasets.load_from_disk(str(folder))["train"].column_names == list(POS_COLUMNS)
+    expected = add_pos_columns(dataset, StanzaTagger(str(stanza_tagger_path)), tokenizer)
+    for name in dataset:
+        assert first[name].column_names == expected[name].column_names
+        assert (
+            first[name].select_columns(list(POS_COLUMNS)).to_dict()
+            == expected[name].select_columns(list(POS_COLUMNS)).to_dict()
+        )
+        # the same image files as the untagged split, so the pixel store shares their rows
+        assert image_keys(first[name]) == image_keys(dataset[name])
+        assert image_keys(first[name])[0].startswith("p:")
+    stamp = (folder / "dataset_dict.json").stat().st_mtime_ns
+    again = tagged_once()
+    assert (folder / "dataset_dict.json").stat().st_mtime_ns == stamp
+    assert again["test"]["pos_tag_ids"] == first["test"]["pos_tag_ids"]
 
 
 def test_missing_model_says_how_to_get_it(tmp_path):

@@ -1,17 +1,17 @@
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TWO_PROCESS_LAUNCH
+from conftest import TWO_PROCESS_LAUNCH, subprocess_env
 from torch.utils.data import DataLoader
 from transformers import CLIPModel, CLIPProcessor
 
-from rsitr_hf.data import explode_captions, load_rsitr
-from rsitr_hf.data.preprocessing import CaptionPairTransform, RandomResizedCropFlip, RetrievalCollator
+from rsitr_hf.data import load_rsitr
+from rsitr_hf.data.pixels import DecodedPixels, cached_pixels
+from rsitr_hf.data.preprocessing import RetrievalCollator, caption_pairs
 from rsitr_hf.evaluation import encode_split, evaluate_retrieval, retrieval_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,28 +22,25 @@ def model_and_processor(tiny_clip_dir):
     return CLIPModel.from_pretrained(tiny_clip_dir), CLIPProcessor.from_pretrained(tiny_clip_dir)
 
 
-def test_collator_pads_to_the_longest_caption_of_the_batch(synthetic_dir, model_and_processor):
+def test_collator_pads_to_the_longest_caption_and_gathers_uint8_pixels(synthetic_dir, model_and_processor):
     _, processor = model_and_processor
-    pairs = explode_captions(load_rsitr(synthetic_dir)["train"])
-    transform = CaptionPairTransform(processor, augmentation=RandomResizedCropFlip(seed=0))
-    loader = DataLoader(
-        pairs.with_transform(transform), batch_size=6, collate_fn=RetrievalCollator(processor.tokenizer)
+    train = load_rsitr(synthetic_dir)["train"]
+    pairs = caption_pairs(train, processor.tokenizer)
+    assert pairs.column_names == ["image_id", "image_row", "pair_index", "input_ids"]
+    collator = RetrievalCollator(
+        DecodedPixels(train, processor.image_processor), processor.tokenizer.pad_token_id
     )
-    batch = next(iter(loader))
-    lengths = [len(processor.tokenizer(c)["input_ids"]) for c in pairs["caption"][:6]]
-    assert batch["pixel_values"].shape == (6, 3, 32, 32)
+    order = [7, 0, 13, 2, 5, 9]
+    batch = next(iter(DataLoader(pairs.select(order), batch_size=6, collate_fn=collator)))
+    lengths = [len(processor.tokenizer(train[i // 5]["captions"][i % 5])["input_ids"]) for i in order]
+    assert batch["pixels"].dtype == torch.uint8 and batch["pixels"].shape == (6, 3, 32, 32)
+    images = DecodedPixels(train, processor.image_processor).take([i // 5 for i in order])
+    assert torch.equal(batch["pixels"], torch.from_numpy(images))
     assert batch["input_ids"].shape == (6, max(lengths))
     assert batch["attention_mask"].sum(dim=1).tolist() == lengths
-    assert batch["image_ids"].tolist() == pairs["image_id"][:6]
-
-
-def test_augmentation_keeps_size_and_is_seeded(synthetic_dir):
-    image = load_rsitr(synthetic_dir)["train"][0]["image"]
-    first, second = RandomResizedCropFlip(seed=5)(image, 3), RandomResizedCropFlip(seed=5)(image, 3)
-    assert first.size == image.size and first.tobytes() == second.tobytes()
-    by_index = {RandomResizedCropFlip(seed=5)(image, index).tobytes() for index in range(8)}
-    by_epoch = {RandomResizedCropFlip(seed=5, epoch=epoch)(image, 3).tobytes() for epoch in range(8)}
-    assert len(by_index) > 4 and len(by_epoch) > 4  # crops vary between examples and between epochs
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == processor.tokenizer.pad_token_id).all()
+    assert batch["image_ids"].tolist() == [train[i // 5]["image_id"] for i in order]
+    assert batch["pair_index"] == order
 
 
 def test_encoding_distinct_captions_matches_encoding_every_caption(synthetic_dir, model_and_processor):
@@ -72,6 +69,11 @@ def test_encoding_distinct_captions_matches_encoding_every_caption(synthetic_dir
     assert embeddings.similarity().shape == (12, 60)
     expected = retrieval_metrics(images @ reference.T, embeddings.caption_image_ids, test["image_id"])
     assert evaluate_retrieval(model, test, processor, batch_size=7) == pytest.approx(expected)
+    # the same from the image cache, and with decoding in two data-loader workers
+    cached = cached_pixels(test, processor.image_processor)
+    assert evaluate_retrieval(model, test, processor, batch_size=7, pixels=cached) == pytest.approx(expected)
+    in_workers = encode_split(model, test, processor, batch_size=5, num_workers=2)
+    torch.testing.assert_close(in_workers.image_embeds, embeddings.image_embeds, atol=0, rtol=0)
 
 
 SCRIPT = """
@@ -102,7 +104,6 @@ def test_two_process_encoding_equals_single_process(
     script = tmp_path / "encode.py"
     script.write_text(SCRIPT)
     out = tmp_path / "out.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [
         sys.executable,
         *TWO_PROCESS_LAUNCH,
@@ -111,7 +112,7 @@ def test_two_process_encoding_equals_single_process(
         str(synthetic_dir),
         str(out),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     gathered = json.loads(out.read_text())
     assert gathered["images"] == 12 and gathered["texts"] == single.text_embeds.shape[0]

@@ -1,15 +1,13 @@
 import json
 import math
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import TWO_PROCESS_LAUNCH
+from conftest import TWO_PROCESS_LAUNCH, run_script, write_recipe
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPProcessor
@@ -21,26 +19,6 @@ from rsitr_hf.recipe import RecipeError, load_recipe
 from rsitr_hf.train import main, train
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_recipe(path: Path, tiny_clip_dir, synthetic_dir, output_dir, **training) -> Path:
-    recipe = {
-        "base_model": str(tiny_clip_dir),
-        "output_dir": str(output_dir),
-        "method": {"name": "mrs_adapter", "config": {"bottleneck_dim": 16, "shared_dim": 8}},
-        "data": {"path": str(synthetic_dir), "validation_fraction": 0.2},
-        "optimizer": {"lr": 1.0e-2},
-        "schedule": {"name": "cosine"},
-        "training": {"epochs": 2, "batch_size": 8, "eval_batch_size": 7, **training},
-    }
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
-
-def run_script(arguments: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:
-    command = [*(launcher or [sys.executable]), str(ROOT / "train_accelerate.py"), *arguments]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -360,7 +338,9 @@ def test_posapl_tags_each_dataset_once(tmp_path, tiny_clip_dir, synthetic_dir, s
     # the saved adapter reproduces the reported test metrics when given the same POS inputs
     import datasets
 
-    test = datasets.load_from_disk(str(folder))["test"]
+    saved = datasets.load_from_disk(str(folder))["test"]
+    assert "image" not in saved.column_names  # the cache holds the POS columns, not the images
+    test = datasets.concatenate_datasets([load_rsitr(synthetic_dir)["test"], saved], axis=1)
     processor = CLIPProcessor.from_pretrained(tmp_path / "a" / "adapter")
     model = PeftModel.from_pretrained(CLIPModel.from_pretrained(tiny_clip_dir), tmp_path / "a" / "adapter")
     metrics = evaluate_retrieval(

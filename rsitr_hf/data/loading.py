@@ -183,13 +183,16 @@ PER_CAPTION_COLUMNS = {
 
 
 def explode_captions(dataset: datasets.Dataset) -> datasets.Dataset:
-    """One row per caption, in image order: ``image``, ``image_id``, ``filename``, ``caption`` and the
-    per-caption entries of any POS columns (``pos_caption``, ``pos_tags``, ``pos_sentence``, ``pos_tag_ids``),
-    plus ``pair_index`` (``5 * row + k``, stable for seeding per-example augmentation).
+    """One row per caption, in image order: the image's columns (``image``, ``image_id``, ``filename``),
+    ``caption`` and the per-caption entries of any POS columns (``pos_caption``, ``pos_tags``,
+    ``pos_sentence``, ``pos_tag_ids``), plus ``image_row`` (the image's row in ``dataset``) and
+    ``pair_index`` (``5 * image_row + k``, stable for seeding per-example augmentation).
 
-    Images are not decoded or copied: rows point at the same files or bytes as ``dataset``.
+    Images are not decoded or copied: rows point at the same files or bytes as ``dataset``. A dataset without
+    an ``image`` column (the training pairs, whose pixels come from a cache) works the same way.
     """
-    undecoded = dataset.cast_column("image", datasets.Image(decode=False))
+    has_image = "image" in dataset.column_names
+    undecoded = dataset.cast_column("image", datasets.Image(decode=False)) if has_image else dataset
     listed = {
         column: PER_CAPTION_COLUMNS[column]
         for column in undecoded.column_names
@@ -200,6 +203,7 @@ def explode_captions(dataset: datasets.Dataset) -> datasets.Dataset:
         {
             **{column: undecoded.features[column] for column in shared},
             **{single: undecoded.features[column].feature for column, single in listed.items()},
+            "image_row": datasets.Value("int64"),
             "pair_index": datasets.Value("int64"),
         }
     )
@@ -208,6 +212,7 @@ def explode_captions(dataset: datasets.Dataset) -> datasets.Dataset:
         out = {column: [] for column in features}
         for row, row_index in enumerate(rows):
             for index in range(len(batch["captions"][row])):
+                out["image_row"].append(row_index)
                 out["pair_index"].append(CAPTIONS_PER_IMAGE * row_index + index)
                 for column in shared:
                     out[column].append(batch[column][row])
@@ -223,4 +228,4 @@ def explode_captions(dataset: datasets.Dataset) -> datasets.Dataset:
         features=features,
         desc="one row per caption",
     )
-    return exploded.cast_column("image", datasets.Image(mode="RGB"))
+    return exploded.cast_column("image", datasets.Image(mode="RGB")) if has_image else exploded

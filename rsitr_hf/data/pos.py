@@ -162,6 +162,9 @@ def aligned_tag_ids(
     return ids[: max_length - 1] + [SPECIAL_TAG_ID]
 
 
+POS_COLUMNS = ("pos_captions", "pos_tags", "pos_sentences", "pos_tag_ids")
+
+
 def add_pos_columns(
     dataset_dict: datasets.DatasetDict, tagger: StanzaTagger, tokenizer, max_length: int = 77
 ) -> datasets.DatasetDict:
@@ -230,9 +233,12 @@ def cached_pos_dataset(
     pos_model_path: str | None = None,
     resources_dir: str | None = None,
 ) -> datasets.DatasetDict:
-    """``add_pos_columns`` once per dataset: the tagged DatasetDict is saved under ``cache_root``
-    (default ``~/.cache/rsitr_hf/pos``) in a folder named by a hash of ``identity`` (what the data is:
-    its source and split options) and of the tokenizer and tagger, and loaded from there afterwards."""
+    """``dataset_dict`` with the POS columns of :func:`add_pos_columns`, tagged once per dataset.
+
+    The POS columns alone are saved under ``cache_root`` (default ``~/.cache/rsitr_hf/pos``) in a folder
+    named by a hash of ``identity`` (what the data is: its source and split options) and of the tokenizer
+    and tagger, and joined to ``dataset_dict``'s rows afterwards; the images stay where they are.
+    """
     import hashlib
 
     key = json.dumps(
@@ -241,10 +247,21 @@ def cached_pos_dataset(
     root = Path(cache_root or Path.home() / ".cache" / "rsitr_hf" / "pos")
     folder = root / hashlib.sha256(key.encode()).hexdigest()[:16]
     if not (folder / "dataset_dict.json").is_file():
-        tagged = add_pos_columns(dataset_dict, StanzaTagger(pos_model_path, resources_dir), tokenizer)
-        tagged.save_to_disk(str(folder))
+        captions = dataset_dict.select_columns(["captions"])
+        tagged = add_pos_columns(captions, StanzaTagger(pos_model_path, resources_dir), tokenizer)
+        tagged.select_columns(list(POS_COLUMNS)).save_to_disk(str(folder))
         (folder / "identity.json").write_text(key, encoding="utf-8")
-    return datasets.load_from_disk(str(folder))
+    saved = datasets.load_from_disk(str(folder))
+    joined = {}
+    for name, split in dataset_dict.items():
+        columns = saved[name].select_columns(list(POS_COLUMNS))
+        if len(columns) != len(split):
+            raise ValueError(
+                f"POS cache {folder}: split {name} has {len(columns)} tagged rows for {len(split)} rows; "
+                "delete the folder to tag again"
+            )
+        joined[name] = datasets.concatenate_datasets([split, columns], axis=1)
+    return datasets.DatasetDict(joined)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,102 +1,60 @@
-"""Preprocessing for training: ``with_transform`` transforms and a collator that pads text per batch.
+"""Training batches: tokenised caption pairs and a collator that gathers their images as uint8 pixels.
 
-Typical use on the one-row-per-caption view::
+Typical use on one split of the RSITR schema::
 
-    pairs = explode_captions(dataset_dict["train"]).with_transform(CaptionPairTransform(processor))
-    loader = DataLoader(pairs, batch_size=16, shuffle=True, collate_fn=RetrievalCollator(processor.tokenizer))
+    pixels = cached_pixels(split, processor.image_processor)          # or DecodedPixels(split, ...)
+    pairs = caption_pairs(split, processor.tokenizer)
+    loader = DataLoader(pairs, batch_size=256, shuffle=True, collate_fn=RetrievalCollator(pixels, pad_id))
 
-Each batch is a dict with ``pixel_values`` ``(B, 3, H, W)``, ``input_ids`` and ``attention_mask``
-``(B, L)`` with ``L`` the longest caption of the batch, and ``image_ids`` ``(B,)``.
+Each batch is a dict with ``pixels`` ``(B, 3, H, W)`` uint8, ``input_ids`` and ``attention_mask``
+``(B, L)`` with ``L`` the longest caption of the batch, ``image_ids`` ``(B,)``, ``pair_index`` (a list
+of ``B`` ints) and the POS inputs for POSAPL. On the device, :class:`ImageBatchTransform` turns ``pixels``
+into the model's ``pixel_values`` (augmentation, then CLIP normalisation).
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import PIL.Image
+import datasets
 import torch
 
-from .images import to_rgb
+from .augmentation import RandomResizedCropFlip
+from .loading import explode_captions
+from .pixels import PixelNormalizer, PixelSource
+
+PAIR_COLUMNS = ("image_row", "image_id", "pair_index", "input_ids", "pos_input_ids", "pos_tag_ids")
 
 
-@dataclass
-class RandomResizedCropFlip:
-    """Train-time augmentation on PIL images: a random crop of ``scale`` of the area, resized back to
-    the original size, and a horizontal flip with probability ``flip_probability``.
+def caption_pairs(
+    split: datasets.Dataset, tokenizer, pos_mode: str | None = None, max_length: int = 77
+) -> datasets.Dataset:
+    """One row per caption of ``split``, tokenised once: ``image_row``, ``image_id``, ``pair_index``,
+    ``input_ids`` (unpadded, truncated to ``max_length``) and, for POSAPL, ``pos_input_ids`` (the tokenised
+    POS sentence, ``pos_mode="sentence"``) or ``pos_tag_ids`` (``"aligned"``).
 
-    The randomness of an example is a function of ``(seed, epoch, index)`` only, not of any global
-    generator state, so a resumed run sees exactly the crops an uninterrupted one would (Accelerate's
-    data loader fetches a batch ahead, which would otherwise shift a shared generator). The training
-    loop sets ``epoch`` at the start of each epoch.
+    For POSAPL (``pos_mode`` set) the text is the normalised ``pos_caption``; otherwise ``caption``.
+    The images stay out of the rows: :class:`RetrievalCollator` fetches them by ``image_row``.
     """
+    pairs = explode_captions(
+        split.remove_columns([c for c in ("image", "filename") if c in split.column_names])
+    )
+    text_column = "caption" if pos_mode is None else "pos_caption"
 
-    scale: tuple[float, float] = (0.5, 1.0)
-    flip_probability: float = 0.5
-    seed: int = 0
-    epoch: int = 0
-
-    def __call__(self, image: PIL.Image.Image, index: int) -> PIL.Image.Image:
-        rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
-        width, height = image.size
-        area_share = rng.uniform(*self.scale)
-        crop_w = max(1, round(width * area_share**0.5))
-        crop_h = max(1, round(height * area_share**0.5))
-        left = rng.randint(0, width - crop_w)
-        top = rng.randint(0, height - crop_h)
-        image = image.resize((width, height), PIL.Image.BICUBIC, box=(left, top, left + crop_w, top + crop_h))
-        if rng.random() < self.flip_probability:
-            image = image.transpose(PIL.Image.FLIP_LEFT_RIGHT)
-        return image
-
-
-def pixel_values(image_processor, images: list[PIL.Image.Image]) -> torch.Tensor:
-    """``(N, 3, H, W)`` CLIP-normalised pixels of ``images`` (converted to RGB first)."""
-    return image_processor(images=[to_rgb(image) for image in images], return_tensors="pt")["pixel_values"]
-
-
-@dataclass
-class CaptionPairTransform:
-    """``with_transform`` for caption rows: image -> ``pixel_values``, caption -> unpadded ``input_ids``.
-
-    Args:
-        processor: a ``CLIPProcessor`` (its ``image_processor`` and ``tokenizer`` are used).
-        max_length: captions are truncated to this many tokens (CLIP: 77).
-        augmentation: optional ``(image, pair_index) -> image`` function applied before preprocessing
-            (e.g. :class:`RandomResizedCropFlip`; ``pair_index`` comes from :func:`explode_captions`).
-        pos_mode: for POSAPL, ``"sentence"`` or ``"aligned"``: the text is the normalised
-            ``pos_caption`` and the POS input (``pos_input_ids`` of the ``pos_sentence``, or the
-            ``pos_tag_ids``) is added; ``None`` for the other methods (text: ``caption``).
-    """
-
-    processor: object
-    max_length: int = 77
-    augmentation: Callable[[PIL.Image.Image, int], PIL.Image.Image] | None = None
-    pos_mode: str | None = None
-
-    def __call__(self, batch: dict) -> dict:
-        images = [to_rgb(image) for image in batch["image"]]
-        if self.augmentation is not None:
-            images = [
-                self.augmentation(image, index)
-                for image, index in zip(images, batch["pair_index"], strict=True)
-            ]
-        text = batch["caption"] if self.pos_mode is None else batch["pos_caption"]
-        encoded = self.processor.tokenizer(text, truncation=True, max_length=self.max_length)
-        features = {
-            "pixel_values": list(pixel_values(self.processor.image_processor, images)),
-            "input_ids": encoded["input_ids"],
-            "image_id": batch["image_id"],
+    def tokenize(batch: dict) -> dict:
+        encoded = {
+            "input_ids": tokenizer(batch[text_column], truncation=True, max_length=max_length)["input_ids"]
         }
-        if self.pos_mode == "sentence":
-            sentences = self.processor.tokenizer(
-                batch["pos_sentence"], truncation=True, max_length=self.max_length
-            )
-            features["pos_input_ids"] = sentences["input_ids"]
-        elif self.pos_mode == "aligned":
-            features["pos_tag_ids"] = batch["pos_tag_ids"]
-        return features
+        if pos_mode == "sentence":
+            sentences = tokenizer(batch["pos_sentence"], truncation=True, max_length=max_length)
+            encoded["pos_input_ids"] = sentences["input_ids"]
+        return encoded
+
+    keep = set(PAIR_COLUMNS) - ({"pos_tag_ids"} if pos_mode != "aligned" else set())
+    tokenized = pairs.map(tokenize, batched=True, batch_size=1000, desc="tokenising captions")
+    return tokenized.remove_columns([column for column in tokenized.column_names if column not in keep])
 
 
 def pad_sequences(sequences: list[list[int]], value: int, length: int | None = None) -> torch.Tensor:
@@ -109,33 +67,63 @@ def pad_sequences(sequences: list[list[int]], value: int, length: int | None = N
 
 @dataclass
 class RetrievalCollator:
-    """Stack images and pad captions to the longest one in the batch.
+    """Gather a batch of caption pairs: their images from ``pixels`` (uint8) and their captions padded to
+    the longest one in the batch.
 
-    POS inputs, when present, are padded too: ``pos_input_ids`` with the tokenizer's pad token to their
-    longest, ``pos_tag_ids`` with ``PAD_TAG_ID`` to the caption length.
+    POS inputs, when present, are padded too: ``pos_input_ids`` with ``pad_token_id`` to their longest,
+    ``pos_tag_ids`` with ``PAD_TAG_ID`` to the caption length.
     """
 
-    tokenizer: object
+    pixels: PixelSource
+    pad_token_id: int
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         from .pos import PAD_TAG_ID
 
-        text = self.tokenizer.pad(
-            {"input_ids": [example["input_ids"] for example in examples]},
-            padding="longest",
-            return_tensors="pt",
-        )
+        input_ids = pad_sequences([example["input_ids"] for example in examples], self.pad_token_id)
+        lengths = torch.tensor([len(example["input_ids"]) for example in examples])
         batch = {
-            "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
-            "input_ids": text["input_ids"],
-            "attention_mask": text["attention_mask"],
+            "pixels": self.gather_pixels([example["image_row"] for example in examples]),
+            "input_ids": input_ids,
+            "attention_mask": (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long(),
             "image_ids": torch.tensor([example["image_id"] for example in examples], dtype=torch.long),
+            # a list, not a tensor: it stays on the host, where the augmentation draws its crops
+            "pair_index": [example["pair_index"] for example in examples],
         }
         if "pos_input_ids" in examples[0]:
-            pad = self.tokenizer.pad_token_id
-            batch["pos_input_ids"] = pad_sequences([e["pos_input_ids"] for e in examples], pad)
+            batch["pos_input_ids"] = pad_sequences([e["pos_input_ids"] for e in examples], self.pad_token_id)
         if "pos_tag_ids" in examples[0]:
             batch["pos_tag_ids"] = pad_sequences(
-                [e["pos_tag_ids"] for e in examples], PAD_TAG_ID, length=batch["input_ids"].shape[1]
+                [e["pos_tag_ids"] for e in examples], PAD_TAG_ID, length=input_ids.shape[1]
             )
         return batch
+
+    def gather_pixels(self, rows: list[int]) -> torch.Tensor:
+        """``(B, 3, H, W)`` uint8 of the images at ``rows``; in a data-loader worker, written straight into
+        shared memory (as ``default_collate`` does) so that handing the batch over copies nothing."""
+        shape = (len(rows), *self.pixels.shape)
+        if torch.utils.data.get_worker_info() is None:
+            pixels = torch.empty(shape, dtype=torch.uint8)
+        else:
+            storage = torch.empty(0, dtype=torch.uint8)._typed_storage()._new_shared(math.prod(shape))
+            pixels = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+        self.pixels.take(rows, out=pixels.numpy())
+        return pixels
+
+
+@dataclass
+class ImageBatchTransform:
+    """On the device: uint8 ``(B, 3, H, W)`` pixels -> the model's float ``pixel_values``, with the training
+    augmentation (drawn per ``(seed, epoch, pair_index)``) when there is one, then CLIP's normalisation."""
+
+    normalizer: PixelNormalizer
+    augmentation: RandomResizedCropFlip | None = None
+
+    def __call__(
+        self, pixels: torch.Tensor, indices: Sequence[int] | None = None, epoch: int = 0
+    ) -> torch.Tensor:
+        if self.augmentation is not None:
+            if indices is None:
+                raise ValueError("augmentation needs each example's index (the batch's pair_index)")
+            pixels = self.augmentation(pixels.float(), indices, epoch)
+        return self.normalizer(pixels)

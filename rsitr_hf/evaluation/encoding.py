@@ -1,5 +1,8 @@
 """Embedding a split of the RSITR schema with any CLIP-like model, and scoring it.
 
+Images reach the model as uint8 pixels (from a cache, or decoded in ``DataLoader`` workers) and are
+normalised on the model's device; see :mod:`rsitr_hf.data.pixels`.
+
 "CLIP-like" means it has ``get_image_features(pixel_values=...)`` and
 ``get_text_features(input_ids=..., attention_mask=...)`` returning either a tensor or an output whose
 ``pooler_output`` is the projected embedding: ``transformers.CLIPModel``, and any ``PeftModel`` on it.
@@ -17,7 +20,7 @@ import datasets
 import torch
 import torch.nn.functional as F
 
-from ..data.preprocessing import pixel_values
+from ..data.pixels import DecodedPixels, PixelNormalizer, PixelSource, resize_and_crop
 from .metrics import retrieval_metrics
 
 
@@ -49,10 +52,19 @@ def projected(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
+def pixel_embeddings(
+    model: torch.nn.Module, normalizer: PixelNormalizer, pixels: torch.Tensor
+) -> torch.Tensor:
+    """``(N, D)`` unit-norm float32 embeddings of ``(N, 3, H, W)`` uint8 ``pixels`` (normalised on the model's
+    device)."""
+    pixel_values = normalizer(pixels.to(model_device(model), non_blocking=True))
+    return F.normalize(projected(model.get_image_features(pixel_values=pixel_values)).float(), dim=-1)
+
+
 def image_embeddings(model: torch.nn.Module, image_processor, images: list) -> torch.Tensor:
     """``(N, D)`` unit-norm float32 embeddings of PIL ``images`` (on the model's device)."""
-    pixels = pixel_values(image_processor, images).to(model_device(model))
-    return F.normalize(projected(model.get_image_features(pixel_values=pixels)).float(), dim=-1)
+    pixels = torch.from_numpy(resize_and_crop(image_processor, images))
+    return pixel_embeddings(model, PixelNormalizer.from_processor(image_processor), pixels)
 
 
 def text_embeddings(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
@@ -66,14 +78,46 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+@dataclass
+class PixelRows:
+    """``rows -> (N, 3, H, W)`` uint8 tensor of a :class:`~rsitr_hf.data.pixels.PixelSource` (picklable, so
+    ``DataLoader`` workers can run it)."""
+
+    source: PixelSource
+
+    def __call__(self, rows: range) -> torch.Tensor:
+        return torch.from_numpy(self.source.take(rows))
+
+
+class LoadedBatches(torch.utils.data.Dataset):
+    """Batch ``i`` of a list of row ranges, loaded by ``load`` (in a worker when the loader has some)."""
+
+    def __init__(self, ranges: list[range], load: Callable[[range], object]):
+        self.ranges, self.load = ranges, load
+
+    def __len__(self) -> int:
+        return len(self.ranges)
+
+    def __getitem__(self, index: int):
+        return self.load(self.ranges[index])
+
+
 def embed_in_shards(
     count: int,
     batch_size: int,
-    embed_batch: Callable[[range], torch.Tensor],
+    load_batch: Callable[[range], object],
+    embed_batch: Callable[[object], torch.Tensor],
     accelerator=None,
     desc: str = "",
+    num_workers: int = 0,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Embed items ``0..count-1`` in batches, each process a contiguous shard; rows in item order."""
+    """Embed items ``0..count-1`` in batches, each process a contiguous shard; rows in item order.
+
+    ``load_batch(rows)`` prepares a batch's inputs on the CPU (in ``num_workers`` ``DataLoader`` workers when
+    there are some, so it must then be picklable); ``embed_batch(inputs)`` embeds them. Embeddings stay on
+    the device until the shard is done (no synchronisation per batch) and come back as float32 on the CPU.
+    """
     from tqdm.auto import tqdm
 
     indices = list(range(count))
@@ -83,11 +127,18 @@ def embed_in_shards(
         with accelerator.split_between_processes(indices) as local:
             shard = list(local)
         disable = not accelerator.is_main_process
-    pieces = []
-    for start in tqdm(range(0, len(shard), batch_size), desc=desc, disable=disable, leave=False):
-        batch = shard[start : start + batch_size]
-        pieces.append(embed_batch(range(batch[0], batch[-1] + 1)).float().cpu())
-    local_embeds = torch.cat(pieces) if pieces else torch.empty(0)
+    ranges = [
+        range(shard[start], shard[min(start + batch_size, len(shard)) - 1] + 1)
+        for start in range(0, len(shard), batch_size)
+    ]
+    loader = torch.utils.data.DataLoader(
+        LoadedBatches(ranges, load_batch),
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=device is not None and device.type == "cuda",
+    )
+    pieces = [embed_batch(inputs).float() for inputs in tqdm(loader, desc=desc, disable=disable, leave=False)]
+    local_embeds = torch.cat(pieces).cpu() if pieces else torch.empty(0)
     if accelerator is None or accelerator.num_processes == 1:
         return local_embeds
     from accelerate.utils import gather_object
@@ -106,12 +157,14 @@ def encode_split(
     max_length: int = 77,
     text_inputs: Callable[[Sequence[str]], dict] | None = None,
     caption_column: str = "captions",
+    pixels: PixelSource | None = None,
+    num_workers: int = 0,
 ) -> RetrievalEmbeddings:
     """Embed every image and every distinct caption of ``dataset`` (rows of the RSITR schema).
 
     Args:
         model: a CLIP-like model (see module docstring); put in eval mode for the call.
-        dataset: one split with ``image``, ``image_id`` and ``captions`` columns.
+        dataset: one split with ``image`` (unless ``pixels`` is given), ``image_id`` and ``captions`` columns.
         processor: a ``CLIPProcessor``.
         batch_size: images or captions per forward pass (per process).
         accelerator: an ``accelerate.Accelerator`` to shard the work over processes, or ``None``.
@@ -119,9 +172,13 @@ def encode_split(
         text_inputs: optional ``captions -> model inputs`` builder replacing the tokenizer call (for
             methods whose text tower takes extra inputs, e.g. :func:`rsitr_hf.data.pos.pos_text_inputs`).
         caption_column: the column of 5 caption strings per row to embed (POSAPL: ``pos_captions``).
+        pixels: the split's images as uint8 pixels (:func:`rsitr_hf.data.pixels.cached_pixels`); default:
+            decoded from ``dataset["image"]`` (:class:`~rsitr_hf.data.pixels.DecodedPixels`).
+        num_workers: ``DataLoader`` workers that read (and, without a cache, decode) the images.
     """
     was_training = model.training
     model.eval()
+    device = model_device(model)
     rows = list(dataset[caption_column])
     captions = [caption for row in rows for caption in row]
     caption_image_ids = torch.tensor(
@@ -130,23 +187,37 @@ def encode_split(
     distinct = list(dict.fromkeys(captions))
     row_of = {caption: row for row, caption in enumerate(distinct)}
     by_length = sorted(range(len(distinct)), key=lambda i: len(distinct[i]))
+    pixels = pixels if pixels is not None else DecodedPixels(dataset, processor.image_processor)
+    normalizer = PixelNormalizer.from_processor(processor.image_processor)
 
-    def tokenize(texts: Sequence[str]) -> dict:
+    def tokenize(rows: range) -> dict:
+        texts = [distinct[by_length[i]] for i in rows]
         if text_inputs is not None:
-            return text_inputs(texts)
-        return processor.tokenizer(
-            list(texts), padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
+            return dict(text_inputs(texts))
+        return dict(
+            processor.tokenizer(
+                texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
+            )
         )
 
-    def embed_images(rows: range) -> torch.Tensor:
-        return image_embeddings(model, processor.image_processor, dataset[rows.start : rows.stop]["image"])
-
-    def embed_texts(rows: range) -> torch.Tensor:
-        return text_embeddings(model, tokenize([distinct[by_length[i]] for i in rows]))
+    def embed_images(batch: torch.Tensor) -> torch.Tensor:
+        return pixel_embeddings(model, normalizer, batch)
 
     try:
-        image_embeds = embed_in_shards(len(dataset), batch_size, embed_images, accelerator, "images")
-        sorted_text = embed_in_shards(len(distinct), batch_size, embed_texts, accelerator, "captions")
+        image_embeds = embed_in_shards(
+            len(dataset),
+            batch_size,
+            PixelRows(pixels),
+            embed_images,
+            accelerator,
+            "images",
+            num_workers,
+            device,
+        )
+        sorted_text = embed_in_shards(
+            len(distinct), batch_size, tokenize, lambda inputs: text_embeddings(model, inputs),
+            accelerator, "captions", 0, device,
+        )  # fmt: skip
     finally:
         model.train(was_training)
     text_embeds = torch.empty_like(sorted_text)
