@@ -1,7 +1,7 @@
 """Performance benchmarks of rsitr_hf, measured side by side in one run and reported as ratios.
 
     .venv/bin/python benchmarks/bench_performance.py [--device cpu|cuda] [--batch-size N] [--out FILE.json]
-        [--only train_step views evaluation ranking pipeline]
+        [--only train_step views evaluation ranking casts]
 
 Sections (each measurement runs in its own process, so peak memory and compiled state are its own):
 - ``train_step``: one training step (HMMC's 4 views in two batched passes + loss + backward + Adam step)
@@ -13,10 +13,11 @@ Sections (each measurement runs in its own process, so peak memory and compiled 
 - ``evaluation``: embedding the distinct captions only vs every caption of the real RSICD test caption
   file (``../shared/rsitr_splits``), and embedding its 1,093 images (random pixels, 224 px).
 - ``ranking``: ``retrieval_metrics`` on a 1,093 x 5,465 similarity matrix.
-- ``pipeline``: training pairs/s the data pipeline delivers (TIFF decode + CLIP preprocessing +
-  tokenisation + collation) with 0, 1, 2 ... workers, from the images as stored and from a preprocessed
-  Arrow cache (images resized to 224 px once with ``datasets.map``, stored uncompressed in Arrow), against the
-  model's consumption rate from ``train_step``.
+- ``casts``: how many dtype conversions (``aten::_to_copy``), copies and matrix products one MRS-Adapter +
+  HMMC step runs under bf16 autocast, with the adapter's fp32 island as published, without it, and with the
+  frozen backbone stored in bf16 instead of autocast (``torch.profiler`` counts, batch 2).
+
+The data pipeline is measured end to end, at RSICD scale, by ``benchmarks/bench_end_to_end.py``.
 
 Defaults: batch 8 on CPU, 256 on CUDA. Prints a markdown report; ``--out`` also writes the JSON.
 """
@@ -24,16 +25,15 @@ Defaults: batch 8 on CPU, 256 on CUDA. Prints a markdown report; ``--out`` also 
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from bench_end_to_end import device_description
 
 from rsitr_hf.data.shared import shared_data_dir
 
@@ -65,8 +65,9 @@ def timed(function, device: str, repeats: int, warmup: int = 1) -> float:
     return sorted(timings)[len(timings) // 2]
 
 
-def vit_b32(method: str, device: str):
-    """CLIP ViT-B/32 with random weights; ``method``: ``mrs`` (MRS-Adapter, paper config) or ``full``."""
+def vit_b32(method: str, device: str, base_dtype=None):
+    """CLIP ViT-B/32 with random weights; ``method``: ``mrs`` (MRS-Adapter, paper config) or ``full``;
+    ``base_dtype``: the dtype of the base weights (the adapter stays fp32)."""
     import torch
     from peft import get_peft_model
     from transformers import CLIPConfig, CLIPModel
@@ -74,7 +75,7 @@ def vit_b32(method: str, device: str):
     import rsitr_hf
 
     torch.manual_seed(0)
-    model = CLIPModel(CLIPConfig()).to(device)
+    model = CLIPModel(CLIPConfig()).to(device, dtype=base_dtype)
     if method == "mrs":
         model = get_peft_model(model, rsitr_hf.MRSAdapterConfig())
     return model.train()
@@ -239,71 +240,49 @@ def measure_ranking() -> dict:
     return {"images": images, "captions": 5 * images, "seconds": seconds}
 
 
-def pipeline_dataset(folder: Path, images: int):
-    """A seed-layout dataset of 256-px TIFF images (RSITMD/UCM-like) and a CLIP processor at 224 px."""
-    from transformers import CLIPProcessor
+def measure_casts(variant: str, device: str) -> dict:
+    """Operator counts of one MRS-Adapter + HMMC training step at ViT-B/32 size (batch 2, 32 tokens), from
+    ``torch.profiler``: ``island`` is the adapter as published (computes in fp32 under bf16 autocast),
+    ``no island`` lets autocast run the adapter in bf16 too, ``bf16 backbone`` stores the frozen weights in
+    bf16 and runs without autocast (the adapter keeps its fp32 island)."""
+    import collections
 
-    from rsitr_hf.data import load_rsitr
-    from rsitr_hf.data.synthetic import vocabulary, write_seed_layout
-    from rsitr_hf.tiny_clip import save_tiny_clip
-
-    data = folder / "pipe_precomp"
-    if not (data / "test_caps.txt").is_file():
-        write_seed_layout(
-            folder, "pipe", images, 4, seed=0, domain="target", image_size=256, image_format="tif"
-        )
-    model_dir = folder / "processor"
-    if not (model_dir / "preprocessor_config.json").is_file():
-        save_tiny_clip(model_dir, vocabulary(), seed=0, image_size=224, patch_size=32)
-    return load_rsitr(data, validation_fraction=0.0)["train"], CLIPProcessor.from_pretrained(model_dir)
-
-
-def preprocessed_cache(train, size: int = 224):
-    """The images resized once (shorter side to ``size``, centre crop: what CLIP's processor does) and
-    stored in Arrow as uncompressed 8-bit RGB (BMP bytes: PNG's decompression costs more than it saves)."""
-
-    def resize(batch: dict) -> dict:
-        out = []
-        for image in batch["image"]:
-            scale = size / min(image.size)
-            image = image.resize((round(image.width * scale), round(image.height * scale)), resample=3)
-            left, top = (image.width - size) // 2, (image.height - size) // 2
-            buffer = io.BytesIO()
-            image.crop((left, top, left + size, top + size)).save(buffer, format="BMP")
-            out.append({"bytes": buffer.getvalue(), "path": None})
-        return {"image": out}
-
-    return train.map(resize, batched=True, batch_size=64, features=train.features)
-
-
-def measure_pipeline(workers: int, cached: bool, folder: str, images: int, batch_size: int) -> dict:
     import torch
-    from torch.utils.data import DataLoader
+    import torch.nn.functional as F
+    from torch.profiler import ProfilerActivity, profile
 
-    from rsitr_hf.data import explode_captions
-    from rsitr_hf.data.preprocessing import CaptionPairTransform, RetrievalCollator
+    import rsitr_hf.tuners.mrs_adapter.layer as mrs_layer
+    from rsitr_hf.losses import hmmc_loss
+    from rsitr_hf.views import encode_views
 
-    train, processor = pipeline_dataset(Path(folder), images)
-    prepare_seconds = 0.0
-    if cached:
-        started = time.perf_counter()
-        train = preprocessed_cache(train)
-        prepare_seconds = time.perf_counter() - started
-    pairs = explode_captions(train).with_transform(CaptionPairTransform(processor))
-    loader = DataLoader(
-        pairs,
-        batch_size=batch_size,
-        shuffle=True,
-        num_workers=workers,
-        collate_fn=RetrievalCollator(processor.tokenizer),
-        generator=torch.Generator().manual_seed(0),
-    )
-    started, count = time.perf_counter(), 0
-    for batch in loader:
-        count += batch["pixel_values"].shape[0]
+    if variant == "no island":
+
+        def forward(self, hidden_states, tower):
+            bottleneck = self.dropout(F.relu(self.down[tower](hidden_states)))
+            update = torch.cat([self.up[tower](bottleneck), self.shared_up(bottleneck)], dim=-1)
+            return update.to(hidden_states.dtype)
+
+        mrs_layer.MRSAdapter.forward = forward
+    model = vit_b32("mrs", device, base_dtype=torch.bfloat16 if variant == "bf16 backbone" else None)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    pixel_values, input_ids, image_ids = random_batch(2, device)
+    if variant == "bf16 backbone":
+        pixel_values = pixel_values.bfloat16()
+
+    def step():
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=variant != "bf16 backbone"):
+            views = encode_views(model, pixel_values, input_ids, None, token_dropout=0.2)
+        hmmc_loss(views.image, views.text, views.image_aug, views.text_aug, image_ids=image_ids).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        step()
+    counts = collections.Counter({event.key: event.count for event in profiler.key_averages()})
     return {
-        "pairs_per_second": count / (time.perf_counter() - started),
-        "cache_build_seconds": prepare_seconds,
+        op: counts[op] for op in ("aten::_to_copy", "aten::copy_", "aten::cat", "aten::mm", "aten::addmm")
     }
 
 
@@ -325,7 +304,7 @@ def measure(kind: str, args) -> dict:
         return measure_evaluation(args.eval_batch_size, args.device, args.precision)
     if kind == "ranking":
         return measure_ranking()
-    return measure_pipeline(args.workers[0], args.cached, args.folder, args.pipeline_images, args.batch_size)
+    return measure_casts(args.variant, args.device)
 
 
 def ratio(a: float, b: float) -> str:
@@ -388,12 +367,15 @@ def report(results: dict, args) -> str:
     if "ranking" in results:
         r = results["ranking"]
         lines.append(f"- ranking {r['images']:,} x {r['captions']:,}: {r['seconds'] * 1000:.0f} ms")
-    if "pipeline" in results:
-        lines += ["", "| data pipeline | pairs/s |", "|---|---|"]
-        lines += [f"| {name} | {r['pairs_per_second']:.0f} |" for name, r in results["pipeline"].items()]
-        if steps:
-            consumption = mrs["pairs_per_second"]
-            lines.append(f"\nmodel consumption (MRS fp32 train step): {consumption:.1f} pairs/s")
+    if "casts" in results:
+        counts = results["casts"]
+        ops = list(next(iter(counts.values())))
+        lines += [
+            "",
+            "| MRS + HMMC step, ops per step | " + " | ".join(ops) + " |",
+            "|---" * (len(ops) + 1) + "|",
+        ]
+        lines += [f"| {name} | " + " | ".join(str(c[op]) for op in ops) + " |" for name, c in counts.items()]
     return "\n".join(lines)
 
 
@@ -407,11 +389,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument(
-        "--only", nargs="+", default=["train_step", "views", "evaluation", "ranking", "pipeline"]
+        "--only", nargs="+", default=["train_step", "views", "evaluation", "ranking", "casts"]
     )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--pipeline-images", type=int, default=200)
     parser.add_argument("--out", help="also write the results as JSON")
     # one isolated measurement (internal)
     parser.add_argument("--measure", help=argparse.SUPPRESS)
@@ -419,8 +399,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
-    parser.add_argument("--cached", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.batch_size = args.batch_size or (256 if args.device == "cuda" else 8)
     if args.measure:
@@ -455,28 +434,12 @@ def main() -> None:
         }
     if "ranking" in args.only:
         results["ranking"] = run_isolated(["ranking", *common])
-    if "pipeline" in args.only:
-        with tempfile.TemporaryDirectory() as folder:
-            results["pipeline"] = {}
-            for cached in (False, True):
-                for workers in args.workers:
-                    name = (
-                        f"{'Arrow cache (224 px)' if cached else 'TIFF 256 px as stored'}, workers {workers}"
-                    )
-                    extra = [
-                        "--folder",
-                        folder,
-                        "--workers",
-                        str(workers),
-                        "--pipeline-images",
-                        str(args.pipeline_images),
-                        *(["--cached"] if cached else []),
-                    ]
-                    results["pipeline"][name] = run_isolated(["pipeline", *common, *extra])
-                    print(name, json.dumps(results["pipeline"][name]), flush=True)
-    args.device_name = (
-        torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    )
+    if "casts" in args.only:
+        results["casts"] = {
+            variant: run_isolated(["casts", *common, "--variant", variant])
+            for variant in ("island", "no island", "bf16 backbone")
+        }
+    args.device_name = device_description(args.device)
     args.threads = torch.get_num_threads()
     text = report(results, args)
     print(text)
