@@ -345,6 +345,19 @@ def report(results: dict, args) -> str:
     return "\n".join(lines)
 
 
+def publish(results: dict, args, make_report) -> None:
+    """Print ``make_report(results, args)`` and, with ``--out``, write it with the results as JSON."""
+    import torch
+
+    args.device_name = device_description(args.device)
+    args.threads = torch.get_num_threads()
+    text = make_report(results, args)
+    print(text)
+    if args.out:
+        record = {"device": args.device_name, "batch_size": args.batch_size, "results": results}
+        Path(args.out).write_text(json.dumps({**record, "report": text}, indent=2))
+
+
 def main() -> None:
     import torch
 
@@ -406,14 +419,7 @@ def main() -> None:
         }
     if "evaluation" in args.only:
         results["evaluation"] = run_isolated("evaluation", args, [])
-    args.device_name = device_description(args.device)
-    args.threads = torch.get_num_threads()
-    text = report(results, args)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(
-            json.dumps({"device": args.device_name, "results": results, "report": text}, indent=2)
-        )
+    publish(results, args, report)
 
 
 if __name__ == "__main__":

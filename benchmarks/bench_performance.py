@@ -31,9 +31,8 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
-from bench_end_to_end import device_description
+from bench_end_to_end import publish
 
 from rsitr_hf.data.shared import shared_data_dir
 
@@ -439,22 +438,7 @@ def main() -> None:
             variant: run_isolated(["casts", *common, "--variant", variant])
             for variant in ("island", "no island", "bf16 backbone")
         }
-    args.device_name = device_description(args.device)
-    args.threads = torch.get_num_threads()
-    text = report(results, args)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(
-            json.dumps(
-                {
-                    "device": args.device_name,
-                    "batch_size": args.batch_size,
-                    "results": results,
-                    "report": text,
-                },
-                indent=2,
-            )
-        )
+    publish(results, args, report)
 
 
 if __name__ == "__main__":
