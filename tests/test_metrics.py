@@ -1,8 +1,13 @@
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from rsitr_hf.evaluation import load_retrieval_metric, retrieval_metrics, retrieval_ranks
+from rsitr_hf.evaluation import METRIC_MODULE_DIR, load_retrieval_metric, retrieval_metrics, retrieval_ranks
 
 
 def test_hand_worked_two_images_two_captions_each():
@@ -96,3 +101,71 @@ def test_evaluate_module_matches_function():
     result = metric.compute(caption_image_ids=caption_ids)
     expected = retrieval_metrics(similarity, caption_ids, ids)
     assert result == pytest.approx(expected)
+
+
+def metric_cases():
+    """Random scores, duplicated captions with exact ties, a constant matrix, and shuffled image ids."""
+    rng = np.random.default_rng(5)
+    ids = [7, 2, 9, 4, 0, 5]
+    caption_ids = np.repeat(ids, 5)
+    tied = rng.integers(0, 4, (6, 30)).astype(np.float64)  # few values: many exact ties
+    yield rng.random((6, 30)), caption_ids, ids
+    yield tied, caption_ids, ids
+    yield np.zeros((6, 30)), caption_ids, ids
+    yield rng.normal(size=(3, 7)), [1, 0, 2, 1, 0, 2, 2], [2, 0, 1]
+
+
+def test_the_evaluate_module_is_self_contained_and_equals_retrieval_metrics(tmp_path):
+    """The module loads and computes with ``rsitr_hf`` unimportable, and agrees with the torch function."""
+    cases = [(np.asarray(s).tolist(), np.asarray(c).tolist(), list(i)) for s, c, i in metric_cases()]
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    script = f"""
+import json, sys
+sys.modules["rsitr_hf"] = None  # any import of rsitr_hf now fails
+import evaluate
+metric = evaluate.load({str(METRIC_MODULE_DIR)!r})
+results = []
+for similarity, caption_ids, ids in json.load(open({str(tmp_path / "cases.json")!r})):
+    metric.add_batch(predictions=similarity, references=ids)
+    results.append(metric.compute(caption_image_ids=caption_ids))
+print(json.dumps(results))
+"""
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(completed.stdout.strip().splitlines()[-1])
+    for result, (similarity, caption_ids, ids) in zip(results, metric_cases(), strict=True):
+        assert result == pytest.approx(retrieval_metrics(similarity, caption_ids, ids), abs=1e-9)
+    # a constant matrix: ties count against the query, so a caption's image ranks behind the 5 others
+    assert results[2]["t2i_r5"] == 0.0 and results[2]["t2i_r10"] == 100.0 and results[2]["i2t_r10"] == 0.0
+
+
+def test_the_evaluate_module_keeps_float64_scores():
+    # own captions beat the others by 1e-10: float32 would make them exact ties and score 0
+    similarity = np.full((2, 4), 0.5)
+    similarity[0, :2] += 1e-10
+    similarity[1, 2:] += 1e-10
+    caption_ids = [0, 0, 1, 1]
+    metric = load_retrieval_metric()
+    result = metric.compute(predictions=similarity, references=[0, 1], caption_image_ids=caption_ids)
+    assert result["mR"] == 100.0
+    assert retrieval_metrics(similarity, caption_ids)["mR"] == 100.0
+    as_float32 = retrieval_metrics(similarity.astype(np.float32), caption_ids)
+    assert as_float32["i2t_r1"] == as_float32["t2i_r1"] == 0.0
+
+
+def test_the_evaluate_module_has_a_metric_card():
+    card = (METRIC_MODULE_DIR / "README.md").read_text(encoding="utf-8")
+    header = yaml.safe_load(card.split("---")[1])
+    assert {"evaluate", "metric"} <= set(header["tags"])
+    assert header["sdk"] == "gradio" and (METRIC_MODULE_DIR / header["app_file"]).is_file()
+    for section in (
+        "## Metric Description",
+        "## How to Use",
+        "### Inputs",
+        "### Output Values",
+        "## Citation",
+    ):
+        assert section in card
+    metric = load_retrieval_metric()
+    metric.add_batch(predictions=[[0.9, 0.1], [0.2, 0.8]], references=[0, 1])
+    assert repr(metric.compute(caption_image_ids=[0, 1])) in card  # the card's example prints this
