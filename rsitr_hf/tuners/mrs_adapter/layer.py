@@ -18,7 +18,8 @@ class MRSAdapter(nn.Module):
 
     ``forward(h, tower)`` maps ``(B, N, D_tower)`` to ``(B, N, D_tower)``:
     ``z = dropout(relu(down[tower](h)))`` then ``concat(up[tower](z), shared_up(z))``, the shared
-    up-projection filling the last ``shared_dim`` channels. Computes in fp32 and returns ``h``'s dtype.
+    up-projection filling the last ``shared_dim`` channels. Computes in its weights' dtype (fp32 unless the
+    model was cast, e.g. ``model.to(torch.bfloat16)``), outside autocast, and returns ``h``'s dtype.
     """
 
     def __init__(self, widths: dict[str, int], bottleneck_dim: int, shared_dim: int, dropout: float):
@@ -40,8 +41,9 @@ class MRSAdapter(nn.Module):
             nn.init.zeros_(linear.bias)
 
     def forward(self, hidden_states: torch.Tensor, tower: str) -> torch.Tensor:
+        dtype = self.shared_up.weight.dtype  # float32 as published, unless the adapter itself was cast
         with torch.autocast(device_type=hidden_states.device.type, enabled=False):
-            bottleneck = self.dropout(F.relu(self.down[tower](hidden_states.float())))
+            bottleneck = self.dropout(F.relu(self.down[tower](hidden_states.to(dtype))))
             update = torch.cat([self.up[tower](bottleneck), self.shared_up(bottleneck)], dim=-1)
         return update.to(hidden_states.dtype)
 
@@ -50,19 +52,21 @@ class MRSAdapterEncoderLayer(CLIPEncoderLayer, WrappingLayer):
     """A ``CLIPEncoderLayer`` whose MLP branch runs in parallel with the shared MRS-Adapter.
 
     ``h = x + Attn(LN1(x))``; ``out = h + MLP(LN2(h)) + sum_a A_a(h)`` over the active adapters ``a``.
-    The wrapped block is ``base_layer``; the adapters are not registered on this layer (they live once
-    on the tuner model) but referenced through ``adapters``, so each shared tensor is saved once.
-    Being a ``CLIPEncoderLayer``, it is where ``output_hidden_states`` records the post-adapter states.
+    The wrapped block is ``base_layer``. ``mrs_adapter`` is the tuner's ``ModuleDict`` of adapters keyed by
+    adapter name, the same object in every layer (as VB-LoRA shares its vector bank), declared in
+    ``adapter_layer_names`` so that peft's set/delete/trainable bookkeeping sees it; the checkpoint keeps
+    one copy (:meth:`MRSAdapterModel._get_adapter_state_dict`). Being a ``CLIPEncoderLayer``, it is where
+    ``output_hidden_states`` records the post-adapter states.
     """
 
-    adapter_layer_names = ()
+    adapter_layer_names = ("mrs_adapter",)
     other_param_names = ("tower",)
 
     def __init__(self, base_layer: CLIPEncoderLayer, adapter_name: str, tower: str, adapters: nn.ModuleDict):
         nn.Module.__init__(self)
         self.base_layer = base_layer
         self.tower = tower
-        object.__setattr__(self, "adapters", adapters)  # shared, deliberately not a submodule
+        self.mrs_adapter = adapters
         self.init_adapter_state(adapter_name)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
@@ -76,6 +80,6 @@ class MRSAdapterEncoderLayer(CLIPEncoderLayer, WrappingLayer):
         if self.disable_adapters:
             return output
         for name in self.active_adapters:
-            if name in self.adapters:
-                output = output + self.adapters[name](hidden, self.tower)
+            if name in self.mrs_adapter:
+                output = output + self.mrs_adapter[name](hidden, self.tower)
         return output

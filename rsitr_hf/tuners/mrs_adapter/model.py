@@ -21,6 +21,15 @@ def tower_widths(model: nn.Module) -> dict[str, int]:
     return {tower: getattr(config, f"{tower}_config").hidden_size for tower in TOWERS}
 
 
+def aliases(state_dict: dict[str, torch.Tensor]) -> dict[tuple, list[str]]:
+    """The keys of ``state_dict`` grouped by the tensor they name (same storage, offset and shape)."""
+    groups: dict[tuple, list[str]] = {}
+    for key, tensor in state_dict.items():
+        identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        groups.setdefault(identity, []).append(key)
+    return groups
+
+
 class MRSAdapterModel(WrappingTuner):
     """PEFT tuner of PE-RSITR: one :class:`MRSAdapter` per adapter name, shared by every adapted block.
 
@@ -36,15 +45,36 @@ class MRSAdapterModel(WrappingTuner):
     )
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
-        """Create the shared adapter, wrap the blocks, and freeze it for inference-mode configs.
+        """Create the shared adapter and wrap the blocks (each references the tuner's ``mrs_adapter``).
 
-        Both ``get_peft_model`` and ``load_adapter``/``add_adapter`` come through here.
+        ``get_peft_model``, ``load_adapter``/``add_adapter`` and ``inject_adapter_in_model`` come here.
         """
-        config = self.peft_config[adapter_name]
-        self.create_shared_adapter(model, config, adapter_name)
+        self.create_shared_adapter(model, self.peft_config[adapter_name], adapter_name)
         super().inject_adapter(model, adapter_name, **kwargs)
-        # peft freezes inference-mode adapters found inside `model`; this one lives on the tuner
-        self.mrs_adapter[adapter_name].requires_grad_(not config.inference_mode)
+
+    @classmethod
+    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        """peft's selection, with each shared tensor once: every layer references the same adapter, so the
+        state dict lists it under every block and under the tuner; the shortest key is kept
+        (``base_model.mrs_adapter.<name>.…`` on a ``PeftModel``)."""
+        selected = super()._get_adapter_state_dict(
+            model, config, adapter_name, state_dict, unwanted_adapter_names
+        )
+        kept = {min(keys, key=lambda key: (len(key), key)) for keys in aliases(selected).values()}
+        return {key: selected[key] for key in sorted(kept)}
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        """peft's remapping, with the one saved copy of each shared tensor also given under its other names
+        (every block's reference), so that peft finds no adapter key missing."""
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        marker = f"mrs_adapter.{adapter_name}."
+        own = {key: value for key, value in model.state_dict().items() if marker in key}
+        for keys in aliases(own).values():
+            given = next((key for key in keys if key in remapped), None)
+            if given is not None:
+                remapped.update({key: remapped[given] for key in keys})
+        return remapped
 
     def create_shared_adapter(self, model: nn.Module, config: MRSAdapterConfig, adapter_name: str) -> None:
         """Check or record the base widths in ``config`` and add ``mrs_adapter[adapter_name]``."""
