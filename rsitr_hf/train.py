@@ -93,7 +93,6 @@ LINEAR_PROBE_MODULES = ("visual_projection", "text_projection")
 HALF_BASE_REFUSED = {
     "full": "full fine-tuning trains the base weights, which need float32",
     "linear_probe": "the linear probe trains base weights (the projections), which need float32",
-    "pos_prompt": "POSAPL's modules do not run on a half-precision base yet",
 }
 
 

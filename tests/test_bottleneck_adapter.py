@@ -92,3 +92,16 @@ def test_bad_options_are_named():
         BottleneckAdapterConfig(positions=["ffn"])
     with pytest.raises(ValueError, match="activation"):
         BottleneckAdapterConfig(activation="tanh")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_runs_after_casting_the_whole_model(base, dtype):
+    model = get_peft_model(base, BottleneckAdapterConfig(**SMALL))
+    randomise(model)
+    model.eval()
+    pixel_values, input_ids = tiny_inputs()
+    reference = clip_embeddings(model, pixel_values, input_ids)
+    model.to(dtype)
+    image, text = clip_embeddings(model, pixel_values.to(dtype), input_ids)
+    assert image.dtype == dtype and torch.isfinite(image).all() and torch.isfinite(text).all()
+    torch.testing.assert_close(image.float(), reference[0], atol=5e-2, rtol=0)

@@ -16,7 +16,8 @@ ACTIVATION_MODULES = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU}
 
 class BottleneckAdapter(nn.Module):
     """``forward(y)``: ``(B, N, D) -> (B, N, D)``, ``up(dropout(act(down(y))))`` (the update only; the
-    caller adds it to ``y``). Computes in fp32 and returns ``y``'s dtype."""
+    caller adds it to ``y``). Computes in its weights' dtype (fp32 unless the model was cast), outside
+    autocast, and returns ``y``'s dtype."""
 
     def __init__(self, width: int, bottleneck_dim: int, activation: str, dropout: float):
         super().__init__()
@@ -28,8 +29,9 @@ class BottleneckAdapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        dtype = self.up.weight.dtype  # float32, unless the adapter itself was cast
         with torch.autocast(device_type=hidden_states.device.type, enabled=False):
-            update = self.up(self.dropout(self.activation(self.down(hidden_states.float()))))
+            update = self.up(self.dropout(self.activation(self.down(hidden_states.to(dtype)))))
         return update.to(hidden_states.dtype)
 
 

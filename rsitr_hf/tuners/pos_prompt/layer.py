@@ -23,6 +23,14 @@ def zero_linear(in_features: int, out_features: int) -> nn.Linear:
     return linear
 
 
+def in_own_dtype(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in ``module``'s parameter dtype, so fp32 adapters run on a half-precision base (and half
+    adapters on any base); under autocast, which chooses the compute dtype itself, ``tensor`` as it is."""
+    if torch.is_autocast_enabled(tensor.device.type):
+        return tensor
+    return tensor.to(next(module.parameters()).dtype)
+
+
 class Connector(nn.Module):
     """``(B, L, D)`` POS prior -> ``(B, L, D)`` prompt ``z_p``: Linear, ReLU, zero-initialised Linear."""
 
@@ -31,7 +39,7 @@ class Connector(nn.Module):
         self.net = nn.Sequential(nn.Linear(width, width), nn.ReLU(), zero_linear(width, width))
 
     def forward(self, prior: torch.Tensor) -> torch.Tensor:
-        return self.net(prior)
+        return self.net(in_own_dtype(self, prior))
 
 
 class POSAdapter(nn.Module):
@@ -42,7 +50,7 @@ class POSAdapter(nn.Module):
         self.net = nn.Sequential(nn.Linear(width, bottleneck), nn.ReLU(), zero_linear(bottleneck, width))
 
     def forward(self, prompt: torch.Tensor) -> torch.Tensor:
-        return self.net(prompt)
+        return self.net(in_own_dtype(self, prompt)).to(prompt.dtype)
 
 
 class SAAdapter(nn.Module):
@@ -58,11 +66,11 @@ class SAAdapter(nn.Module):
         self.up = zero_linear(bottleneck, width)
 
     def forward(self, mlp_output: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        reduced = self.down(mlp_output)
+        reduced = self.down(in_own_dtype(self, mlp_output))
         attended, _ = self.attention(
             reduced, reduced, reduced, key_padding_mask=key_padding_mask, need_weights=False
         )
-        return self.up(reduced + attended)
+        return self.up(reduced + attended).to(mlp_output.dtype)
 
 
 class SideFusion(nn.Module):
@@ -86,6 +94,10 @@ class SideFusion(nn.Module):
         return tokens.mean(dim=1) if self.pool else tokens
 
     def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
+        dtype = taps[0].dtype
+        return self.mix([in_own_dtype(self, tap) for tap in taps]).to(dtype)
+
+    def mix(self, taps: list[torch.Tensor]) -> torch.Tensor:
         if self.mode == "parallel":
             mixed = sum(self.reduce(unit(tap)) for unit, tap in zip(self.units[:3], taps[:3], strict=True))
             return self.units[3](mixed)
@@ -268,8 +280,10 @@ class POSPromptTextTower(POSPromptTower):
                 output_hidden_states=output_hidden_states,
             )
         name = self.active_name()
-        prompt = self.posapl_connector[name](self.pos_prior(name, input_ids, pos_input_ids, pos_tag_ids))
-        hidden = base.embeddings(input_ids=input_ids, position_ids=position_ids) + prompt
+        embeddings = base.embeddings(input_ids=input_ids, position_ids=position_ids)
+        prior = self.pos_prior(name, input_ids, pos_input_ids, pos_tag_ids)
+        prompt = self.posapl_connector[name](prior).to(embeddings.dtype)
+        hidden = embeddings + prompt
         causal_mask = create_causal_mask(
             config=base.config, inputs_embeds=hidden, attention_mask=attention_mask, past_key_values=None
         )
