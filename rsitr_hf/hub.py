@@ -8,7 +8,9 @@ tests exercise the upload offline; with the real ``HfApi`` this needs the networ
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -37,6 +39,31 @@ class HubPushError(RuntimeError):
     """The upload failed; the local folder is left as it was."""
 
 
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+HUB_CACHE_SNAPSHOT = re.compile(r"models--([\w.-]+)--([\w.-]+)[/\\]snapshots[/\\]")
+
+
+def hub_base_id(base_model: str) -> str | None:
+    """The Hub id of ``base_model`` when it is known, else ``None``.
+
+    A name that is not a local folder is taken as a Hub id. A local folder is recognised when it is a
+    snapshot in the Hugging Face cache (``…/models--owner--name/snapshots/<sha>``) or when its
+    ``config.json`` records a Hub id as ``_name_or_path`` (transformers writes the id it was loaded from).
+    """
+    path = Path(base_model)
+    if not path.exists():
+        return base_model if HUB_ID.match(base_model) else None
+    cached = HUB_CACHE_SNAPSHOT.search(str(path.resolve()))
+    if cached:
+        return f"{cached.group(1)}/{cached.group(2)}"
+    config = path / "config.json"
+    if config.is_file():
+        recorded = json.loads(config.read_text(encoding="utf-8")).get("_name_or_path") or ""
+        if HUB_ID.match(recorded) and not Path(recorded).exists():
+            return recorded
+    return None
+
+
 def model_card(recipe: dict, test_metrics: dict[str, float], dataset_name: str, repo_id: str) -> ModelCard:
     """The model card of an adapter trained with ``recipe`` (a ``Recipe.to_dict()``)."""
     method = recipe["method"]["name"]
@@ -54,21 +81,29 @@ def model_card(recipe: dict, test_metrics: dict[str, float], dataset_name: str, 
         for key in METRIC_KEYS
         if key in test_metrics
     ]
+    base_id = hub_base_id(recipe["base_model"])
     card_data = ModelCardData(
         library_name="peft",
-        base_model=recipe["base_model"],
+        base_model=base_id,
         tags=["peft", "remote-sensing", "image-text-retrieval", "rsitr_hf", METHOD_TAGS.get(method, method)],
         datasets=[dataset_name],
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results or None,
     )
+    if base_id:
+        base_sentence = f"[`{base_id}`](https://huggingface.co/{base_id})"
+    else:
+        base_sentence = (
+            f"a local base model (`{recipe['base_model']}` on the machine that trained it; it is not on the "
+            "Hub under a known id). Load the adapter onto the same base weights"
+        )
     content = f"""---
 {card_data.to_yaml()}
 ---
 
 # {repo_id.split("/")[-1]}
 
-A `{method}` adapter for remote sensing image-text retrieval on top of `{recipe["base_model"]}`, trained
+A `{method}` adapter for remote sensing image-text retrieval on top of {base_sentence}, trained
 with `rsitr_hf` (`accelerate launch train_accelerate.py`).
 
 ## How to load it
@@ -78,7 +113,7 @@ import rsitr_hf  # registers the rsitr_hf PEFT methods with peft
 from peft import PeftModel
 from transformers import CLIPModel, CLIPProcessor
 
-base = CLIPModel.from_pretrained("{recipe["base_model"]}")
+base = CLIPModel.from_pretrained("{base_id or "path/to/the/base/model"}")
 model = PeftModel.from_pretrained(base, "{repo_id}")
 processor = CLIPProcessor.from_pretrained("{repo_id}")
 ```

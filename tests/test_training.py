@@ -14,7 +14,7 @@ from transformers import CLIPModel, CLIPProcessor
 
 from rsitr_hf.data import load_rsitr
 from rsitr_hf.evaluation import evaluate_retrieval
-from rsitr_hf.hub import HubPushError, push_adapter
+from rsitr_hf.hub import HubPushError, hub_base_id, model_card, push_adapter
 from rsitr_hf.recipe import RecipeError, load_recipe
 from rsitr_hf.train import main, train
 
@@ -222,7 +222,8 @@ def test_push_with_an_injected_api_then_load(trained_run, tiny_clip_dir, synthet
     assert url.endswith("someone/mrs-synthetic")
     card = (repo / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
-    assert front["library_name"] == "peft" and front["base_model"] == str(tiny_clip_dir)
+    assert front["library_name"] == "peft" and "base_model" not in front  # a local folder is no Hub id
+    assert "a local base model" in card and 'from_pretrained("path/to/the/base/model")' in card
     assert {"peft", "remote-sensing", "image-text-retrieval", "mrs-adapter"} <= set(front["tags"])
     assert front["datasets"] == ["synthrs"]
     results = front["model-index"][0]["results"][0]["metrics"]
@@ -359,3 +360,21 @@ def test_posapl_without_a_pos_model_is_a_clear_error(tmp_path, tiny_clip_dir, sy
     assert main(["--config", str(ROOT / "hub_configs" / "posapl_rsitmd.yaml"), *overrides]) == 2
     error = capsys.readouterr().err
     assert str(missing) in error and "stanza.download('en', processors='tokenize,pos')" in error
+
+
+def test_the_card_names_the_base_by_its_hub_id_when_it_is_known(tmp_path, tiny_clip_dir):
+    snapshot = tmp_path / "hub" / "models--openai--clip-vit-base-patch32" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    saved = tmp_path / "saved"
+    shutil.copytree(tiny_clip_dir, saved)
+    config = json.loads((saved / "config.json").read_text())
+    (saved / "config.json").write_text(json.dumps({**config, "_name_or_path": "laion/some-clip"}))
+    assert hub_base_id("openai/clip-vit-base-patch32") == "openai/clip-vit-base-patch32"
+    assert hub_base_id(str(snapshot)) == "openai/clip-vit-base-patch32"
+    assert hub_base_id(str(saved)) == "laion/some-clip"
+    assert hub_base_id(str(tiny_clip_dir)) is None
+    recipe = {"base_model": str(snapshot), "method": {"name": "mrs_adapter"}}
+    card = str(model_card(recipe, {"mR": 12.345}, "rsicd", "me/adapter"))
+    assert yaml.safe_load(card.split("---")[1])["base_model"] == "openai/clip-vit-base-patch32"
+    assert 'CLIPModel.from_pretrained("openai/clip-vit-base-patch32")' in card
+    assert f'from_pretrained("{snapshot}")' not in card  # the recipe section still records the path used
