@@ -126,13 +126,18 @@ def create_accelerator(recipe: Recipe) -> Accelerator:
 def run_settings(recipe: Recipe, accelerator: Accelerator, num_workers: int) -> dict:
     """What the run really uses (recorded in ``metrics.json`` under ``cost``), and where each came from."""
     training = recipe.training
-    launcher = "accelerate launch/config" if "ACCELERATE_MIXED_PRECISION" in os.environ else "default"
+
+    def source(recipe_value, launcher_variable: str) -> str:
+        if recipe_value is not None:
+            return "recipe"
+        return "accelerate launch/config" if launcher_variable in os.environ else "default"
+
     return {
         "base_dtype": training.base_dtype,
         "mixed_precision": accelerator.mixed_precision,
-        "mixed_precision_from": "recipe" if training.mixed_precision is not None else launcher,
+        "mixed_precision_from": source(training.mixed_precision, "ACCELERATE_MIXED_PRECISION"),
         "compiled": accelerator.state.dynamo_plugin.backend != DynamoBackend.NO,
-        "compile_from": "recipe" if training.compile is not None else launcher,
+        "compile_from": source(training.compile, "ACCELERATE_DYNAMO_BACKEND"),
         "num_workers": num_workers,
         "image_cache": recipe.data.cache_images,
     }

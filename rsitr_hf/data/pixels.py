@@ -23,7 +23,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -264,6 +264,8 @@ class PixelNormalizer:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     rescale_factor: float = 1 / 255
+    # (shift, scale) per device, made once: building them per batch would copy to the device every step
+    constants: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_processor(cls, image_processor) -> PixelNormalizer:
@@ -276,7 +278,12 @@ class PixelNormalizer:
         )
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        device = pixels.device
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        return (pixels.float() - mean / self.rescale_factor) / (std / self.rescale_factor)
+        if pixels.device not in self.constants:
+            mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+            self.constants[pixels.device] = (
+                (mean / self.rescale_factor).to(pixels.device),
+                (std / self.rescale_factor).to(pixels.device),
+            )
+        shift, scale = self.constants[pixels.device]
+        return (pixels.float() - shift) / scale
