@@ -1,10 +1,10 @@
 """End-to-end training speed and evaluation time on an RSICD-shaped task, through the real ``train()``.
 
-    python benchmarks/bench_end_to_end.py [--device cpu|cuda] [--work-dir DIR]
-        [--methods mrs posapl lora full] [--only pipeline train evaluation] [--batch-size N] [--steps N]
-        [--workers N ...] [--pipeline-batch-size N] [--compile] [--pos-model TAGGER.pt] [--out FILE.json]
+    python benchmarks/bench_end_to_end.py [--device cpu|cuda] [--work_dir DIR]
+        [--methods mrs posapl lora full] [--only pipeline train evaluation] [--batch_size N] [--steps N]
+        [--workers N ...] [--pipeline_batch_size N] [--compile] [--pos_model TAGGER.pt] [--out FILE.json]
 
-The task (built once in ``--work-dir``): the real RSICD split files (``../shared/rsitr_splits/rsicd_precomp``:
+The task (built once in ``--work_dir``): the real RSICD split files (``../shared/rsitr_splits/rsicd_precomp``:
 9,828 train + 1,093 test images, 54,605 captions), one synthetic 224-px JPEG per file name (rendered aerial
 scenes), and a CLIP with ViT-B/32's shapes (vision 768 wide, text 512, 12 layers, patch 32) and random
 weights over the captions' words. Throughput and memory at this scale are the real ones; accuracy means
@@ -14,7 +14,7 @@ Sections, each measurement in a fresh process (its own Accelerate state, compile
 
 - ``pipeline``: training pairs/s the data pipeline delivers, everything the CPU does per batch up to uint8
   tensors ready to move to the device (shuffled caption pairs, pixels gathered from the image cache or
-  decoded, captions padded), at the GPU recipes' batch of 256 (``--pipeline-batch-size``) whatever the
+  decoded, captions padded), at the GPU recipes' batch of 256 (``--pipeline_batch_size``) whatever the
   device, with 0, 1, 2 ... workers; and the time to build the image cache.
 - ``train``: per method, the real ``train()`` for ``--steps`` optimiser steps (``training.max_steps``):
   end-to-end pairs/s (batch / the run's median wall time per step, data loading included, evaluations
@@ -24,7 +24,7 @@ Sections, each measurement in a fresh process (its own Accelerate state, compile
   the images read from the cache: cold (the first in a fresh process) and warm (the next).
 
 Defaults: batch 256, bf16 and 30 steps on CUDA; batch 8, bf16 and 20 steps on the CPU. Methods: ``mrs``
-(MRS-Adapter + HMMC), ``posapl`` (POSAPL's RSICD recipe; needs a POS tagger: ``--pos-model``,
+(MRS-Adapter + HMMC), ``posapl`` (POSAPL's RSICD recipe; needs a POS tagger: ``--pos_model``,
 ``$RSITR_POS_MODEL``, or one trained offline from UD English-EWT into the work dir, about 3 minutes),
 ``lora`` (LoRA r=8 + HMMC), ``full`` (full fine-tuning + HMMC).
 """
@@ -42,6 +42,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from rsitr_hf.cli import command_parser, parse_arguments
 from rsitr_hf.data.shared import shared_data_dir
 
 RSICD_SPLITS = shared_data_dir() / "rsitr_splits" / "rsicd_precomp"
@@ -107,7 +108,7 @@ def build_task(work_dir: Path) -> tuple[Path, Path]:
 
 
 def pos_tagger(work_dir: Path, given: str | None) -> str:
-    """A POS tagger for POSAPL: ``--pos-model``, ``$RSITR_POS_MODEL``, or one trained offline once."""
+    """A POS tagger for POSAPL: ``--pos_model``, ``$RSITR_POS_MODEL``, or one trained offline once."""
     if given or os.environ.get("RSITR_POS_MODEL"):
         return given or os.environ["RSITR_POS_MODEL"]
     from rsitr_hf.data.pos_tagger import train_small_tagger
@@ -147,8 +148,8 @@ def recipe_values(method: str, args, data: Path, model: Path, output_dir: Path) 
 
 
 def measure_pipeline(args, data: Path, model: Path) -> dict:
-    """Pairs/s of the training loader alone (shuffled, batch ``--pipeline-batch-size``) over
-    ``--pipeline-batches`` batches."""
+    """Pairs/s of the training loader alone (shuffled, batch ``--pipeline_batch_size``) over
+    ``--pipeline_batches`` batches."""
     import torch
     from torch.utils.data import DataLoader
     from transformers import CLIPProcessor
@@ -274,16 +275,16 @@ def run_isolated(kind: str, args, extra: list[str]) -> dict:
 
 def common_arguments(args) -> list[str]:
     values = [
-        "--device", args.device, "--work-dir", str(args.work_dir), "--batch-size", str(args.batch_size),
-        "--eval-batch-size", str(args.eval_batch_size), "--steps", str(args.steps),
-        "--precision", args.precision, "--train-workers", str(args.train_workers),
-        "--pipeline-batches", str(args.pipeline_batches),
-        "--pipeline-batch-size", str(args.pipeline_batch_size),
+        "--device", args.device, "--work_dir", str(args.work_dir), "--batch_size", str(args.batch_size),
+        "--eval_batch_size", str(args.eval_batch_size), "--steps", str(args.steps),
+        "--precision", args.precision, "--train_workers", str(args.train_workers),
+        "--pipeline_batches", str(args.pipeline_batches),
+        "--pipeline_batch_size", str(args.pipeline_batch_size),
     ]  # fmt: skip
     if args.compile:
         values.append("--compile")
     if args.pos_model:
-        values += ["--pos-model", args.pos_model]
+        values += ["--pos_model", args.pos_model]
     return values
 
 
@@ -361,11 +362,9 @@ def publish(results: dict, args, make_report) -> None:
 def main() -> None:
     import torch
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--work-dir", type=Path, default=Path("outputs/bench_end_to_end"))
+    parser.add_argument("--work_dir", type=Path, default=Path("outputs/bench_end_to_end"))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument(
         "--only",
@@ -373,24 +372,24 @@ def main() -> None:
         default=["pipeline", "train", "evaluation"],
         choices=["pipeline", "train", "evaluation"],
     )
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--eval-batch-size", type=int)
+    parser.add_argument("--batch_size", type=int)
+    parser.add_argument("--eval_batch_size", type=int)
     parser.add_argument("--steps", type=int, help="optimiser steps per run (default: 30 on CUDA, 20 on CPU)")
     parser.add_argument("--warmup", type=int, default=3, help="model-only steps before timing")
     parser.add_argument("--precision", default="bf16", choices=["no", "bf16", "fp16"])
     parser.add_argument("--compile", action="store_true", help="training.compile: true for every run")
-    parser.add_argument("--train-workers", default="auto", help="training.num_workers of the train runs")
+    parser.add_argument("--train_workers", default="auto", help="training.num_workers of the train runs")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="pipeline section")
-    parser.add_argument("--pipeline-batches", type=int, default=40, help="batches timed per pipeline run")
+    parser.add_argument("--pipeline_batches", type=int, default=40, help="batches timed per pipeline run")
     parser.add_argument(
-        "--pipeline-batch-size", type=int, default=256, help="pipeline section (the GPU recipes' batch)"
+        "--pipeline_batch_size", type=int, default=256, help="pipeline section (the GPU recipes' batch)"
     )
-    parser.add_argument("--pos-model", help="stanza tagger .pt for POSAPL")
+    parser.add_argument("--pos_model", help="stanza tagger .pt for POSAPL")
     parser.add_argument("--out", help="also write the results as JSON")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--cached", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_arguments(parser)
     on_gpu = args.device == "cuda"
     args.batch_size = args.batch_size or (256 if on_gpu else 8)
     args.eval_batch_size = args.eval_batch_size or (256 if on_gpu else 64)

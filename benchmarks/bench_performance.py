@@ -1,6 +1,6 @@
 """Performance benchmarks of rsitr_hf, measured side by side in one run and reported as ratios.
 
-    .venv/bin/python benchmarks/bench_performance.py [--device cpu|cuda] [--batch-size N] [--out FILE.json]
+    .venv/bin/python benchmarks/bench_performance.py [--device cpu|cuda] [--batch_size N] [--out FILE.json]
         [--only train_step views evaluation ranking casts]
 
 Sections (each measurement runs in its own process, so peak memory and compiled state are its own):
@@ -34,6 +34,7 @@ from contextlib import contextmanager
 
 from bench_end_to_end import publish
 
+from rsitr_hf.cli import command_parser, parse_arguments
 from rsitr_hf.data.shared import shared_data_dir
 
 RSICD_TEST_CAPTIONS = shared_data_dir() / "rsitr_splits" / "rsicd_precomp" / "test_caps.txt"
@@ -381,16 +382,14 @@ def report(results: dict, args) -> str:
 def main() -> None:
     import torch
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--eval-batch-size", type=int, default=64)
+    parser.add_argument("--batch_size", type=int)
+    parser.add_argument("--eval_batch_size", type=int, default=64)
     parser.add_argument(
         "--only", nargs="+", default=["train_step", "views", "evaluation", "ranking", "casts"]
     )
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
+    parser.add_argument("--no_compile", action="store_true", help="skip the torch.compile measurement")
     parser.add_argument("--out", help="also write the results as JSON")
     # one isolated measurement (internal)
     parser.add_argument("--measure", help=argparse.SUPPRESS)
@@ -399,7 +398,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_arguments(parser)
     args.batch_size = args.batch_size or (256 if args.device == "cuda" else 8)
     if args.measure:
         print(json.dumps(measure(args.measure, args)))
@@ -408,9 +407,9 @@ def main() -> None:
     common = [
         "--device",
         args.device,
-        "--batch-size",
+        "--batch_size",
         str(args.batch_size),
-        "--eval-batch-size",
+        "--eval_batch_size",
         str(args.eval_batch_size),
     ]
     results = {}

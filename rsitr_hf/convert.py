@@ -23,7 +23,6 @@ take it as ``base_model``.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import os
 import re
@@ -33,6 +32,8 @@ from pathlib import Path
 
 import torch
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+from .cli import command_parser, parse_arguments, report_error
 
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -347,20 +348,22 @@ def convert_checkpoint(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__doc__)
     parser.add_argument("checkpoint", help="OpenAI-format state dict (.pt, .bin, .safetensors)")
     parser.add_argument("out_dir", help="the HF CLIPModel folder to write")
     parser.add_argument("--tokenizer", help="copy the tokenizer of this CLIP folder or Hub id")
     parser.add_argument("--bpe", help="or build it from bpe_simple_vocab_16e6.txt.gz")
-    parser.add_argument("--activation", default="quick_gelu", choices=ACTIVATIONS)
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--activation",
+        default="quick_gelu",
+        choices=ACTIVATIONS,
+        help="the MLP activation: quick_gelu (OpenAI models) or gelu (most open_clip models)",
+    )
+    args = parse_arguments(parser, argv)
     try:
         out = convert_checkpoint(args.checkpoint, args.out_dir, args.tokenizer, args.bpe, args.activation)
     except (ConversionError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_error(error)
     config = CLIPConfig.from_pretrained(out)
     vision, text = config.vision_config, config.text_config
     print(

@@ -14,7 +14,6 @@ Needs no network.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -22,11 +21,12 @@ from pathlib import Path
 from peft import PeftModel
 from transformers import CLIPModel, CLIPProcessor
 
+from .cli import command_parser, parse_arguments
 from .data import load_rsitr
 from .data.synthetic import vocabulary, write_seed_layout
 from .evaluation import METRIC_KEYS, evaluate_retrieval, metrics_table
 from .pretrain import pretrain_clip
-from .recipe import load_recipe
+from .recipe import add_recipe_arguments, load_recipe, recipe_overrides
 from .tiny_clip import save_tiny_clip
 from .train import train
 
@@ -125,14 +125,15 @@ def run_demo(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = command_parser(
+        __doc__, usage="%(prog)s [--output_dir DIR] [--config RECIPE] [--seed N] [--section.field VALUE ...]"
     )
-    parser.add_argument("--output-dir", default="outputs/demo")
+    parser.add_argument("--output_dir", default="outputs/demo", help="where the demo writes its outputs")
     parser.add_argument("--config", default=str(DEMO_RECIPE), help="the demo's training recipe")
-    parser.add_argument("--seed", type=int, default=0)
-    args, overrides = parser.parse_known_args(argv)
-    run_demo(args.output_dir, args.config, seed=args.seed, overrides=overrides)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the pretraining")
+    recipe_options = add_recipe_arguments(parser, exclude=("base_model", "output_dir", "data.path"))
+    args = parse_arguments(parser, argv)
+    run_demo(args.output_dir, args.config, seed=args.seed, overrides=recipe_overrides(args, recipe_options))
 
 
 if __name__ == "__main__":

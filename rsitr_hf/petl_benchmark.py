@@ -1,7 +1,7 @@
 """The PETL comparison harness (``rsitr-petl``): several methods on the same data, seeds and evaluation.
 
     rsitr-petl --config benchmarks/petl_synthetic.yaml [--seeds 0 1 2] [--methods lora mrs_hmmc]
-        [--output-dir DIR] [--section.field value ...]
+        [--output_dir DIR] [--section.field value ...]
 
 A benchmark file (``benchmarks/petl_*.yaml``) names a training recipe shared by every method, the seeds,
 and the methods: label -> partial recipe. A partial recipe replaces the shared recipe's ``method``
@@ -25,9 +25,9 @@ R@1/5/10 both ways and mR as mean ± std over seeds, median wall time per optimi
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -37,10 +37,22 @@ from pathlib import Path
 
 import yaml
 
+from .cli import command_parser, parse_arguments, report_error
 from .evaluation import METRIC_KEYS
-from .recipe import Recipe, RecipeError, apply_override, build, parse_overrides, save_recipe
+from .recipe import (
+    Recipe,
+    RecipeError,
+    add_recipe_arguments,
+    apply_override,
+    build,
+    parse_overrides,
+    recipe_overrides,
+    save_recipe,
+)
 
 ZERO_SHOT = "zero_shot"
+
+logger = logging.getLogger(__spec__.name if __spec__ else __name__)  # also under `python -m`
 
 
 @dataclass
@@ -155,7 +167,7 @@ def prepare_synthetic_task(folder: Path, shared: dict, needs_pos_model: bool) ->
                     "POSAPL on the synthetic task needs a POS tagger: set data.pos_model or $RSITR_POS_MODEL,"
                     f" or put UD English-EWT in {ewt} (set $RSITR_SHARED_DIR) to train one offline"
                 )
-            print(f"training a small POS tagger offline for POSAPL (about 3 minutes) in {tagger.parent}")
+            logger.info("training a small POS tagger offline for POSAPL (about 3 min) in %s", tagger.parent)
             train_small_tagger(ewt / "en_ewt-ud-test.conllu", ewt / "en_ewt-ud-dev.conllu", tagger.parent)
         shared["data"]["pos_model"] = str(tagger)
 
@@ -338,7 +350,7 @@ def run_benchmark(
     for label, runs in planned.items():
         results[label] = []
         for seed, recipe in runs:
-            print(f"[rsitr-petl] {label}, seed {seed} -> {recipe.output_dir}", flush=True)
+            logger.info("[rsitr-petl] %s, seed %d -> %s", label, seed, recipe.output_dir)
             zero_shot = is_zero_shot(benchmark.methods[label])
             metrics = zero_shot_run(recipe) if zero_shot else train_run(recipe, benchmark.launcher)
             results[label].append((seed, metrics))
@@ -364,19 +376,22 @@ def _read_mapping(path: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    parser = command_parser(
+        __doc__,
+        usage="%(prog)s --config BENCHMARK [--seeds N ...] [--methods NAME ...] [--output_dir DIR] "
+        "[--section.field VALUE ...]",
     )
     parser.add_argument("--config", required=True, help="benchmark file (see benchmarks/petl_*.yaml)")
     parser.add_argument("--seeds", type=int, nargs="+", help="instead of the file's seeds")
     parser.add_argument("--methods", nargs="+", help="a subset of the file's methods")
-    parser.add_argument("--output-dir", help="instead of the file's output_dir")
-    args, overrides = parser.parse_known_args(argv)
+    parser.add_argument("--output_dir", help="instead of the file's output_dir")
+    recipe_options = add_recipe_arguments(parser, exclude=("output_dir",))
+    args = parse_arguments(parser, argv)
     try:
+        overrides = recipe_overrides(args, recipe_options)
         run_benchmark(args.config, overrides, args.seeds, args.methods, args.output_dir)
     except (RecipeError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_error(error)
     return 0
 
 

@@ -8,6 +8,7 @@ domain, then saves it as an ordinary model directory (config, safetensors, token
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ from transformers import CLIPModel, CLIPProcessor
 from .data import load_rsitr
 from .data.pixels import PixelNormalizer, cached_pixels
 from .data.preprocessing import RetrievalCollator, caption_pairs
+
+logger = logging.getLogger(__name__)
 
 
 def clip_contrastive_loss(model: CLIPModel, pixel_values: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -84,8 +87,10 @@ def pretrain_clip(
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    print(
-        f"pretrained {sum(p.numel() for p in model.parameters()):,} parameters in "
-        f"{time.perf_counter() - started:.0f} s -> {out_dir}"
+    logger.info(
+        "pretrained %s parameters in %.0f s -> %s",
+        f"{sum(p.numel() for p in model.parameters()):,}",
+        time.perf_counter() - started,
+        out_dir,
     )
     return out_dir

@@ -1,14 +1,20 @@
 """Training recipes: YAML files in ``hub_configs/`` parsed into dataclasses, with strict keys.
 
-A recipe has the sections below; every field has a default, so a recipe names only what differs.
-Unknown keys are an error naming the key path (``training.bach_size``). Any field can be overridden on
-the command line as ``--section.field value`` (values are parsed as YAML: ``--training.epochs 3``,
-``--method.config '{bottleneck_dim: 32}'``), plus the aliases in ``ALIASES``
-(``--push_to_hub --hub_model_id user/name --output_dir DIR``).
+A recipe has the sections below; every field has a default and a ``--help`` text, so a recipe names only
+what differs. Unknown keys are an error naming the key path (``training.bach_size``). Any field can be
+overridden on the command line as ``--section.field value`` (values are parsed as YAML:
+``--training.epochs 3``, ``--method.config '{bottleneck_dim: 32}'``; a bare boolean flag means true), plus
+transformers' spellings in ``ALIASES`` (``--push_to_hub --hub_model_id user/name``).
+
+Why not ``transformers.HfArgumentParser``: it flattens dataclasses into one namespace, where the four
+``name`` fields of method, loss, optimizer and schedule would collide, and it has no nested sections
+(``method.config`` is a mapping), no key-path errors and no YAML values. The recipe's own parser gives
+the same ``--help`` (every field, its type, default and help) from the same dataclass metadata.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import types
@@ -19,127 +25,144 @@ from pathlib import Path
 import yaml
 
 
+def option(default=dataclasses.MISSING, help_text: str = "", **kwargs):
+    """A recipe field with its ``--help`` text in ``metadata["help"]`` (as transformers' dataclasses)."""
+    return field(default=default, metadata={"help": help_text}, **kwargs)
+
+
 @dataclass
 class MethodRecipe:
-    """The PEFT method. ``name``: ``mrs_adapter`` | ``pos_prompt`` (POSAPL) | ``lora`` |
-    ``bottleneck_adapter`` (Houlsby-style) | ``linear_probe`` (the two projections only) | ``full`` (full
-    fine-tuning); ``config``: keyword arguments of its config (``MRSAdapterConfig``, ``POSPromptConfig``,
-    ``peft.LoraConfig``, ``BottleneckAdapterConfig``)."""
+    """The PEFT method and its config."""
 
-    name: str = "mrs_adapter"
-    config: dict = field(default_factory=dict)
+    name: str = option(
+        "mrs_adapter",
+        "mrs_adapter (PE-RSITR) | pos_prompt (POSAPL) | lora | bottleneck_adapter (Houlsby-style) | "
+        "linear_probe (the two projections only) | full (full fine-tuning)",
+    )
+    config: dict = option(
+        help_text="keyword arguments of the method's config (MRSAdapterConfig, POSPromptConfig, "
+        "peft.LoraConfig, BottleneckAdapterConfig), e.g. '{bottleneck_dim: 32}'",
+        default_factory=dict,
+    )
 
 
 @dataclass
 class LossRecipe:
-    """``name``: ``hmmc`` (PE-RSITR) or ``posapl`` (multi-positive InfoNCE + power-scaled triplet).
-    ``margin``: the hinge margin (HMMC 0.2, POSAPL 0.1); ``max_violation`` (HMMC): hardest negative only;
-    ``mask_same_image``: pairs of the same image are never negatives (False: the releases' behaviour);
-    ``power`` (POSAPL): exponent of the triplet hinge; ``exponentiate_scale`` (POSAPL): InfoNCE scale
-    ``exp(logit_scale)`` as in CLIP, False for the release's raw ``logit_scale`` ("paper-faithful")."""
+    """The training loss."""
 
-    name: str = "hmmc"
-    margin: float = 0.2
-    max_violation: bool = True
-    mask_same_image: bool = True
-    power: float = 2.0
-    exponentiate_scale: bool = True
+    name: str = option("hmmc", "hmmc (PE-RSITR) | posapl (multi-positive InfoNCE + power-scaled triplet)")
+    margin: float = option(0.2, "hinge margin (HMMC 0.2, POSAPL 0.1)")
+    max_violation: bool = option(True, "HMMC: hardest negative only (false: sum over negatives)")
+    mask_same_image: bool = option(
+        True, "pairs of the same image are never negatives (false: the releases' behaviour)"
+    )
+    power: float = option(2.0, "POSAPL: exponent of the triplet hinge")
+    exponentiate_scale: bool = option(
+        True, "POSAPL: InfoNCE scale exp(logit_scale) as in CLIP (false: the release's raw logit_scale)"
+    )
 
 
 @dataclass
 class DataRecipe:
-    """``format``: ``seed`` (``<name>_precomp`` folder), ``imagefolder`` or ``hub`` (dataset id).
-    ``path``: that folder or id. ``validation_fraction`` / ``split_seed``: the validation carve.
-    ``empty_captions``: ``error`` | ``drop`` | ``keep``. ``augment``: random resized crop (area 0.5-1, aspect
-    3/4-4/3) + horizontal flip, on the device. ``cache_images``: decode and resize every image once into a
-    memory-mapped Arrow cache (in ``image_cache``; default ``$RSITR_CACHE/images`` =
-    ``~/.cache/rsitr_hf/images``) reused by later epochs and runs; ``false`` decodes in the data-loader
-    workers every epoch. POSAPL only: ``pos_model`` (a stanza tagger ``.pt``; default ``$RSITR_POS_MODEL``
-    or stanza's English model), ``stanza_dir`` (resources; default ``$RSITR_STANZA_DIR``), ``pos_cache``
-    (where the tagged dataset is saved and reused; default ``~/.cache/rsitr_hf/pos``)."""
+    """The dataset, its validation carve, augmentation, caching and (POSAPL) POS tagging."""
 
-    format: str = "seed"
-    path: str = ""
-    name: str | None = None
-    validation_fraction: float = 0.2
-    split_seed: int = 0
-    empty_captions: str = "error"
-    augment: bool = False
-    cache_images: bool = True
-    image_cache: str | None = None
-    pos_model: str | None = None
-    stanza_dir: str | None = None
-    pos_cache: str | None = None
+    format: str = option("seed", "seed (a <name>_precomp folder) | imagefolder | hub (a dataset id)")
+    path: str = option("", "that folder or Hub dataset id")
+    name: str | None = option(None, "dataset name (default: inferred from the folder)")
+    validation_fraction: float = option(
+        0.2, "fraction of train carved out for validation when the data has no validation split"
+    )
+    split_seed: int = option(0, "seed of the validation carve")
+    empty_captions: str = option("error", "error | drop | keep")
+    augment: bool = option(
+        False, "random resized crop (area 0.5-1, aspect 3/4-4/3) + horizontal flip, on the device"
+    )
+    cache_images: bool = option(
+        True,
+        "decode and resize every image once into a memory-mapped Arrow cache reused by later epochs and "
+        "runs (false: decode in the data-loader workers every epoch)",
+    )
+    image_cache: str | None = option(None, "image cache folder (default $RSITR_CACHE/images)")
+    pos_model: str | None = option(
+        None, "POSAPL: stanza tagger .pt (default $RSITR_POS_MODEL or stanza's English model)"
+    )
+    stanza_dir: str | None = option(None, "POSAPL: stanza resources (default $RSITR_STANZA_DIR)")
+    pos_cache: str | None = option(
+        None, "POSAPL: where the tagged dataset is saved and reused (default ~/.cache/rsitr_hf/pos)"
+    )
 
 
 @dataclass
 class OptimizerRecipe:
-    """``name``: ``adam`` | ``adamw``."""
+    """The optimiser."""
 
-    name: str = "adam"
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    name: str = option("adam", "adam | adamw")
+    lr: float = option(2e-4, "learning rate")
+    weight_decay: float = option(0.0, "weight decay")
+    betas: list[float] = option(help_text="Adam betas", default_factory=lambda: [0.9, 0.999])
 
 
 @dataclass
 class ScheduleRecipe:
-    """``name``: ``step`` (multiply by ``gamma`` every ``step_epochs`` epochs), ``cosine`` (per step,
-    no warm-up) or ``constant``."""
+    """The learning-rate schedule."""
 
-    name: str = "step"
-    step_epochs: int = 20
-    gamma: float = 0.7
+    name: str = option(
+        "step", "step (times gamma every step_epochs epochs) | cosine (per step, no warm-up) | constant"
+    )
+    step_epochs: int = option(20, "step: epochs between decays")
+    gamma: float = option(0.7, "step: decay factor")
 
 
 @dataclass
 class TrainingRecipe:
-    """``batch_size`` is per process and per micro-batch; the optimiser sees
-    ``batch_size * gradient_accumulation_steps * num_processes`` pairs per step.
-    ``eval_every_steps``: validate every N optimiser steps (default: each epoch).
-    ``checkpoint_every_steps``: write a resumable checkpoint every N steps (default: each epoch);
-    ``checkpoints_total_limit`` keeps that many. ``max_steps``: stop after this many optimiser steps (the
-    schedule then spans them), whatever ``epochs`` says.
-    ``mixed_precision`` (``no`` | ``bf16`` | ``fp16``) and ``compile`` (``torch.compile`` through Accelerate's
-    inductor backend): when set here they win; left unset (``null``) the launcher decides
-    (``accelerate launch --mixed_precision bf16 --dynamo_backend inductor`` or the accelerate config file),
-    and without a launcher they are off. ``base_dtype``: the dtype the frozen base model is loaded in
-    (``float32`` | ``bfloat16`` | ``float16``); the adapters stay float32 and compute in float32 (the
-    PE-RSITR release ran CLIP in half precision this way). A half-precision base needs no autocast casts
-    of the frozen weights and activations; methods that train base weights (``full``, ``linear_probe``)
-    need ``float32``. ``num_workers``: data-loader processes; ``auto`` is 0 when
-    training on the CPU (the CPU is busy with the model), otherwise one less than the CPUs per process, at
-    most 8."""
+    """The loop. The optimiser sees ``batch_size * gradient_accumulation_steps * num_processes`` pairs per
+    step. ``mixed_precision`` and ``compile``, when set here, win over the launcher; left unset (``null``)
+    ``accelerate launch --mixed_precision bf16 --dynamo_backend inductor`` or the accelerate config file
+    decide, and without a launcher they are off. A half-precision ``base_dtype`` keeps the adapters in
+    float32 (the PE-RSITR release ran CLIP in half precision this way); methods that train base weights
+    (``full``, ``linear_probe``) need ``float32``."""
 
-    epochs: int = 30
-    batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float | None = None
-    mixed_precision: str | None = None
-    base_dtype: str = "float32"
-    compile: bool | None = None
-    seed: int = 0
-    eval_every_steps: int | None = None
-    eval_batch_size: int = 64
-    checkpoint_every_steps: int | None = None
-    checkpoints_total_limit: int | None = 2
-    num_workers: int | str = "auto"
-    max_steps: int | None = None
+    epochs: int = option(30, "epochs (max_steps, when set, wins)")
+    batch_size: int = option(16, "pairs per process and micro-batch")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimiser step")
+    max_grad_norm: float | None = option(None, "clip gradients to this norm")
+    mixed_precision: str | None = option(None, "no | bf16 | fp16 (unset: the launcher's)")
+    base_dtype: str = option("float32", "dtype the frozen base is loaded in: float32 | bfloat16 | float16")
+    compile: bool | None = option(
+        None, "torch.compile through Accelerate's inductor backend (unset: the launcher's)"
+    )
+    gradient_checkpointing: bool = option(
+        False,
+        "recompute each CLIP block in the backward pass: less activation memory, about a third more compute",
+    )
+    seed: int = option(0, "seed of initialisation, shuffling, dropout and augmentation")
+    eval_every_steps: int | None = option(None, "validate every N optimiser steps (unset: each epoch)")
+    eval_batch_size: int = option(64, "batch size of evaluation")
+    checkpoint_every_steps: int | None = option(
+        None, "write a resumable checkpoint every N steps (unset: each epoch)"
+    )
+    checkpoints_total_limit: int | None = option(2, "resumable checkpoints kept")
+    num_workers: int | str = option(
+        "auto", "data-loader processes; auto: 0 on the CPU, else the CPUs per process - 1, at most 8"
+    )
+    max_steps: int | None = option(None, "stop after this many optimiser steps (the schedule spans them)")
 
 
 @dataclass
 class HubRecipe:
-    push_to_hub: bool = False
-    model_id: str | None = None
-    private: bool = False
+    """Pushing the adapter to the Hub."""
+
+    push_to_hub: bool = option(False, "push the adapter and its card at the end")
+    model_id: str | None = option(None, "the Hub repository, user/name")
+    private: bool = option(False, "create the repository private")
 
 
 @dataclass
 class Recipe:
     """A whole training recipe (see module docstring)."""
 
-    base_model: str = "openai/clip-vit-base-patch32"
-    output_dir: str = "outputs/run"
+    base_model: str = option("openai/clip-vit-base-patch32", "base CLIP: a folder or Hub id")
+    output_dir: str = option("outputs/run", "where the run writes adapter, checkpoints and metrics")
     method: MethodRecipe = field(default_factory=MethodRecipe)
     loss: LossRecipe = field(default_factory=LossRecipe)
     data: DataRecipe = field(default_factory=DataRecipe)
@@ -152,7 +175,7 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-ALIASES = {"push_to_hub": "hub.push_to_hub", "hub_model_id": "hub.model_id", "output_dir": "output_dir"}
+ALIASES = {"push_to_hub": "hub.push_to_hub", "hub_model_id": "hub.model_id"}  # transformers' names
 CHOICES = {
     "method.name": ("mrs_adapter", "pos_prompt", "lora", "bottleneck_adapter", "linear_probe", "full"),
     "loss.name": ("hmmc", "posapl"),
@@ -262,8 +285,8 @@ def parse_overrides(arguments: list[str]) -> list[tuple[str, str | None]]:
         argument = arguments[index]
         if not argument.startswith("--"):
             raise RecipeError(f"unexpected argument {argument!r}: overrides look like --section.field value")
-        key, _, inline = argument[2:].partition("=")
-        if inline:
+        key, equals, inline = argument[2:].partition("=")
+        if equals:
             overrides.append((key, inline))
             index += 1
         elif index + 1 < len(arguments) and not arguments[index + 1].startswith("--"):
@@ -273,6 +296,68 @@ def parse_overrides(arguments: list[str]) -> list[tuple[str, str | None]]:
             overrides.append((key, None))
             index += 1
     return overrides
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Add one ``--section.field`` option per recipe field (a group per section, with the field's help,
+    type and default) and the ``ALIASES``; returns their destinations for :func:`recipe_overrides`.
+
+    Options default to "not given", so only what the command line names overrides the recipe file."""
+    destinations = []
+
+    def add(group, path: str, annotation, recipe_field: dataclasses.Field, *flags: str) -> None:
+        default = recipe_field.default
+        if default is dataclasses.MISSING:
+            default = recipe_field.default_factory()
+        help_text = recipe_field.metadata.get("help", "")
+        if default is not None and "default" not in help_text:
+            help_text += f" (default: {default!r})"
+        boolean = annotation is bool or annotation == (bool | None)
+        group.add_argument(
+            f"--{path}",
+            *flags,
+            dest=path,
+            default=argparse.SUPPRESS,
+            metavar=type_name(annotation),
+            nargs="?" if boolean else None,
+            const="true" if boolean else None,
+            help=help_text.replace("%", "%%"),
+        )
+        destinations.append(path)
+
+    hints = typing.get_type_hints(Recipe)
+    top_level = parser.add_argument_group("recipe (each overrides the --config file)")
+    aliases = {target: alias for alias, target in ALIASES.items()}
+    for recipe_field in dataclasses.fields(Recipe):
+        section = hints[recipe_field.name]
+        if not dataclasses.is_dataclass(section):
+            if recipe_field.name not in exclude:
+                add(top_level, recipe_field.name, section, recipe_field)
+            continue
+        title = section.__doc__.split("\n")[0].rstrip(".")
+        group = parser.add_argument_group(
+            f"recipe section {recipe_field.name} ({title[0].lower()}{title[1:]})"
+        )
+        section_hints = typing.get_type_hints(section)
+        for inner in dataclasses.fields(section):
+            path = f"{recipe_field.name}.{inner.name}"
+            if path not in exclude:
+                alias = [f"--{aliases[path]}"] if path in aliases else []
+                add(group, path, section_hints[inner.name], inner, *alias)
+    return destinations
+
+
+def type_name(annotation) -> str:
+    """``int | None`` -> ``INT``, ``list[float]`` -> ``LIST``: the metavar of a recipe option."""
+    options = [option for option in typing.get_args(annotation) if option is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return "|".join(type_name(option) for option in options)
+    return getattr(typing.get_origin(annotation) or annotation, "__name__", str(annotation)).upper()
+
+
+def recipe_overrides(arguments: argparse.Namespace, destinations: list[str]) -> list[str]:
+    """The recipe options given on the command line, as ``load_recipe`` overrides (``--path=value``)."""
+    return [f"--{path}={getattr(arguments, path)}" for path in destinations if hasattr(arguments, path)]
 
 
 def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Recipe:

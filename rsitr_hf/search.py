@@ -1,8 +1,8 @@
 """Retrieval in practice: index a folder of images once, then search it by text (``rsitr-search``).
 
-    rsitr-search index IMAGE_DIR --index INDEX_DIR --model BASE [--adapter ADAPTER] [--batch-size 32]
-    rsitr-search query --index INDEX_DIR --text "many planes parked at the airport" [--text ...] [--top-k 5]
-    rsitr-search query --index INDEX_DIR --image PATH --captions CAPTIONS.txt [--top-k 5]
+    rsitr-search index IMAGE_DIR --index INDEX_DIR --model BASE [--adapter ADAPTER] [--batch_size 32]
+    rsitr-search query --index INDEX_DIR --text "many planes parked at the airport" [--text ...] [--top_k 5]
+    rsitr-search query --index INDEX_DIR --image PATH --captions CAPTIONS.txt [--top_k 5]
         [--model BASE --adapter ADAPTER] [--json FILE|-]
 
 ``index`` embeds every ``.jpg/.jpeg/.png/.tif/.tiff`` image under IMAGE_DIR (recursively) with the base
@@ -21,7 +21,6 @@ base, adapter or weights (even under the same names) is refused with an error na
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -35,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .cli import HelpFormatter, command_parser, parse_arguments, report_error
 from .data.images import to_rgb
 from .evaluation.encoding import image_embeddings, text_embeddings
 
@@ -301,26 +301,32 @@ def format_table(query: str, hits: list[Hit]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    index_parser = commands.add_parser("index", help="embed a folder of images (only the new ones)")
-    index_parser.add_argument("image_dir")
+    index_help, query_help = (
+        "embed a folder of images (only the new ones)",
+        "text -> images, or image -> captions",
+    )
+    index_parser = commands.add_parser(
+        "index", help=index_help, description=index_help, formatter_class=HelpFormatter
+    )
+    index_parser.add_argument("image_dir", help="the folder of images (searched recursively)")
     index_parser.add_argument("--index", required=True, help="the index folder to create or update")
     index_parser.add_argument("--model", required=True, help="base CLIP model (folder or Hub id)")
     index_parser.add_argument("--adapter", help="PEFT adapter (folder or Hub id)")
-    index_parser.add_argument("--batch-size", type=int, default=32)
-    query_parser = commands.add_parser("query", help="text -> images, or image -> captions")
-    query_parser.add_argument("--index", required=True)
+    index_parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
+    query_parser = commands.add_parser(
+        "query", help=query_help, description=query_help, formatter_class=HelpFormatter
+    )
+    query_parser.add_argument("--index", required=True, help="the index folder built by rsitr-search index")
     query_parser.add_argument("--text", action="append", help="a text query (repeatable)")
     query_parser.add_argument("--image", help="an image query (with --captions)")
     query_parser.add_argument("--captions", help="caption file, one caption per line, for --image")
-    query_parser.add_argument("--top-k", type=int, default=5)
+    query_parser.add_argument("--top_k", type=int, default=5, help="results per query")
     query_parser.add_argument("--model", help="checked against the index's model (default: that model)")
     query_parser.add_argument("--adapter", help="checked against the index's adapter")
     query_parser.add_argument("--json", help="also write the results as JSON to this file ('-': stdout only)")
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     try:
         if args.command == "index":
             update = build_index(
@@ -333,8 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return run_query(args)
     except (SearchError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_error(error)
 
 
 def run_query(args) -> int:

@@ -3,6 +3,8 @@
     accelerate launch train_accelerate.py --config hub_configs/<recipe>.yaml [--section.field value ...]
         [--resume_from_checkpoint latest|DIR] [--push_to_hub --hub_model_id user/name]
 
+Every recipe field is an option (listed below with its default); a value given here wins over the file.
+
 The loop: build base model + processor, apply the PEFT config, load the data (images decoded and resized
 once into a cache, batches moved to the device as uint8 and normalised/augmented there), train with
 gradient accumulation / mixed precision / optional clipping and ``torch.compile``, validate each epoch (or
@@ -19,7 +21,6 @@ Mixed precision and compilation: a value set in the recipe (``training.mixed_pre
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from pathlib import Path
 import datasets
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, DynamoBackend, ProjectConfiguration, set_seed
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from peft.utils import load_peft_weights
@@ -41,6 +43,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPProcessor, get_cosine_schedule_with_warmup
 
 from .baselines import lora_baseline_config
+from .cli import command_parser, parse_arguments, report_error
 from .data import load_rsitr, load_rsitr_hub
 from .data.augmentation import RandomResizedCropFlip
 from .data.pixels import DecodedPixels, PixelNormalizer, PixelSource, cached_pixels
@@ -49,7 +52,15 @@ from .data.preprocessing import ImageBatchTransform, RetrievalCollator, caption_
 from .evaluation import evaluate_retrieval
 from .hub import HubPushError, push_adapter
 from .losses import hmmc_loss, posapl_loss
-from .recipe import LossRecipe, Recipe, RecipeError, load_recipe, save_recipe
+from .recipe import (
+    LossRecipe,
+    Recipe,
+    RecipeError,
+    add_recipe_arguments,
+    load_recipe,
+    recipe_overrides,
+    save_recipe,
+)
 from .tuners import BottleneckAdapterConfig, MRSAdapterConfig, POSPromptConfig
 from .views import encode_views, unwrap_clip
 from .visualize import plot_retrieval_grid, split_examples
@@ -57,6 +68,8 @@ from .visualize import plot_retrieval_grid, split_examples
 DEFAULT_TOKEN_DROPOUT = 0.2
 LOSS_READ_EVERY = 10  # optimiser steps between reads of the loss from the device (each read synchronises)
 MAX_AUTO_WORKERS = 8
+
+logger = get_logger(__spec__.name if __spec__ else __name__)  # rsitr_hf.train under `python -m` too
 
 
 @dataclass
@@ -138,6 +151,7 @@ def run_settings(recipe: Recipe, accelerator: Accelerator, num_workers: int) -> 
         "mixed_precision_from": source(training.mixed_precision, "ACCELERATE_MIXED_PRECISION"),
         "compiled": accelerator.state.dynamo_plugin.backend != DynamoBackend.NO,
         "compile_from": source(training.compile, "ACCELERATE_DYNAMO_BACKEND"),
+        "gradient_checkpointing": training.gradient_checkpointing,
         "num_workers": num_workers,
         "image_cache": recipe.data.cache_images,
     }
@@ -157,7 +171,18 @@ def resolve_num_workers(value: int | str, device: torch.device, local_processes:
 
 def build_model(recipe: Recipe) -> torch.nn.Module:
     """The base CLIP (in ``training.base_dtype``) with the recipe's method applied: a PeftModel, or the bare
-    model for ``full`` and ``linear_probe`` (everything frozen but ``LINEAR_PROBE_MODULES``)."""
+    model for ``full`` and ``linear_probe`` (everything frozen but ``LINEAR_PROBE_MODULES``); with
+    ``training.gradient_checkpointing``, every block recomputes its activations in the backward pass."""
+    model = apply_method(recipe)
+    if recipe.training.gradient_checkpointing:
+        enable = (
+            getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        )
+        enable()  # transformers >= 5.x renamed it; non-reentrant either way
+    return model
+
+
+def apply_method(recipe: Recipe) -> torch.nn.Module:
     method, base_dtype = recipe.method, recipe.training.base_dtype
     if base_dtype != "float32" and method.name in HALF_BASE_REFUSED:
         raise RecipeError(f"training.base_dtype: {HALF_BASE_REFUSED[method.name]}; use float32")
@@ -420,7 +445,7 @@ def set_up(recipe: Recipe, resume_from_checkpoint: str | None = None) -> Run:
     checkpoint_adapter_only(run)
     if resume_from_checkpoint:
         resume(run, resume_from_checkpoint)
-    accelerator.print(
+    logger.info(
         f"training {trainable_parameters:,} parameters for {total_steps} steps on {accelerator.device} "
         f"x{accelerator.num_processes}: base {cost['base_dtype']}, mixed precision {cost['mixed_precision']} "
         f"({cost['mixed_precision_from']}), compile {'on' if cost['compiled'] else 'off'} "
@@ -565,7 +590,7 @@ def resume(run: Run, checkpoint: str) -> None:
             shutil.rmtree(output_dir / "best_adapter")
         shutil.copytree(folder / "best_adapter", output_dir / "best_adapter")
     accelerator.wait_for_everyone()
-    accelerator.print(f"resumed from {folder} at step {run.state.global_step}, epoch {run.state.epoch}")
+    logger.info(f"resumed from {folder} at step {run.state.global_step}, epoch {run.state.epoch}")
 
 
 # --- The loop ----------------------------------------------------------------------------------------
@@ -761,23 +786,22 @@ def _tensorboard_installed() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    parser = command_parser(
+        __doc__, usage="%(prog)s [--config RECIPE] [--section.field VALUE ...] [--resume_from_checkpoint DIR]"
     )
-    parser.add_argument("--config", help="YAML recipe (see hub_configs/)")
+    parser.add_argument("--config", help="YAML recipe (see hub_configs/); without one, the defaults below")
     parser.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder")
-    args, overrides = parser.parse_known_args(argv)
+    recipe_options = add_recipe_arguments(parser)
+    args = parse_arguments(parser, argv)
     try:
-        recipe = load_recipe(args.config, overrides)
+        recipe = load_recipe(args.config, recipe_overrides(args, recipe_options))
         if recipe.hub.push_to_hub and not recipe.hub.model_id:
             raise RecipeError("--push_to_hub needs --hub_model_id user/name")
         train(recipe, args.resume_from_checkpoint)
     except (RecipeError, FileNotFoundError, POSModelMissing) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_error(error)
     except HubPushError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return report_error(error, status=1)
     return 0
 
 

@@ -1,19 +1,18 @@
 """Result grids (``rsitr-visualize``): each row a text query, then its top-k images with rank and score,
 the ground-truth image framed in green when it is known, like the papers' qualitative figures.
 
-    rsitr-visualize --index INDEX_DIR --queries QUERIES.tsv --out grid.png [--top-k 5]
-    rsitr-visualize --index INDEX_DIR --data DATA_DIR [--split test] [--num-queries 4] --out grid.png
+    rsitr-visualize --index INDEX_DIR --queries QUERIES.tsv --out grid.png [--top_k 5]
+    rsitr-visualize --index INDEX_DIR --data DATA_DIR [--split test] [--num_queries 4] --out grid.png
 
 ``QUERIES.tsv``: one query per line, optionally followed by a tab and its ground-truth image (a path
 relative to the indexed folder). ``--data``: a seed-layout dataset whose images folder is the indexed
-one; the queries are the first captions of ``--num-queries`` images spread over the split, each with
+one; the queries are the first captions of ``--num_queries`` images spread over the split, each with
 its own image as the ground truth. The index's own model embeds the queries (see ``rsitr-search``).
 Training writes the same figure for a few validation queries (``retrieval_examples.png``).
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import PIL.Image
 import torch
 
+from .cli import command_parser, parse_arguments, report_error
 from .plots import plt
 
 
@@ -146,17 +146,15 @@ def dataset_queries(data_dir: str, split: str, num_queries: int) -> list[tuple[s
 def main(argv: list[str] | None = None) -> int:
     from .search import SearchError
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__doc__)
     parser.add_argument("--index", required=True, help="an image index built by rsitr-search index")
     parser.add_argument("--queries", help="queries file: 'query[<TAB>ground-truth image]' per line")
     parser.add_argument("--data", help="or a seed-layout dataset whose images the index holds")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--num-queries", type=int, default=4)
-    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--split", default="test", help="with --data: the split queried")
+    parser.add_argument("--num_queries", type=int, default=4, help="with --data: queries (one row each)")
+    parser.add_argument("--top_k", type=int, default=5, help="images per query")
     parser.add_argument("--out", required=True, help="the PNG to write")
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     try:
         if bool(args.queries) == bool(args.data):
             raise SearchError("give --queries FILE or --data DATA_DIR")
@@ -167,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         rows = index_rows(args.index, queries, args.top_k)
     except (SearchError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_error(error)
     print(plot_retrieval_grid(rows, args.out, title=f"top-{args.top_k} images per query"))
     return 0
 

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import assert_runs_after_casting, clip_embeddings, tiny_inputs
+from conftest import clip_embeddings, tiny_inputs
 from peft import PeftModel, get_peft_model
 from transformers import CLIPConfig, CLIPModel
 
@@ -92,10 +92,3 @@ def test_bad_options_are_named():
         BottleneckAdapterConfig(positions=["ffn"])
     with pytest.raises(ValueError, match="activation"):
         BottleneckAdapterConfig(activation="tanh")
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_runs_after_casting_the_whole_model(base, dtype):
-    model = get_peft_model(base, BottleneckAdapterConfig(**SMALL))
-    randomise(model)
-    assert_runs_after_casting(model, dtype)

@@ -99,7 +99,7 @@ def test_text_and_image_queries_rank_by_cosine(tmp_path, image_folder, tiny_clip
     assert [hit.rank for hit in hits] == [1, 2, 3, 4]
 
     assert main(["query", "--index", str(tmp_path / "index"), "--text", query, "--text", "planes",
-                 "--top-k", "3", "--json", str(tmp_path / "out.json")]) == 0  # fmt: skip
+                 "--top_k", "3", "--json", str(tmp_path / "out.json")]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert f"query: {query}" in printed and hits[0].item in printed
     results = json.loads((tmp_path / "out.json").read_text())
@@ -155,8 +155,8 @@ def test_grids_from_an_index_and_from_a_split(tmp_path, synthetic_dir, tiny_clip
     index_dir = tmp_path / "index"
     build_index(synthetic_dir / "synthrs_images", index_dir, RetrievalModel(tiny_clip_dir))
     out = tmp_path / "grid.png"
-    assert visualize_main(["--index", str(index_dir), "--data", str(synthetic_dir), "--num-queries", "3",
-                           "--top-k", "4", "--out", str(out)]) == 0  # fmt: skip
+    assert visualize_main(["--index", str(index_dir), "--data", str(synthetic_dir), "--num_queries", "3",
+                           "--top_k", "4", "--out", str(out)]) == 0  # fmt: skip
     assert out.read_bytes()[:4] == b"\x89PNG"
 
     split = load_rsitr(synthetic_dir, validation_fraction=0.0)["test"]

@@ -309,7 +309,7 @@ def test_posapl_recipe_runs_through_train_accelerate(
     assert [e["step"] for e in metrics["evaluations"] if e["split"] == "validation"] == [0, 15]
     assert all(math.isfinite(point["loss"]) for point in metrics["train_loss"])
     config = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())
-    assert config["peft_type"] == "POS_PROMPT" and config["fusion"] == "cascade"
+    assert config["peft_type"] == "POS_PROMPT (import rsitr_hf first)" and config["fusion"] == "cascade"
 
 
 def test_posapl_tags_each_dataset_once(tmp_path, tiny_clip_dir, synthetic_dir, stanza_tagger_path):

@@ -33,7 +33,7 @@ def test_mixed_precision_comes_from_the_launcher_unless_the_recipe_sets_it(
     assert launched.returncode == 0, launched.stderr[-3000:]
     cost = metrics_of(tmp_path / "flag")["cost"]
     assert (cost["mixed_precision"], cost["mixed_precision_from"]) == ("bf16", "accelerate launch/config")
-    assert "mixed precision bf16 (accelerate launch/config)" in launched.stdout
+    assert "mixed precision bf16 (accelerate launch/config)" in launched.stderr  # logged
     assert len(metrics_of(tmp_path / "flag")["train_loss"]) == 2  # max_steps
 
     config = tmp_path / "accelerate.yaml"  # what `accelerate config` writes
@@ -167,3 +167,19 @@ def test_a_bfloat16_base_trains_a_float32_adapter(tmp_path, tiny_clip_dir, synth
     with pytest.raises(RecipeError, match="training.base_dtype: full fine-tuning trains the base weights"):
         train(load_recipe(recipe, ["--training.base_dtype", "bfloat16", "--method.name", "full",
                                    "--method.config", "{}"]))  # fmt: skip
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(tmp_path, tiny_clip_dir, synthetic_dir):
+    adapters = {}
+    for checkpointing in (False, True):
+        out = tmp_path / str(checkpointing)
+        recipe = write_recipe(
+            tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, out, max_steps=3,
+            gradient_checkpointing=checkpointing,
+        )  # fmt: skip
+        assert train(load_recipe(recipe)).cost["gradient_checkpointing"] is checkpointing
+        adapters[checkpointing] = load_file(
+            out / "checkpoints" / "step_00000003" / "adapter" / "adapter_model.safetensors"
+        )
+    for key, tensor in adapters[False].items():
+        torch.testing.assert_close(adapters[True][key], tensor, rtol=1e-5, atol=1e-6)

@@ -19,15 +19,17 @@ Offline: pass a tagger file (``pos_model_path=`` or ``RSITR_POS_MODEL``) and/or 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
+
+from ..cli import command_parser, parse_arguments, report_error
 
 UPOS_TAGS = (
     "ADJ",
@@ -264,29 +266,34 @@ def cached_pos_dataset(
     return datasets.DatasetDict(joined)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     from transformers import CLIPTokenizer
 
     from .loading import load_rsitr
 
-    parser = argparse.ArgumentParser(
-        description="Tag a seed-layout dataset's captions and save the DatasetDict."
-    )
+    parser = command_parser("Tag a seed-layout dataset's captions and save the DatasetDict.")
     parser.add_argument("data_dir", help="<root>/<name>_precomp")
     parser.add_argument("out_dir", help="where to save_to_disk the tagged DatasetDict")
     parser.add_argument(
         "--tokenizer", required=True, help="base model id or folder whose CLIP tokenizer is used"
     )
     parser.add_argument(
-        "--pos-model", default=None, help="tagger .pt (default: $RSITR_POS_MODEL or stanza's)"
+        "--pos_model", default=None, help="tagger .pt (default: $RSITR_POS_MODEL or stanza's)"
     )
     parser.add_argument(
-        "--stanza-dir", default=None, help="stanza resources dir (default: $RSITR_STANZA_DIR)"
+        "--stanza_dir", default=None, help="stanza resources dir (default: $RSITR_STANZA_DIR)"
     )
-    parser.add_argument("--validation-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--empty-captions", default="error", choices=("error", "drop", "keep"))
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--validation_fraction", type=float, default=0.2, help="validation carve out of train (as the recipe)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the validation carve")
+    parser.add_argument(
+        "--empty_captions",
+        default="error",
+        choices=("error", "drop", "keep"),
+        help="what to do with images whose caption is empty",
+    )
+    args = parse_arguments(parser, argv)
     dataset = load_rsitr(
         args.data_dir,
         validation_fraction=args.validation_fraction,
@@ -296,11 +303,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         tagger = StanzaTagger(args.pos_model, args.stanza_dir)
     except POSModelMissing as error:
-        raise SystemExit(f"error: {error}") from None
+        return report_error(error)
     tagged = add_pos_columns(dataset, tagger, CLIPTokenizer.from_pretrained(args.tokenizer))
     tagged.save_to_disk(args.out_dir)
     print(f"saved {args.out_dir}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,11 +9,12 @@ word vectors and no character model keep it to a few minutes on 2 CPU cores. Poi
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from ..cli import command_parser, parse_arguments
 
 SMALL_TAGGER_OPTIONS = (
     "--no_pretrain", "--no_char", "--word_emb_dim", "50", "--tag_emb_dim", "25", "--transformed_dim", "50",
@@ -103,14 +104,12 @@ def train_small_tagger(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("train_conllu")
-    parser.add_argument("dev_conllu")
-    parser.add_argument("out_dir")
-    parser.add_argument("--max-steps", type=int, default=600)
-    args = parser.parse_args(argv)
+    parser = command_parser(__doc__)
+    parser.add_argument("train_conllu", help="UD training treebank (.conllu)")
+    parser.add_argument("dev_conllu", help="UD development treebank (.conllu)")
+    parser.add_argument("out_dir", help="where tagger.pt is written")
+    parser.add_argument("--max_steps", type=int, default=600, help="stanza training steps")
+    args = parse_arguments(parser, argv)
     print(train_small_tagger(args.train_conllu, args.dev_conllu, args.out_dir, args.max_steps))
 
 

@@ -17,7 +17,6 @@ Image ``i`` of a split depends only on ``(seed, split, i)``.
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
+
+from ..cli import command_parser, parse_arguments
 
 LANDS = ("farmland", "desert", "forest", "grassland", "bare land")
 WATERS = ("none", "river", "lake", "sea")
@@ -361,16 +362,18 @@ def vocabulary() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write a synthetic RS-like dataset in the seed layout.")
-    parser.add_argument("root")
-    parser.add_argument("--name", default="synthrs")
-    parser.add_argument("--train", type=int, default=400)
-    parser.add_argument("--test", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--domain", choices=sorted(DOMAINS), default="target")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--format", default="tif", choices=("tif", "png", "jpg"))
-    args = parser.parse_args(argv)
+    parser = command_parser("Write a synthetic RS-like dataset in the seed layout.")
+    parser.add_argument("root", help="the folder that receives <name>_precomp/")
+    parser.add_argument("--name", default="synthrs", help="dataset name")
+    parser.add_argument("--train", type=int, default=400, help="training images (5 captions each)")
+    parser.add_argument("--test", type=int, default=100, help="test images")
+    parser.add_argument("--seed", type=int, default=0, help="seed of scenes and captions")
+    parser.add_argument(
+        "--domain", choices=sorted(DOMAINS), default="target", help="image style (source or target domain)"
+    )
+    parser.add_argument("--image_size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--format", default="tif", choices=("tif", "png", "jpg"), help="image file format")
+    args = parse_arguments(parser, argv)
     path = write_seed_layout(
         args.root, args.name, args.train, args.test, args.seed, args.domain, args.image_size, args.format
     )

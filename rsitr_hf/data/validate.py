@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
+from ..cli import command_parser, parse_arguments
 from .loading import scan_images
 from .seed_layout import SPLITS, Problem, infer_name, read_split_listing
 
@@ -37,13 +37,13 @@ def validate_rsitr(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = command_parser(__doc__)
     parser.add_argument("data_dir", help="<root>/<name>_precomp")
     parser.add_argument("--name", default=None, help="dataset name (default: inferred from the folder)")
     parser.add_argument(
-        "--headers-only", action="store_true", help="open image headers, do not decode pixels"
+        "--headers_only", action="store_true", help="open image headers, do not decode pixels"
     )
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     problems = validate_rsitr(args.data_dir, args.name, decode_images=not args.headers_only)
     for problem in problems:
         print(problem)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peft import PeftConfig
-
 from ..mrs_adapter.config import TOWERS, encoder_layer_pattern
-from ..registration import add_peft_type
+from ..registration import ExternalPeftConfig
 
 PEFT_TYPE_NAME = "BOTTLENECK_ADAPTER"
 POSITIONS = ("attention", "mlp")
@@ -15,7 +13,7 @@ ACTIVATIONS = ("relu", "gelu", "swish")
 
 
 @dataclass
-class BottleneckAdapterConfig(PeftConfig):
+class BottleneckAdapterConfig(ExternalPeftConfig):
     """Houlsby-style adapters: every adapted CLIP block gets its own adapters, one after each sub-layer.
 
     For a sub-layer output ``y`` (attention or MLP, width ``D``), the adapter returns
@@ -32,6 +30,7 @@ class BottleneckAdapterConfig(PeftConfig):
         towers: which towers to adapt, a subset of ``["vision", "text"]``.
     """
 
+    peft_type_name = PEFT_TYPE_NAME
     bottleneck_dim: int = field(default=64, metadata={"help": "bottleneck width"})
     positions: list[str] = field(default_factory=lambda: list(POSITIONS), metadata={"help": "sub-layers"})
     activation: str = field(default="swish", metadata={"help": "relu | gelu | swish"})
@@ -43,7 +42,6 @@ class BottleneckAdapterConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.peft_type = add_peft_type(PEFT_TYPE_NAME)
         if not self.towers or set(self.towers) - set(TOWERS):
             raise ValueError(f"towers must be a non-empty subset of {list(TOWERS)}, got {self.towers}")
         if not self.positions or set(self.positions) - set(POSITIONS):

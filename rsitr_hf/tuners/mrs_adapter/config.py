@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peft import PeftConfig
-
-from ..registration import add_peft_type
+from ..registration import ExternalPeftConfig
 
 PEFT_TYPE_NAME = "MRS_ADAPTER"
 TOWERS = ("vision", "text")
@@ -18,7 +16,7 @@ def encoder_layer_pattern(towers: list[str]) -> str:
 
 
 @dataclass
-class MRSAdapterConfig(PeftConfig):
+class MRSAdapterConfig(ExternalPeftConfig):
     """One MRS-Adapter shared by every block of the adapted CLIP towers.
 
     The adapter reads each block's residual stream after the attention residual (width ``D``: 768 for
@@ -39,6 +37,7 @@ class MRSAdapterConfig(PeftConfig):
             created and checked when it is loaded onto a base model.
     """
 
+    peft_type_name = PEFT_TYPE_NAME
     bottleneck_dim: int = field(default=64, metadata={"help": "bottleneck width"})
     shared_dim: int = field(default=64, metadata={"help": "channels of the cross-modal shared up-projection"})
     adapter_dropout: float = field(default=0.5, metadata={"help": "dropout on the bottleneck activation"})
@@ -52,7 +51,6 @@ class MRSAdapterConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.peft_type = add_peft_type(PEFT_TYPE_NAME)
         unknown = sorted(set(self.towers) - set(TOWERS))
         if unknown or not self.towers:
             raise ValueError(f"towers must be a non-empty subset of {list(TOWERS)}, got {self.towers}")

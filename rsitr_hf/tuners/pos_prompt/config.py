@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peft import PeftConfig
-
-from ..registration import add_peft_type
+from ..registration import ExternalPeftConfig
 
 PEFT_TYPE_NAME = "POS_PROMPT"
 FUSION_MODES = ("cascade", "parallel")
@@ -14,7 +12,7 @@ POS_MODES = ("sentence", "aligned")
 
 
 @dataclass
-class POSPromptConfig(PeftConfig):
+class POSPromptConfig(ExternalPeftConfig):
     """POSAPL: Connector (+ optional per-layer POS-Adapters) on the text tower, SA-Adapters in every block
     of both towers, and Side Fusion of four blocks' residual streams. Defaults are the RSITMD release.
 
@@ -30,6 +28,7 @@ class POSPromptConfig(PeftConfig):
         num_pos_tags: size of the aligned tag vocabulary (17 UPOS tags + special + padding).
     """
 
+    peft_type_name = PEFT_TYPE_NAME
     adapter_dim: int = field(default=128, metadata={"help": "SA-Adapter bottleneck width"})
     adapter_heads: int = field(default=8, metadata={"help": "SA-Adapter attention heads"})
     pos_adapter_dim: int | None = field(
@@ -47,7 +46,6 @@ class POSPromptConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.peft_type = add_peft_type(PEFT_TYPE_NAME)
         if self.fusion not in FUSION_MODES:
             raise ValueError(f"fusion must be one of {FUSION_MODES}, got {self.fusion!r}")
         if self.pos_mode not in POS_MODES:

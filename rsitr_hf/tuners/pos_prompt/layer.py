@@ -7,6 +7,8 @@ so a freshly created adapter leaves CLIP's embeddings unchanged.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 from transformers.masking_utils import create_causal_mask
@@ -151,7 +153,17 @@ class POSPromptTower(nn.Module, WrappingLayer):
         self, layer, hidden, attention_mask, sa_adapter, padding, pos_update=None, **attention_kwargs
     ):
         """One CLIP block with POSAPL: ``h = x + Attn(LN1 x) [+ POS-Adapter(z_p)]``,
-        ``m = MLP(LN2 h)``, ``out = h + m + SA(m)``."""
+        ``m = MLP(LN2 h)``, ``out = h + m + SA(m)``.
+
+        Recomputed in the backward pass when ``gradient_checkpointing_enable()`` marked the wrapped CLIP
+        block (transformers' flag and function, as the block's own forward would use them)."""
+        block = partial(self.adapted_block, layer, sa_adapter, padding=padding, **attention_kwargs)
+        if layer.gradient_checkpointing and layer.training:
+            return layer._gradient_checkpointing_func(block, hidden, attention_mask, pos_update)
+        return block(hidden, attention_mask, pos_update)
+
+    @staticmethod
+    def adapted_block(layer, sa_adapter, hidden, attention_mask, pos_update, padding, **attention_kwargs):
         attended, _ = layer.self_attn(
             hidden_states=layer.layer_norm1(hidden), attention_mask=attention_mask, **attention_kwargs
         )
