@@ -133,7 +133,7 @@ class TrainingRecipe:
     )
     gradient_checkpointing: bool = option(
         False,
-        "recompute each CLIP block in the backward pass: less activation memory, about a third more compute",
+        "recompute each CLIP block in the backward pass: less activation memory, each forward run twice",
     )
     seed: int = option(0, "seed of initialisation, shuffling, dropout and augmentation")
     eval_every_steps: int | None = option(None, "validate every N optimiser steps (unset: each epoch)")
