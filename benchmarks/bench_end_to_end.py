@@ -4,7 +4,7 @@
         [--methods mrs posapl lora full] [--only pipeline train evaluation] [--batch_size N] [--steps N]
         [--workers N ...] [--pipeline_batch_size N] [--compile] [--pos_model TAGGER.pt] [--out FILE.json]
 
-The task (built once in ``--work_dir``): the real RSICD split files (``../shared/rsitr_splits/rsicd_precomp``:
+The task (built once in ``--work_dir``): the real RSICD split files (packaged ``rsitr_splits/rsicd_precomp``:
 9,828 train + 1,093 test images, 54,605 captions), one synthetic 224-px JPEG per file name (rendered aerial
 scenes), and a CLIP with ViT-B/32's shapes (vision 768 wide, text 512, 12 layers, patch 32) and random
 weights over the captions' words. Throughput and memory at this scale are the real ones; accuracy means
@@ -43,9 +43,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from rsitr_hf.cli import command_parser, parse_arguments
-from rsitr_hf.data.shared import shared_data_dir
+from rsitr_hf.data.reference import splits_dir, ud_english_dir
 
-RSICD_SPLITS = shared_data_dir() / "rsitr_splits" / "rsicd_precomp"
+RSICD_SPLITS = splits_dir() / "rsicd_precomp"
 SPLIT_FILES = ("train_caps.txt", "train_filename.txt", "test_caps.txt", "test_filename.txt")
 METHODS = {
     "mrs": {"method": {"name": "mrs_adapter"}, "loss": {"name": "hmmc"}},
@@ -115,7 +115,7 @@ def pos_tagger(work_dir: Path, given: str | None) -> str:
 
     tagger = work_dir / "pos_tagger" / "tagger.pt"
     if not tagger.is_file():
-        ewt = shared_data_dir() / "ud_english_ewt"
+        ewt = ud_english_dir()
         train_small_tagger(ewt / "en_ewt-ud-test.conllu", ewt / "en_ewt-ud-dev.conllu", tagger.parent)
     return str(tagger)
 

@@ -11,7 +11,7 @@ Sections (each measurement runs in its own process, so peak memory and compiled 
 - ``views``: HMMC's four views as two batched passes (``rsitr_hf.views.encode_views``) vs four separate
   passes, forward + backward, MRS-Adapter.
 - ``evaluation``: embedding the distinct captions only vs every caption of the real RSICD test caption
-  file (``../shared/rsitr_splits``), and embedding its 1,093 images (random pixels, 224 px).
+  file (``the packaged rsitr_splits``), and embedding its 1,093 images (random pixels, 224 px).
 - ``ranking``: ``retrieval_metrics`` on a 1,093 x 5,465 similarity matrix.
 - ``casts``: how many dtype conversions (``aten::_to_copy``), copies and matrix products one MRS-Adapter +
   HMMC step runs under bf16 autocast, with the adapter's fp32 island as published, without it, and with the
@@ -35,9 +35,9 @@ from contextlib import contextmanager
 from bench_end_to_end import publish
 
 from rsitr_hf.cli import command_parser, parse_arguments
-from rsitr_hf.data.shared import shared_data_dir
+from rsitr_hf.data.reference import splits_dir
 
-RSICD_TEST_CAPTIONS = shared_data_dir() / "rsitr_splits" / "rsicd_precomp" / "test_caps.txt"
+RSICD_TEST_CAPTIONS = splits_dir() / "rsicd_precomp" / "test_caps.txt"
 VOCABULARY_SIZE, TEXT_LENGTH = 49408, 32
 
 

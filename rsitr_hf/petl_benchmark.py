@@ -158,15 +158,10 @@ def prepare_synthetic_task(folder: Path, shared: dict, needs_pos_model: bool) ->
     shared["base_model"], shared.setdefault("data", {})["path"] = str(base), str(target)
     if needs_pos_model and not shared["data"].get("pos_model") and "RSITR_POS_MODEL" not in os.environ:
         from .data.pos_tagger import train_small_tagger
-        from .data.shared import shared_data_dir
+        from .data.reference import ud_english_dir
 
-        tagger, ewt = folder / "pos_tagger" / "tagger.pt", shared_data_dir() / "ud_english_ewt"
+        tagger, ewt = folder / "pos_tagger" / "tagger.pt", ud_english_dir()
         if not tagger.is_file():
-            if not ewt.is_dir():
-                raise FileNotFoundError(
-                    "POSAPL on the synthetic task needs a POS tagger: set data.pos_model or $RSITR_POS_MODEL,"
-                    f" or put UD English-EWT in {ewt} (set $RSITR_SHARED_DIR) to train one offline"
-                )
             logger.info("training a small POS tagger offline for POSAPL (about 3 min) in %s", tagger.parent)
             train_small_tagger(ewt / "en_ewt-ud-test.conllu", ewt / "en_ewt-ud-dev.conllu", tagger.parent)
         shared["data"]["pos_model"] = str(tagger)

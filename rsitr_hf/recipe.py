@@ -163,6 +163,11 @@ class Recipe:
 
     base_model: str = option("openai/clip-vit-base-patch32", "base CLIP: a folder or Hub id")
     output_dir: str = option("outputs/run", "where the run writes adapter, checkpoints and metrics")
+    synthetic_task: str | None = option(
+        None,
+        "train on the offline demo's synthetic transfer task in this folder, prepared there when missing "
+        "(source-pretrained tiny base and target data, as rsitr-demo does); sets base_model and data.path",
+    )
     method: MethodRecipe = field(default_factory=MethodRecipe)
     loss: LossRecipe = field(default_factory=LossRecipe)
     data: DataRecipe = field(default_factory=DataRecipe)

@@ -186,7 +186,11 @@ def apply_method(recipe: Recipe) -> torch.nn.Module:
     method, base_dtype = recipe.method, recipe.training.base_dtype
     if base_dtype != "float32" and method.name in HALF_BASE_REFUSED:
         raise RecipeError(f"training.base_dtype: {HALF_BASE_REFUSED[method.name]}; use float32")
-    base = CLIPModel.from_pretrained(recipe.base_model, dtype=getattr(torch, base_dtype))
+    try:
+        base = CLIPModel.from_pretrained(recipe.base_model, dtype=getattr(torch, base_dtype))
+    except OSError as error:  # not on the Hub, no access, no network
+        reason = str(error).strip().splitlines()[0]
+        raise RecipeError(f"base_model: {recipe.base_model} could not be loaded: {reason}") from None
     if method.name in ("full", "linear_probe"):
         if method.config:
             raise RecipeError(f"method.config: {method.name} takes no options")
@@ -408,11 +412,47 @@ class Run:
         return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
 
+def use_synthetic_task(recipe: Recipe, accelerator: Accelerator) -> None:
+    """With ``recipe.synthetic_task``, prepare the demo's task there (main process first) and point
+    ``base_model`` and ``data.path`` at it."""
+    from .demo import prepare_demo_task
+
+    with accelerator.main_process_first():
+        base, target = prepare_demo_task(recipe.synthetic_task)
+    recipe.base_model, recipe.data.format, recipe.data.path = str(base), "seed", str(target)
+
+
+def check_base_model(name: str) -> None:
+    """A one-line :class:`RecipeError` unless ``name`` is an existing folder or a Hub id that can be had:
+    in the local Hub cache, or with the network allowed (whether it exists is then the Hub's answer)."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if Path(name).is_dir():
+        return
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise RecipeError(
+            f"base_model: there is no folder {name} and it is not a Hub id (user/name); for the offline "
+            "demo's base, run rsitr-demo or set synthetic_task"
+        ) from None
+    if HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise RecipeError(
+            f"base_model: {name} is not a folder here and not in the local Hub cache, and HF_HUB_OFFLINE is "
+            "set: download it once with the network, or give a local folder"
+        )
+
+
 def set_up(recipe: Recipe, resume_from_checkpoint: str | None = None) -> Run:
     """Everything before the first step: accelerator, model, data, optimiser, schedule, checkpoint hooks,
     and the state of an interrupted run when resuming."""
     training = recipe.training
     accelerator = create_accelerator(recipe)
+    if recipe.synthetic_task:
+        use_synthetic_task(recipe, accelerator)
+    check_base_model(recipe.base_model)
     set_seed(training.seed)
     model = build_model(recipe)
     trainable_parameters, base_parameters = parameter_counts(model)

@@ -15,11 +15,11 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from rsitr_hf.data.shared import shared_data_dir  # noqa: E402
+from rsitr_hf.data.reference import splits_dir, ud_english_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = shared_data_dir()  # ../shared beside the checkout (as in CI), or RSITR_SHARED_DIR
-SPLITS_DIR = SHARED / "rsitr_splits"
+SPLITS_DIR = splits_dir()  # the packaged split files (or $RSITR_SHARED_DIR/rsitr_splits)
+UD_ENGLISH_DIR = ud_english_dir()  # the packaged UD English-EWT portions (or $RSITR_SHARED_DIR/...)
 
 
 def pytest_unconfigure(config) -> None:
@@ -28,10 +28,9 @@ def pytest_unconfigure(config) -> None:
 
 
 def pytest_configure(config) -> None:
-    if not SPLITS_DIR.is_dir():
+    if not (SPLITS_DIR / "rsicd_precomp" / "test_caps.txt").is_file():
         raise pytest.UsageError(
-            f"the shared test data (rsitr_splits/, ud_english_ewt/) is not at {SHARED}: clone the repository "
-            "next to shared/ (as CI does) or set RSITR_SHARED_DIR to that folder"
+            f"RSITR_SHARED_DIR is set, but {SPLITS_DIR} holds no rsicd_precomp/test_caps.txt"
         )
 
 
@@ -67,7 +66,7 @@ def stanza_tagger_path() -> Path:
 
     cache = Path(os.environ.get("RSITR_TEST_CACHE", Path.home() / ".cache" / "rsitr_hf")) / "test-tagger-v1"
     if not (cache / "tagger.pt").is_file():
-        ewt = SHARED / "ud_english_ewt"
+        ewt = UD_ENGLISH_DIR
         train_small_tagger(ewt / "en_ewt-ud-test.conllu", ewt / "en_ewt-ud-dev.conllu", cache, max_steps=600)
     return cache / "tagger.pt"
 

@@ -76,6 +76,29 @@ def test_real_split_files_load_with_published_counts(name, tmp_path):
     assert dataset["test"][0]["image"].mode == "RGB"
 
 
+def test_validate_names_the_standard_split_or_what_differs(tmp_path, capsys):
+    from rsitr_hf.data.validate import compare_with_standard, main
+
+    data_dir = with_placeholder_images("ucm", tmp_path)
+    assert compare_with_standard(data_dir, "ucm") == []
+    assert main([str(data_dir), "--headers_only"]) == 0
+    assert "this is the standard ucm split (train 1,890 images, test 210 images" in capsys.readouterr().out
+
+    captions = read_lines(data_dir / "test_caps.txt")
+    captions[7] = "a different caption"
+    (data_dir / "test_caps.txt").write_text("\n".join(captions) + "\n")
+    names = read_lines(data_dir / "train_filename.txt")
+    renamed = names[0].replace(".", "_x.")
+    (data_dir / "ucm_images" / names[0]).rename(data_dir / "ucm_images" / renamed)
+    (data_dir / "train_filename.txt").write_text("\n".join([renamed, *names[1:]]) + "\n")
+    differences = compare_with_standard(data_dir, "ucm")
+    assert differences[0] == f"train: 1 image(s) not in the standard split, e.g. ['{renamed}']"
+    assert differences[1] == f"train: 1 image(s) of the standard split missing, e.g. ['{names[0]}']"
+    assert differences[2].startswith("test: captions of ") and "test_caps.txt line 6)" in differences[2]
+    main([str(data_dir), "--headers_only"])
+    assert "differs from the standard ucm split:" in capsys.readouterr().out
+
+
 def test_rsitmd_empty_captions_are_reported_and_handled_by_policy(tmp_path):
     data_dir = with_placeholder_images("rsitmd", tmp_path)
     with pytest.raises(RSITRDataError, match=r"train_caps.txt, line 9631: empty caption") as error:
@@ -257,3 +280,32 @@ def test_hub_loader_carves_validation_and_checks_captions(tmp_path):
     bad.write_text(bad.read_text().replace('"captions": ["test image 0 caption 0", ', '"captions": ['))
     with pytest.raises(ValueError, match=r"\[test\]: row \d has 4 captions, expected 5"):
         load_rsitr_hub(str(folder))
+
+
+def test_published_valid_split_is_the_validation_split(tmp_path, caplog):
+    """The layout of arampacha/rsicd (train / valid / test parquet files, columns filename, captions and
+    image, splits declared in the README), offline."""
+    import logging
+
+    import datasets
+
+    original = load_rsitr(small_layout(tmp_path), validation_fraction=0.25, seed=1)
+    repo = tmp_path / "rsicd_copy"
+    (repo / "data").mkdir(parents=True)
+    for split, published in (("train", "train"), ("validation", "valid"), ("test", "test")):
+        rows = original[split].cast_column("image", datasets.Image(decode=False))
+        rows = rows.select_columns(["filename", "captions", "image"])
+        rows.to_parquet(repo / "data" / f"{published}-00000-of-00001.parquet")
+    (repo / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n"
+        + "".join(f"  - split: {s}\n    path: data/{s}-*\n" for s in ("train", "valid", "test"))
+        + "---\n"
+    )
+    assert set(datasets.load_dataset(str(repo))) == {"train", "valid", "test"}
+    with caplog.at_level(logging.INFO, logger="rsitr_hf"):
+        loaded = load_rsitr_hub(str(repo), validation_fraction=0.5)
+    assert "validation split 'valid' (1 images)" in caplog.text
+    for split in ("train", "validation", "test"):
+        assert sorted(loaded[split]["filename"]) == sorted(original[split]["filename"])
+        captions = sorted(map(tuple, original[split]["captions"]))
+        assert sorted(map(tuple, loaded[split]["captions"])) == captions

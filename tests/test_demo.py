@@ -26,3 +26,28 @@ def test_demo_runs_offline_end_to_end_and_caches_its_base(tmp_path, capsys):
     again = run_demo(tmp_path, ROOT / "hub_configs" / "demo.yaml", overrides=overrides, **SMALL)
     assert (tmp_path / "base" / "model.safetensors").stat().st_mtime_ns == stamp  # base reused
     assert again["zero-shot"] == rows["zero-shot"] and again["adapted"] == pytest.approx(rows["adapted"])
+
+
+def test_the_demo_checks_the_readme_table_and_can_rewrite_it(tmp_path, monkeypatch):
+    from rsitr_hf import demo_readme
+    from rsitr_hf.demo_readme import StaleReadme, check_readme, printed_figures, update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text((ROOT / "README.md").read_text())
+    recorded = demo_readme.readme_figures(readme.read_text())
+    rows = {key: dict(zip(METRIC_KEYS, map(float, cells), strict=True)) for key, cells in recorded.items()}
+    machine = demo_readme.MACHINE_LINE.search(readme.read_text()).group("machine")
+    monkeypatch.setattr(demo_readme, "this_machine", lambda: machine)
+    assert check_readme(rows, readme) == f"the figures equal {readme}'s table"
+
+    changed = {key: {**metrics, "mR": metrics["mR"] + 1} for key, metrics in rows.items()}
+    with pytest.raises(StaleReadme, match="demo table is stale"):
+        check_readme(changed, readme)
+    monkeypatch.setattr(demo_readme, "this_machine", lambda: "another CPU, AVX2, 8 torch threads")
+    assert "which came from" in check_readme(
+        changed, readme
+    ) and "this machine is 'another CPU" in check_readme(changed, readme)
+    update_readme(changed, readme)
+    assert demo_readme.readme_figures(readme.read_text()) == printed_figures(changed)
+    assert "Figures of: `another CPU, AVX2, 8 torch threads`" in readme.read_text()
+    assert check_readme(changed, readme).startswith("the figures equal")

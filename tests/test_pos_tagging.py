@@ -2,7 +2,7 @@ from collections import Counter
 
 import datasets
 import pytest
-from conftest import SHARED, SPLITS_DIR
+from conftest import SPLITS_DIR, UD_ENGLISH_DIR
 from transformers import CLIPProcessor
 
 from rsitr_hf.data import explode_captions, load_rsitr
@@ -38,9 +38,7 @@ def test_normalisation_matches_the_posapl_recipe():
 
 
 def test_held_out_accuracy_is_well_above_the_trivial_baseline(tagger, tmp_path):
-    dev = read_conllu_upos(
-        caption_like_conllu(SHARED / "ud_english_ewt" / "en_ewt-ud-dev.conllu", tmp_path / "d")
-    )
+    dev = read_conllu_upos(caption_like_conllu(UD_ENGLISH_DIR / "en_ewt-ud-dev.conllu", tmp_path / "d"))
     predicted = tagger.tag([words for words, _ in dev])
     gold = [tag for _, tags in dev for tag in tags]
     flat = [tag for tags in predicted for tag in tags]

@@ -378,3 +378,35 @@ def test_the_card_names_the_base_by_its_hub_id_when_it_is_known(tmp_path, tiny_c
     assert yaml.safe_load(card.split("---")[1])["base_model"] == "openai/clip-vit-base-patch32"
     assert 'CLIPModel.from_pretrained("openai/clip-vit-base-patch32")' in card
     assert f'from_pretrained("{snapshot}")' not in card  # the recipe section still records the path used
+
+
+def test_a_base_model_that_cannot_be_had_is_one_line_with_what_to_do(tmp_path, capsys):
+    missing = tmp_path / "outputs" / "demo" / "base"
+    assert main(["--base_model", str(missing), "--output_dir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert f"there is no folder {missing} and it is not a Hub id" in error
+    assert "Traceback" not in error and len(error.strip().splitlines()) == 1
+    assert main(["--base_model", "someone/clip-never-downloaded", "--output_dir", str(tmp_path)]) == 2
+    assert "not in the local Hub cache, and HF_HUB_OFFLINE is set" in capsys.readouterr().err
+
+
+def test_the_demo_recipe_runs_through_the_entry_point(tmp_path, tiny_clip_dir, synthetic_dir):
+    """``train_accelerate.py --config hub_configs/demo.yaml``: synthetic_task points base_model and
+    data.path at the demo's task (prepared beforehand here, to keep the test short)."""
+    task = tmp_path / "demo"
+    shutil.copytree(tiny_clip_dir, task / "base")
+    target = task / "data" / "target_precomp"
+    shutil.copytree(synthetic_dir, target)
+    (target / "synthrs_images").rename(target / "target_images")
+    shutil.copytree(synthetic_dir, task / "data" / "source_precomp")
+    arguments = ["--config", str(ROOT / "hub_configs" / "demo.yaml"), "--synthetic_task", str(task),
+                 "--output_dir", str(task / "run"), "--training.max_steps", "2",
+                 "--method.config", "{bottleneck_dim: 8, shared_dim: 4}"]  # fmt: skip
+    launched = run_script(
+        arguments, [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1"]
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    recipe = yaml.safe_load((task / "run" / "recipe.yaml").read_text())
+    assert recipe["base_model"] == str(task / "base")
+    assert recipe["data"]["path"] == str(target)
+    assert (task / "run" / "adapter" / "adapter_model.safetensors").is_file()

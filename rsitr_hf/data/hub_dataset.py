@@ -5,7 +5,7 @@ A folder written by :func:`export_imagefolder` (and the same folder pushed to th
 
     <dir>/train/metadata.jsonl      {"file_name": "a.png", "filename": "a.png", "image_id": 0,
     <dir>/train/a.png                "captions": ["...", "...", "...", "...", "..."]}
-    <dir>/validation/...            (optional; carved from train when absent)
+    <dir>/validation/...            (optional, or ``valid``/``val``/``dev``; else carved from train)
     <dir>/test/...
 
 :func:`load_rsitr_hub` accepts such a local folder or a Hub dataset id; both go through
@@ -16,6 +16,7 @@ A folder written by :func:`export_imagefolder` (and the same folder pushed to th
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +25,11 @@ import datasets
 
 from .loading import FEATURES, split_validation
 from .seed_layout import CAPTIONS_PER_IMAGE
+
+# what published copies call their validation split: ``valid`` (arampacha/rsicd), ``val``, ``dev``
+VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "dev")
+
+logger = logging.getLogger(__name__)
 
 
 def export_imagefolder(dataset_dict: datasets.DatasetDict, out_dir: str | os.PathLike) -> Path:
@@ -68,22 +74,35 @@ def load_rsitr_hub(
     The source needs ``train`` and ``test`` splits with an ``image`` column and a ``captions`` column
     of 5 strings per row. ``filename`` and ``image_id`` are used when present; otherwise the file name
     comes from the image path and ids are assigned in row order (train, then validation, then test).
-    A missing ``validation`` split is carved from ``train`` as in ``load_rsitr``.
+    The validation split is the first of ``VALIDATION_SPLIT_NAMES`` the source has (the log says which);
+    without one, ``validation_fraction`` of ``train`` is carved out as in ``load_rsitr``.
     """
     source = datasets.load_dataset(str(path_or_repo_id), revision=revision, **load_dataset_kwargs)
     for split in ("train", "test"):
         if split not in source:
             raise ValueError(f"{path_or_repo_id}: no {split!r} split (found {sorted(source)})")
+    validation = next((name for name in VALIDATION_SPLIT_NAMES if name in source), None)
+    sources = {"train": "train", "validation": validation, "test": "test"}
     next_id = 0
     normalised = {}
-    for split in ("train", "validation", "test"):
-        if split not in source:
+    for split, name in sources.items():
+        if name is None:
             continue
-        normalised[split] = to_rsitr_schema(source[split], f"{path_or_repo_id} [{split}]", next_id)
+        normalised[split] = to_rsitr_schema(source[name], f"{path_or_repo_id} [{name}]", next_id)
         next_id += len(normalised[split])
-    if "validation" not in normalised:
+    if validation is None:
+        logger.info(
+            "%s has no validation split (none of %s): carving %.0f%% of train",
+            path_or_repo_id,
+            ", ".join(VALIDATION_SPLIT_NAMES),
+            100 * validation_fraction,
+        )
         normalised["train"], normalised["validation"] = split_validation(
             normalised["train"], validation_fraction, seed
+        )
+    else:
+        logger.info(
+            "%s: validation split %r (%d images)", path_or_repo_id, validation, len(normalised["validation"])
         )
     return datasets.DatasetDict({split: normalised[split] for split in ("train", "validation", "test")})
 

@@ -1,4 +1,6 @@
-"""List every problem of a seed-layout dataset at once (``rsitr-validate DATA_DIR``)."""
+"""List every problem of a seed-layout dataset at once (``rsitr-validate DATA_DIR``), and, for RSICD, RSITMD
+and UCM-Captions, say whether its split files are the published ones (packaged with rsitr_hf) or how they
+differ."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 
 from ..cli import command_parser, parse_arguments
 from .loading import scan_images
+from .reference import STANDARD_DATASETS, splits_dir
 from .seed_layout import SPLITS, Problem, infer_name, read_split_listing
 
 
@@ -36,6 +39,56 @@ def validate_rsitr(
     return problems
 
 
+SHOWN_DIFFERENCES = 3
+
+
+def compare_with_standard(data_dir: str | os.PathLike, name: str) -> list[str]:
+    """How the split files of ``data_dir`` differ from the published split of ``name`` (one of
+    ``STANDARD_DATASETS``): images only in one of them, and images whose five captions differ (in order).
+    An empty list means the same images with the same captions; the order of images does not matter."""
+    differences = []
+    for split in SPLITS:
+        ours, _ = read_split_listing(Path(data_dir), split)
+        standard, _ = read_split_listing(splits_dir() / f"{name}_precomp", split)
+        our_captions = dict(zip(ours.filenames, ours.captions, strict=True))
+        standard_captions = dict(zip(standard.filenames, standard.captions, strict=True))
+        for label, names in (
+            ("not in the standard split", [f for f in our_captions if f not in standard_captions]),
+            ("of the standard split missing", [f for f in standard_captions if f not in our_captions]),
+        ):
+            if names:
+                shown = names[:SHOWN_DIFFERENCES]
+                differences.append(f"{split}: {len(names)} image(s) {label}, e.g. {shown}")
+        changed = [
+            (index, filename)
+            for index, (filename, captions) in enumerate(zip(ours.filenames, ours.captions, strict=True))
+            if filename in standard_captions and captions != standard_captions[filename]
+        ]
+        for index, filename in changed[:SHOWN_DIFFERENCES]:
+            line = ours.caption_lines[index][0]
+            differences.append(
+                f"{split}: captions of {filename} ({ours.captions_path.name} line {line}) differ from the "
+                f"standard {standard_captions[filename]}"
+            )
+        if len(changed) > SHOWN_DIFFERENCES:
+            differences.append(f"{split}: {len(changed)} images with other captions in all")
+    return differences
+
+
+def describe_standard_split(data_dir: str | os.PathLike, name: str) -> str:
+    """One verdict on ``data_dir`` against the published split of ``name``."""
+    if name not in STANDARD_DATASETS:
+        return f"{name}: no published split to compare with (known: {', '.join(STANDARD_DATASETS)})"
+    differences = compare_with_standard(data_dir, name)
+    if not differences:
+        counts = []
+        for split in SPLITS:
+            listing, _ = read_split_listing(Path(data_dir), split)
+            counts.append(f"{split} {len(listing.filenames):,} images")
+        return f"this is the standard {name} split ({', '.join(counts)}, five captions each)"
+    return "\n".join([f"differs from the standard {name} split:", *(f"  {d}" for d in differences)])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = command_parser(__doc__)
     parser.add_argument("data_dir", help="<root>/<name>_precomp")
@@ -48,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     for problem in problems:
         print(problem)
     print(f"{len(problems)} problem(s) found in {args.data_dir}", file=sys.stderr)
+    name = args.name or infer_name(Path(args.data_dir))
+    print(describe_standard_split(args.data_dir, name))
     return 1 if problems else 0
 
 
