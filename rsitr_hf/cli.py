@@ -5,15 +5,19 @@
   accepted until ``LEGACY_FLAGS_REMOVED_IN``, with a warning naming the new spelling.
 - ``--help`` shows every option with its default.
 - Progress and notices go to the ``rsitr_hf`` loggers (stderr); a command's results go to stdout.
-- An input error is one line on stderr (``<command>: error: ...``) and exit status 2, as argparse does.
+- An input error (:class:`rsitr_hf.errors.InputError`) is one line on stderr (``<command>: error: ...``) and
+  exit status 2, as argparse does; :func:`command` does this for every console command.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from .errors import InputError
 
 LEGACY_FLAGS_REMOVED_IN = "0.2"
 INPUT_ERROR_STATUS = 2
@@ -92,3 +96,20 @@ def report_error(error: BaseException, status: int = INPUT_ERROR_STATUS) -> int:
     program = sys.argv[0].rsplit("/", 1)[-1] or "rsitr_hf"
     print(f"{program}: error: {error}", file=sys.stderr)
     return status
+
+
+def command(main: Callable[..., int | None]) -> Callable[..., int]:
+    """Decorate a command's ``main(argv=None)``: an :class:`InputError` (or a file the operating system
+    cannot find or open) becomes one line on stderr and exit status 2; other exceptions are bugs and keep
+    their traceback."""
+
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv) or 0
+        except InputError as error:
+            return report_error(error)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
+            return report_error(error)
+
+    return run

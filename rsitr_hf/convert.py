@@ -7,7 +7,10 @@ folders (``rsitr-convert``).
 The checkpoint is a ``.pt``/``.bin``/``.safetensors`` state dict with OpenAI's key names
 (``visual.conv1.weight``, ``visual.transformer.resblocks.N.attn.in_proj_weight``, ``token_embedding.weight``,
 ``text_projection`` ...), optionally inside ``{"state_dict": ...}`` and with DDP's ``module.`` prefix, or an
-OpenAI TorchScript archive.
+OpenAI TorchScript archive. State dicts are read without running code (safetensors, or ``torch.load`` with
+``weights_only=True``). A TorchScript archive is different: loading it runs code stored in the file, so it is
+refused unless ``--trust_torchscript`` is given, which only a file from a source you trust (OpenAI's own
+release) deserves.
 The architecture (ViT-B/32, B/16, L/14 or any other ViT CLIP) is read from the tensor shapes; every key
 must be known and every shape consistent, or the conversion stops naming the key. The activation cannot
 be read from the weights: use the one of the model config the checkpoint's authors load it with.
@@ -27,13 +30,15 @@ import gzip
 import os
 import re
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-from .cli import command_parser, parse_arguments, report_error
+from .cli import command, command_parser, parse_arguments
+from .errors import InputError
 
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -43,7 +48,7 @@ IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 ACTIVATIONS = ("quick_gelu", "gelu")
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError, ValueError):
     """The checkpoint is not an OpenAI-format ViT CLIP state dict; the message names the key or shape."""
 
 
@@ -62,8 +67,17 @@ class OpenAIArchitecture:
     projection_dim: int
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The state dict of a ``.pt``/``.bin`` (pickled dict or TorchScript archive) or ``.safetensors`` file."""
+def is_torchscript_archive(path: Path) -> bool:
+    """True for a TorchScript archive: a zip holding ``constants.pkl`` (the test ``torch.load`` uses)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") or name == "constants.pkl" for name in archive.namelist())
+
+
+def read_checkpoint(path: str | os.PathLike, trust_torchscript: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict of a ``.pt``/``.bin`` (pickled dict, or TorchScript archive with ``trust_torchscript``)
+    or ``.safetensors`` file. Only a TorchScript archive can run code, hence the explicit flag."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
@@ -71,14 +85,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         state = load_file(path)
+    elif is_torchscript_archive(path):  # OpenAI's released .pt files are TorchScript archives
+        if not trust_torchscript:
+            raise ConversionError(
+                f"{path} is a TorchScript archive, and loading one runs code stored in it: pass "
+                "--trust_torchscript only if you trust where it comes from (e.g. OpenAI's own release)"
+            )
+        state = torch.jit.load(path, map_location="cpu").state_dict()
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # OpenAI's released .pt files are TorchScript archives
-            try:
-                state = torch.jit.load(path, map_location="cpu").state_dict()
-            except Exception:
-                raise ConversionError(f"{path}: cannot read the checkpoint ({error})") from None
+        except Exception as error:  # a damaged file, or a pickle holding more than tensors
+            reason = str(error).strip().splitlines()[0]
+            raise ConversionError(f"{path}: cannot read the checkpoint as weights only ({reason})") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -311,8 +330,10 @@ def convert_checkpoint(
     tokenizer: str | None = None,
     bpe: str | os.PathLike | None = None,
     activation: str = "quick_gelu",
+    trust_torchscript: bool = False,
 ) -> Path:
-    """Convert ``checkpoint`` into an HF CLIP folder ``out_dir`` (model, processor, tokenizer); see above."""
+    """Convert ``checkpoint`` into an HF CLIP folder ``out_dir`` (model, processor, tokenizer); see above.
+    ``trust_torchscript`` allows a TorchScript archive, whose loading runs code from the file."""
     if activation not in ACTIVATIONS:
         raise ConversionError(f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
     if (tokenizer is None) == (bpe is None):
@@ -321,7 +342,7 @@ def convert_checkpoint(
             "openai/clip-vit-base-patch32) "
             "and bpe (open_clip's bpe_simple_vocab_16e6.txt.gz)"
         )
-    state = read_checkpoint(checkpoint)
+    state = read_checkpoint(checkpoint, trust_torchscript)
     arch = infer_architecture(state)
     check_state_dict(state, arch)
     if tokenizer is not None:
@@ -347,6 +368,7 @@ def convert_checkpoint(
     return out_dir
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = command_parser(__doc__)
     parser.add_argument("checkpoint", help="OpenAI-format state dict (.pt, .bin, .safetensors)")
@@ -359,11 +381,16 @@ def main(argv: list[str] | None = None) -> int:
         choices=ACTIVATIONS,
         help="the MLP activation: quick_gelu (OpenAI models) or gelu (most open_clip models)",
     )
+    parser.add_argument(
+        "--trust_torchscript",
+        action="store_true",
+        help="read a TorchScript archive (OpenAI's released .pt files); loading one RUNS CODE stored in the "
+        "file, so give this only for a file whose source you trust",
+    )
     args = parse_arguments(parser, argv)
-    try:
-        out = convert_checkpoint(args.checkpoint, args.out_dir, args.tokenizer, args.bpe, args.activation)
-    except (ConversionError, FileNotFoundError) as error:
-        return report_error(error)
+    out = convert_checkpoint(
+        args.checkpoint, args.out_dir, args.tokenizer, args.bpe, args.activation, args.trust_torchscript
+    )
     config = CLIPConfig.from_pretrained(out)
     vision, text = config.vision_config, config.text_config
     print(

@@ -23,7 +23,7 @@ from pathlib import Path
 from peft import PeftModel
 from transformers import CLIPModel, CLIPProcessor
 
-from .cli import command_parser, parse_arguments, report_error
+from .cli import command, command_parser, parse_arguments, report_error
 from .data import load_rsitr
 from .data.synthetic import vocabulary, write_seed_layout
 from .demo_readme import StaleReadme, check_readme, update_readme
@@ -87,7 +87,14 @@ def run_demo(
     base, target = prepare_demo_task(output_dir, num_source, num_target, num_test, pretrain_epochs, seed)
     recipe = load_recipe(
         config,
-        ["--synthetic_task", str(output_dir), "--output_dir", str(output_dir / "run"), *(overrides or [])],
+        [
+            "--synthetic_task",
+            str(output_dir),
+            "--output_dir",
+            str(output_dir / "run"),
+            "--overwrite_output_dir",  # the demo reruns from scratch; its base and data are reused
+            *(overrides or []),
+        ],  # fmt: skip
     )
     test = load_rsitr(target, validation_fraction=recipe.data.validation_fraction)["test"]
     processor = CLIPProcessor.from_pretrained(base)
@@ -120,6 +127,7 @@ def run_demo(
     return rows
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = command_parser(
         __doc__, usage="%(prog)s [--output_dir DIR] [--config RECIPE] [--seed N] [--section.field VALUE ...]"

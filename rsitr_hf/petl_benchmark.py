@@ -37,7 +37,8 @@ from pathlib import Path
 
 import yaml
 
-from .cli import command_parser, parse_arguments, report_error
+from .checkpoints import complete_checkpoints
+from .cli import command, command_parser, parse_arguments
 from .evaluation import METRIC_KEYS
 from .recipe import (
     Recipe,
@@ -175,8 +176,10 @@ def train_run(recipe: Recipe, launcher: list[str]) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_recipe(recipe, run_dir / "benchmark_recipe.yaml")
         command = [*launcher, "--config", str(run_dir / "benchmark_recipe.yaml")]
-        if any((run_dir / "checkpoints").glob("step_*")):
+        if complete_checkpoints(run_dir / "checkpoints"):
             command += ["--resume_from_checkpoint", "latest"]
+        else:  # nothing resumable: whatever an interrupted attempt left is replaced
+            command += ["--overwrite_output_dir"]
         with open(run_dir / "train.log", "a", encoding="utf-8") as log:
             status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
         if status != 0:
@@ -370,6 +373,7 @@ def _read_mapping(path: str) -> dict:
     return values
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = command_parser(
         __doc__,
@@ -382,11 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", help="instead of the file's output_dir")
     recipe_options = add_recipe_arguments(parser, exclude=("output_dir",))
     args = parse_arguments(parser, argv)
-    try:
-        overrides = recipe_overrides(args, recipe_options)
-        run_benchmark(args.config, overrides, args.seeds, args.methods, args.output_dir)
-    except (RecipeError, FileNotFoundError) as error:
-        return report_error(error)
+    overrides = recipe_overrides(args, recipe_options)
+    run_benchmark(args.config, overrides, args.seeds, args.methods, args.output_dir)
     return 0
 
 

@@ -24,10 +24,42 @@ from pathlib import Path
 
 import yaml
 
+from .errors import InputError
 
-def option(default=dataclasses.MISSING, help_text: str = "", **kwargs):
-    """A recipe field with its ``--help`` text in ``metadata["help"]`` (as transformers' dataclasses)."""
-    return field(default=default, metadata={"help": help_text}, **kwargs)
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field accepts: ``low``/``high`` bounds (``None``: unbounded), each inclusive
+    unless ``*_open``. A list field's range applies to each item."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return (
+            f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        )
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_ONE = Range(1)
+FRACTION = Range(0, 1, high_open=True)
+
+
+def option(default=dataclasses.MISSING, help_text: str = "", valid: Range | None = None, **kwargs):
+    """A recipe field with its ``--help`` text in ``metadata["help"]`` (as transformers' dataclasses) and
+    the range of values it accepts in ``metadata["range"]``."""
+    return field(default=default, metadata={"help": help_text, "range": valid}, **kwargs)
 
 
 @dataclass
@@ -51,12 +83,12 @@ class LossRecipe:
     """The training loss."""
 
     name: str = option("hmmc", "hmmc (PE-RSITR) | posapl (multi-positive InfoNCE + power-scaled triplet)")
-    margin: float = option(0.2, "hinge margin (HMMC 0.2, POSAPL 0.1)")
+    margin: float = option(0.2, "hinge margin (HMMC 0.2, POSAPL 0.1)", valid=NON_NEGATIVE)
     max_violation: bool = option(True, "HMMC: hardest negative only (false: sum over negatives)")
     mask_same_image: bool = option(
         True, "pairs of the same image are never negatives (false: the releases' behaviour)"
     )
-    power: float = option(2.0, "POSAPL: exponent of the triplet hinge")
+    power: float = option(2.0, "POSAPL: exponent of the triplet hinge", valid=POSITIVE)
     exponentiate_scale: bool = option(
         True, "POSAPL: InfoNCE scale exp(logit_scale) as in CLIP (false: the release's raw logit_scale)"
     )
@@ -70,9 +102,9 @@ class DataRecipe:
     path: str = option("", "that folder or Hub dataset id")
     name: str | None = option(None, "dataset name (default: inferred from the folder)")
     validation_fraction: float = option(
-        0.2, "fraction of train carved out for validation when the data has no validation split"
+        0.2, "fraction of train carved out for validation when the data has no validation split", FRACTION
     )
-    split_seed: int = option(0, "seed of the validation carve")
+    split_seed: int = option(0, "seed of the validation carve", valid=NON_NEGATIVE)
     empty_captions: str = option("error", "error | drop | keep")
     augment: bool = option(
         False, "random resized crop (area 0.5-1, aspect 3/4-4/3) + horizontal flip, on the device"
@@ -97,9 +129,9 @@ class OptimizerRecipe:
     """The optimiser."""
 
     name: str = option("adam", "adam | adamw")
-    lr: float = option(2e-4, "learning rate")
-    weight_decay: float = option(0.0, "weight decay")
-    betas: list[float] = option(help_text="Adam betas", default_factory=lambda: [0.9, 0.999])
+    lr: float = option(2e-4, "learning rate", valid=POSITIVE)
+    weight_decay: float = option(0.0, "weight decay", valid=NON_NEGATIVE)
+    betas: list[float] = option(help_text="Adam betas", valid=FRACTION, default_factory=lambda: [0.9, 0.999])
 
 
 @dataclass
@@ -109,8 +141,8 @@ class ScheduleRecipe:
     name: str = option(
         "step", "step (times gamma every step_epochs epochs) | cosine (per step, no warm-up) | constant"
     )
-    step_epochs: int = option(20, "step: epochs between decays")
-    gamma: float = option(0.7, "step: decay factor")
+    step_epochs: int = option(20, "step: epochs between decays", valid=AT_LEAST_ONE)
+    gamma: float = option(0.7, "step: decay factor", valid=POSITIVE)
 
 
 @dataclass
@@ -122,10 +154,12 @@ class TrainingRecipe:
     float32 (the PE-RSITR release ran CLIP in half precision this way); methods that train base weights
     (``full``, ``linear_probe``) need ``float32``."""
 
-    epochs: int = option(30, "epochs (max_steps, when set, wins)")
-    batch_size: int = option(16, "pairs per process and micro-batch")
-    gradient_accumulation_steps: int = option(1, "micro-batches per optimiser step")
-    max_grad_norm: float | None = option(None, "clip gradients to this norm")
+    epochs: int = option(
+        30, "epochs (max_steps, when set, wins; 0: evaluate the start only)", valid=NON_NEGATIVE
+    )
+    batch_size: int = option(16, "pairs per process and micro-batch", valid=AT_LEAST_ONE)
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimiser step", valid=AT_LEAST_ONE)
+    max_grad_norm: float | None = option(None, "clip gradients to this norm", valid=POSITIVE)
     mixed_precision: str | None = option(None, "no | bf16 | fp16 (unset: the launcher's)")
     base_dtype: str = option("float32", "dtype the frozen base is loaded in: float32 | bfloat16 | float16")
     compile: bool | None = option(
@@ -135,17 +169,23 @@ class TrainingRecipe:
         False,
         "recompute each CLIP block in the backward pass: less activation memory, each forward run twice",
     )
-    seed: int = option(0, "seed of initialisation, shuffling, dropout and augmentation")
-    eval_every_steps: int | None = option(None, "validate every N optimiser steps (unset: each epoch)")
-    eval_batch_size: int = option(64, "batch size of evaluation")
+    seed: int = option(0, "seed of initialisation, shuffling, dropout and augmentation", valid=NON_NEGATIVE)
+    eval_every_steps: int | None = option(
+        None, "validate every N optimiser steps (unset: each epoch)", valid=AT_LEAST_ONE
+    )
+    eval_batch_size: int = option(64, "batch size of evaluation", valid=AT_LEAST_ONE)
     checkpoint_every_steps: int | None = option(
-        None, "write a resumable checkpoint every N steps (unset: each epoch)"
+        None, "write a resumable checkpoint every N steps (unset: each epoch)", AT_LEAST_ONE
     )
-    checkpoints_total_limit: int | None = option(2, "resumable checkpoints kept")
+    checkpoints_total_limit: int | None = option(2, "resumable checkpoints kept", valid=AT_LEAST_ONE)
     num_workers: int | str = option(
-        "auto", "data-loader processes; auto: 0 on the CPU, else the CPUs per process - 1, at most 8"
+        "auto",
+        "data-loader processes; auto: 0 on the CPU, else the CPUs per process - 1, at most 8",
+        NON_NEGATIVE,
     )
-    max_steps: int | None = option(None, "stop after this many optimiser steps (the schedule spans them)")
+    max_steps: int | None = option(
+        None, "stop after this many optimiser steps (the schedule spans them)", valid=AT_LEAST_ONE
+    )
 
 
 @dataclass
@@ -163,6 +203,11 @@ class Recipe:
 
     base_model: str = option("openai/clip-vit-base-patch32", "base CLIP: a folder or Hub id")
     output_dir: str = option("outputs/run", "where the run writes adapter, checkpoints and metrics")
+    overwrite_output_dir: bool = option(
+        False,
+        "start a new run in an output_dir that holds a previous run, deleting its outputs (as transformers); "
+        "without it such a run is refused unless resuming",
+    )
     synthetic_task: str | None = option(
         None,
         "train on the offline demo's synthetic transfer task in this folder, prepared there when missing "
@@ -195,7 +240,7 @@ CHOICES = {
 NO_CHOICE = {"training.mixed_precision"}  # string fields whose choices include "no"
 
 
-class RecipeError(ValueError):
+class RecipeError(InputError, ValueError):
     """A recipe key or value is not what the schema expects; the message names the key path."""
 
 
@@ -246,6 +291,15 @@ def coerce(value, annotation, path: str):
     raise RecipeError(f"{path}: unsupported field type {annotation}")
 
 
+def check_range(value, valid: Range | None, path: str) -> None:
+    """A :class:`RecipeError` naming ``path`` when a number (or an item of a list) is outside ``valid``."""
+    if valid is None:
+        return
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, int | float) and not isinstance(item, bool) and item not in valid:
+            raise RecipeError(f"{path}: expected a value {valid}, got {item!r}")
+
+
 def build(cls, values: dict, prefix: str = ""):
     """Instantiate dataclass ``cls`` from a mapping, recursing into dataclass fields; strict keys."""
     if not isinstance(values, dict):
@@ -267,6 +321,7 @@ def build(cls, values: dict, prefix: str = ""):
             if value is False and path in NO_CHOICE:  # YAML 1.1 reads an unquoted `no` as false
                 value = "no"
             kwargs[name] = coerce(value, hints[name], path)
+            check_range(kwargs[name], fields[name].metadata.get("range"), path)
             if path in CHOICES and isinstance(kwargs[name], str) and kwargs[name] not in CHOICES[path]:
                 raise RecipeError(f"{path}: expected one of {list(CHOICES[path])}, got {kwargs[name]!r}")
     return cls(**kwargs)
@@ -315,6 +370,8 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ..
         if default is dataclasses.MISSING:
             default = recipe_field.default_factory()
         help_text = recipe_field.metadata.get("help", "")
+        if recipe_field.metadata.get("range") is not None:
+            help_text += f"; {recipe_field.metadata['range']}"
         if default is not None and "default" not in help_text:
             help_text += f" (default: {default!r})"
         boolean = annotation is bool or annotation == (bool | None)

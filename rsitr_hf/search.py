@@ -7,9 +7,14 @@
 
 ``index`` embeds every ``.jpg/.jpeg/.png/.tif/.tiff`` image under IMAGE_DIR (recursively) with the base
 CLIP model (a folder or Hub id) and optional PEFT adapter (a folder or Hub id), and saves INDEX_DIR:
-``embeddings.safetensors`` (``image_embeds``: ``(N, D)`` unit vectors, float32) and ``index.json`` (the image
-folder, the files relative to it in row order, and the model's identity). Run again on the same folder,
-it embeds only the images that are new and drops the ones that are gone.
+``embeddings-<id>.safetensors`` (``image_embeds``: ``(N, D)`` unit vectors, float32) and ``index.json`` (the
+image folder, the files relative to it in row order, the model's identity and the embeddings file's name).
+Run again on the same folder, it embeds only the images that are new and drops the ones that are gone.
+
+Saves are atomic: a new embeddings file is written first, then ``index.json`` is replaced by a rename, and
+only then is the old embeddings file deleted, so a kill at any point leaves the previous index or the new
+one. One indexer at a time updates an index (a file lock, ``INDEX_DIR/.lock``; a second one waits). An index
+lists only paths inside its image folder; a damaged or crafted ``index.json`` is refused with what to do.
 
 The model identity is the base and adapter names plus a fingerprint: the embeddings of a fixed probe
 image and caption. An index is only ever extended or queried with the model that built it: a different
@@ -24,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,21 +37,26 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
+from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .cli import HelpFormatter, command_parser, parse_arguments, report_error
+from .cli import HelpFormatter, command, command_parser, parse_arguments
 from .data.images import to_rgb
+from .errors import AdapterFileError, InputError
 from .evaluation.encoding import image_embeddings, text_embeddings
+from .files import write_json
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
 PROBE_CAPTION = "an aerial image of a river next to green fields and a road"
 FINGERPRINT_TOLERANCE = 1e-3  # identical weights on another device or library version stay within this
-INDEX_FILE, EMBEDDINGS_FILE = "index.json", "embeddings.safetensors"
+INDEX_FILE, EMBEDDINGS_FILE = "index.json", "embeddings.safetensors"  # the latter: format 1's fixed name
+INDEX_FORMAT_VERSION = 2
+LOCK_FILE = ".lock"
 SAVE_EVERY_BATCHES = 50
 
 
-class SearchError(ValueError):
+class SearchError(InputError, ValueError):
     """A search input is unusable (wrong model for an index, unreadable image, empty caption file ...)."""
 
 
@@ -85,17 +96,19 @@ class RetrievalModel:
     """A CLIP base model with an optional PEFT adapter, embedding images and captions as unit vectors."""
 
     def __init__(self, base_model: str | os.PathLike, adapter: str | os.PathLike | None = None):
-        from peft import PeftModel
         from transformers import CLIPModel, CLIPProcessor
 
         import rsitr_hf  # noqa: F401  (registers the rsitr_hf tuners with peft)
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = CLIPModel.from_pretrained(base_model)
+        try:
+            model = CLIPModel.from_pretrained(base_model)
+        except OSError as error:  # no such folder or Hub id, or not a model
+            raise SearchError(f"--model {base_model}: {str(error).strip().splitlines()[0]}") from None
         if adapter is not None:
             with warnings.catch_warnings():  # transformers' deprecation notice, triggered inside peft
                 warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
-                model = PeftModel.from_pretrained(model, adapter)
+                model = load_adapter(model, adapter)
         self.model = model.to(device).eval()
         self.processor = CLIPProcessor.from_pretrained(base_model)
         self.max_length = self.model.config.text_config.max_position_embeddings
@@ -134,16 +147,38 @@ class RetrievalModel:
         return [round(value, 6) for value in torch.cat(probes).tolist()]
 
 
+def load_adapter(model, adapter: str | os.PathLike):
+    """``PeftModel.from_pretrained(model, adapter)``, with an :class:`AdapterFileError` naming the adapter
+    when its config or weights cannot be read (not an adapter, another method, a damaged weights file)."""
+    from peft import PeftModel
+    from safetensors import SafetensorError
+
+    try:
+        return PeftModel.from_pretrained(model, adapter)
+    except (OSError, ValueError, KeyError, SafetensorError, json.JSONDecodeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        hint = " (a PEFT type rsitr_hf and peft do not know)" if isinstance(error, KeyError) else ""
+        raise AdapterFileError(f"--adapter {adapter}: not a loadable adapter{hint}: {reason}") from None
+
+
 def list_images(folder: str | os.PathLike) -> list[str]:
-    """Image files under ``folder`` (recursive), as sorted POSIX paths relative to it."""
+    """Image files under ``folder`` (recursive), as sorted POSIX paths relative to it; links that lead
+    outside ``folder`` are left out."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such image folder")
+    root = folder.resolve()
     return sorted(
         path.relative_to(folder).as_posix()
         for path in folder.rglob("*")
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and path.resolve().is_relative_to(root)
     )
+
+
+def confined(name: str) -> bool:
+    """True when ``name`` is a relative POSIX path that stays inside its folder (no ``..``, not absolute)."""
+    parts = Path(name).parts
+    return bool(parts) and not Path(name).is_absolute() and ".." not in parts and "\\" not in name
 
 
 def read_image(path: Path) -> PIL.Image.Image:
@@ -166,25 +201,58 @@ class ImageIndex:
     model: ModelIdentity
 
     def save(self, index_dir: str | os.PathLike) -> None:
+        """Write the embeddings under a new name, then replace ``index.json`` (the rename that makes the new
+        index the index), then delete embeddings files no longer named."""
         index_dir = Path(index_dir)
         index_dir.mkdir(parents=True, exist_ok=True)
-        save_file({"image_embeds": self.embeddings.contiguous()}, index_dir / EMBEDDINGS_FILE)
-        metadata = {"format_version": 1, "root": self.root, "files": self.files, "model": asdict(self.model)}
-        (index_dir / INDEX_FILE).write_text(json.dumps(metadata, indent=1), encoding="utf-8")
+        embeddings_file = f"embeddings-{uuid.uuid4().hex[:12]}.safetensors"
+        save_file({"image_embeds": self.embeddings.contiguous()}, index_dir / embeddings_file)
+        metadata = {
+            "format_version": INDEX_FORMAT_VERSION,
+            "root": self.root,
+            "files": self.files,
+            "embeddings_file": embeddings_file,
+            "model": asdict(self.model),
+        }
+        write_json(index_dir / INDEX_FILE, metadata, indent=1)
+        for stale in [index_dir / EMBEDDINGS_FILE, *index_dir.glob("embeddings-*.safetensors")]:
+            if stale.name != embeddings_file and stale.is_file():
+                stale.unlink()
 
     @classmethod
     def load(cls, index_dir: str | os.PathLike) -> ImageIndex:
+        """The index in ``index_dir``; a :class:`SearchError` saying how to rebuild it when it is damaged,
+        or when it lists a path outside its image folder."""
         index_dir = Path(index_dir)
         if not (index_dir / INDEX_FILE).is_file():
             raise FileNotFoundError(f"{index_dir}: no image index here (build one with rsitr-search index)")
-        metadata = json.loads((index_dir / INDEX_FILE).read_text(encoding="utf-8"))
-        embeddings = load_file(index_dir / EMBEDDINGS_FILE)["image_embeds"]
-        if embeddings.shape[0] != len(metadata["files"]):
+        rebuild = (
+            f"delete {index_dir} and build it again with rsitr-search index IMAGE_DIR --index {index_dir}"
+        )
+        try:
+            metadata = json.loads((index_dir / INDEX_FILE).read_text(encoding="utf-8"))
+            root, files, model = metadata["root"], metadata["files"], ModelIdentity(**metadata["model"])
+            embeddings_file = metadata.get("embeddings_file", EMBEDDINGS_FILE)
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+            raise SearchError(f"{index_dir / INDEX_FILE} is damaged ({error}): {rebuild}") from None
+        outside = next((name for name in files if not isinstance(name, str) or not confined(name)), None)
+        if outside is not None or not confined(embeddings_file):
             raise SearchError(
-                f"{index_dir}: {EMBEDDINGS_FILE} has {embeddings.shape[0]} rows for "
-                f"{len(metadata['files'])} files"
+                f"{index_dir / INDEX_FILE} lists {outside or embeddings_file!r}, outside its folder; an "
+                f"index names only files inside the indexed folder ({root}): {rebuild}"
             )
-        return cls(metadata["root"], metadata["files"], embeddings, ModelIdentity(**metadata["model"]))
+        try:
+            embeddings = load_file(index_dir / embeddings_file)["image_embeds"]
+        except Exception as error:  # safetensors' own error types, a missing file or key
+            raise SearchError(
+                f"{index_dir / embeddings_file} is damaged or missing ({error}): {rebuild}"
+            ) from None
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(files):
+            raise SearchError(
+                f"{index_dir}: {embeddings_file} has {tuple(embeddings.shape)} embeddings for {len(files)} "
+                f"files: {rebuild}"
+            )
+        return cls(root, files, embeddings, model)
 
 
 @dataclass
@@ -223,7 +291,16 @@ def build_index(
     model: RetrievalModel,
     batch_size: int = 32,
 ) -> IndexUpdate:
-    """Create or update the index of ``image_dir`` in ``index_dir``, embedding only images not yet in it."""
+    """Create or update the index of ``image_dir`` in ``index_dir``, embedding only images not yet in it.
+    Holds the index's lock throughout: a second indexer of the same index waits for this one."""
+    Path(index_dir).mkdir(parents=True, exist_ok=True)
+    with FileLock(str(Path(index_dir) / LOCK_FILE)):
+        return update_index(image_dir, index_dir, model, batch_size)
+
+
+def update_index(
+    image_dir: str | os.PathLike, index_dir: str | os.PathLike, model: RetrievalModel, batch_size: int
+) -> IndexUpdate:
     root = str(Path(image_dir).resolve())
     files = list_images(root)
     if (Path(index_dir) / INDEX_FILE).is_file():
@@ -300,6 +377,7 @@ def format_table(query: str, hits: list[Hit]) -> str:
     return "\n".join(lines)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = command_parser(__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -327,19 +405,16 @@ def main(argv: list[str] | None = None) -> int:
     query_parser.add_argument("--adapter", help="checked against the index's adapter")
     query_parser.add_argument("--json", help="also write the results as JSON to this file ('-': stdout only)")
     args = parse_arguments(parser, argv)
-    try:
-        if args.command == "index":
-            update = build_index(
-                args.image_dir, args.index, RetrievalModel(args.model, args.adapter), args.batch_size
-            )
-            print(
-                f"{args.index}: {update.total} images "
-                f"({len(update.added)} embedded now, {len(update.removed)} gone)"
-            )
-            return 0
-        return run_query(args)
-    except (SearchError, FileNotFoundError) as error:
-        return report_error(error)
+    if args.command == "index":
+        update = build_index(
+            args.image_dir, args.index, RetrievalModel(args.model, args.adapter), args.batch_size
+        )
+        print(
+            f"{args.index}: {update.total} images "
+            f"({len(update.added)} embedded now, {len(update.removed)} gone)"
+        )
+        return 0
+    return run_query(args)
 
 
 def run_query(args) -> int:

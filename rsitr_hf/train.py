@@ -21,7 +21,6 @@ Mixed precision and compilation: a value set in the recipe (``training.mixed_pre
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -43,13 +42,26 @@ from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPProcessor, get_cosine_schedule_with_warmup
 
 from .baselines import lora_baseline_config
-from .cli import command_parser, parse_arguments, report_error
+from .checkpoints import (
+    TRAINER_STATE,
+    claim_output_dir,
+    latest_checkpoint,
+    new_run_id,
+    partial_folder,
+    prune_checkpoints,
+    read_json,
+    replace_folder,
+    seal_checkpoint,
+    verify_checkpoint,
+)
+from .cli import command, command_parser, parse_arguments, report_error
 from .data import load_rsitr, load_rsitr_hub
 from .data.augmentation import RandomResizedCropFlip
 from .data.pixels import DecodedPixels, PixelNormalizer, PixelSource, cached_pixels
-from .data.pos import POSModelMissing, cached_pos_dataset, pos_text_inputs
+from .data.pos import cached_pos_dataset, pos_text_inputs
 from .data.preprocessing import ImageBatchTransform, RetrievalCollator, caption_pairs
 from .evaluation import evaluate_retrieval
+from .files import write_json
 from .hub import HubPushError, push_adapter
 from .losses import hmmc_loss, posapl_loss
 from .recipe import (
@@ -204,7 +216,10 @@ def apply_method(recipe: Recipe) -> torch.nn.Module:
         "lora": lora_baseline_config,
         "bottleneck_adapter": BottleneckAdapterConfig,
     }
-    config = configs[method.name](**method.config)
+    try:
+        config = configs[method.name](**method.config)
+    except (TypeError, ValueError) as error:  # an unknown field, or a value the config rejects
+        raise RecipeError(f"method.config: {error}") from None
     config.base_model_name_or_path = recipe.base_model
     return get_peft_model(base, config)
 
@@ -286,9 +301,11 @@ def prepare_data(recipe: Recipe, processor, pos_mode: str | None, accelerator: A
         pixels = {}
         for split, rows in dataset.items():
             if recipe.data.cache_images and len(rows):
-                pixels[split] = cached_pixels(rows, processor.image_processor, recipe.data.image_cache)
+                pixels[split] = cached_pixels(
+                    rows, processor.image_processor, recipe.data.image_cache, split_name=split
+                )
             else:
-                pixels[split] = DecodedPixels(rows, processor.image_processor)
+                pixels[split] = DecodedPixels(rows, processor.image_processor, split)
     pairs = caption_pairs(dataset["train"], processor.tokenizer, pos_mode)
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
     num_workers = resolve_num_workers(recipe.training.num_workers, accelerator.device, local_processes)
@@ -401,6 +418,7 @@ class Run:
     total_steps: int
     pos_mode: str | None
     cost: dict
+    run_id: str = field(default_factory=new_run_id)  # marks this run's checkpoints (kept when resuming)
 
     @property
     def output_dir(self) -> Path:
@@ -450,6 +468,13 @@ def set_up(recipe: Recipe, resume_from_checkpoint: str | None = None) -> Run:
     and the state of an interrupted run when resuming."""
     training = recipe.training
     accelerator = create_accelerator(recipe)
+    claim_output_dir(
+        Path(recipe.output_dir),
+        resuming=bool(resume_from_checkpoint),
+        overwrite=recipe.overwrite_output_dir,
+        main_process=accelerator.is_main_process,
+    )
+    accelerator.wait_for_everyone()
     if recipe.synthetic_task:
         use_synthetic_task(recipe, accelerator)
     check_base_model(recipe.base_model)
@@ -468,8 +493,7 @@ def set_up(recipe: Recipe, resume_from_checkpoint: str | None = None) -> Run:
     steps_per_epoch = math.ceil(len(loader) / training.gradient_accumulation_steps)
     total_steps = total_steps_of(recipe, steps_per_epoch)
     scheduler = build_scheduler(recipe, optimizer, steps_per_epoch, total_steps)  # stepped per optimiser step
-    state = TrainerState()
-    accelerator.register_for_checkpointing(scheduler, state)
+    state = TrainerState()  # checkpointed as JSON by save_checkpoint, never through Accelerate's pickles
     augmentation = RandomResizedCropFlip(seed=training.seed) if recipe.data.augment else None
     images = ImageBatchTransform(PixelNormalizer.from_processor(processor.image_processor), augmentation)
     cost = {
@@ -577,20 +601,9 @@ def checkpoint_adapter_only(run: Run) -> None:
     accelerator.register_load_state_pre_hook(load_adapter_only)
 
 
-def latest_checkpoint(output_dir: Path) -> Path:
-    checkpoints = sorted((output_dir / "checkpoints").glob("step_*"))
-    if not checkpoints:
-        raise FileNotFoundError(
-            f"--resume_from_checkpoint latest: no checkpoint in {output_dir / 'checkpoints'}"
-        )
-    return checkpoints[-1]
-
-
 def save_best(model: torch.nn.Module, output_dir: Path) -> None:
-    best_dir = output_dir / "best_adapter"
-    if best_dir.exists():
-        shutil.rmtree(best_dir)
-    model.save_pretrained(best_dir)
+    """The current adapter (or model) as ``best_adapter/``, written beside it and swapped in once whole."""
+    replace_folder(output_dir / "best_adapter", model.save_pretrained)
 
 
 def load_best(model: torch.nn.Module, output_dir: Path) -> None:
@@ -602,33 +615,44 @@ def load_best(model: torch.nn.Module, output_dir: Path) -> None:
 
 
 def save_checkpoint(run: Run) -> None:
-    """A resumable checkpoint in ``checkpoints/step_N`` (Accelerate state with the adapter only, and the
-    best adapter so far), keeping ``checkpoints_total_limit`` of them."""
-    accelerator, output_dir, limit = (
-        run.accelerator,
-        run.output_dir,
-        run.recipe.training.checkpoints_total_limit,
-    )
-    checkpoint_dir = output_dir / "checkpoints" / f"step_{run.state.global_step:08d}"
-    accelerator.save_state(str(checkpoint_dir))
-    if accelerator.is_main_process:  # the best adapter so far belongs to the resumable state
-        shutil.copytree(output_dir / "best_adapter", checkpoint_dir / "best_adapter", dirs_exist_ok=True)
+    """A resumable checkpoint ``checkpoints/step_N``: the adapter, optimiser and RNG states (Accelerate's
+    ``save_state``), the trainer state and schedule as JSON, and the best adapter so far, written as
+    ``step_N.partial`` and renamed once complete; this run's checkpoints beyond ``checkpoints_total_limit``
+    are deleted."""
+    accelerator, limit = run.accelerator, run.recipe.training.checkpoints_total_limit
+    checkpoints_dir = run.output_dir / "checkpoints"
+    partial = partial_folder(checkpoints_dir, run.state.global_step)
+    if accelerator.is_main_process and partial.exists():  # left by an interrupted write
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        trainer_state = {"trainer": run.state.state_dict(), "scheduler": run.scheduler.state_dict()}
+        write_json(partial / TRAINER_STATE, trainer_state)
+        shutil.copytree(run.output_dir / "best_adapter", partial / "best_adapter")
+        seal_checkpoint(partial, run.run_id, run.state.global_step, accelerator.num_processes)
         if limit:
-            for old in sorted((output_dir / "checkpoints").glob("step_*"))[:-limit]:
-                shutil.rmtree(old)
+            prune_checkpoints(checkpoints_dir, run.run_id, limit)
     accelerator.wait_for_everyone()
 
 
 def resume(run: Run, checkpoint: str) -> None:
-    """Restore an interrupted run from ``checkpoint`` (``latest`` or a folder): adapter, optimiser,
-    schedule, RNG states, progress and the best adapter so far."""
+    """Restore an interrupted run from ``checkpoint`` (``latest``: the newest complete one, or a folder),
+    once every file its manifest lists is there: adapter, optimiser, schedule, RNG states, progress and the
+    best adapter so far. The run keeps the checkpoint's run id."""
     accelerator, output_dir = run.accelerator, run.output_dir
-    folder = latest_checkpoint(output_dir) if checkpoint == "latest" else Path(checkpoint)
+    folder = latest_checkpoint(output_dir / "checkpoints") if checkpoint == "latest" else Path(checkpoint)
+    manifest = verify_checkpoint(folder, accelerator.num_processes)
+    trainer_state = read_json(folder / TRAINER_STATE, "the checkpoint cannot be resumed")
     accelerator.load_state(str(folder))
+    run.state.load_state_dict(trainer_state["trainer"])
+    run.scheduler.load_state_dict(trainer_state["scheduler"])
+    run.run_id = manifest["run_id"]
     if accelerator.is_main_process:
-        if (output_dir / "best_adapter").exists():
-            shutil.rmtree(output_dir / "best_adapter")
-        shutil.copytree(folder / "best_adapter", output_dir / "best_adapter")
+        replace_folder(
+            output_dir / "best_adapter", lambda staged: shutil.copytree(folder / "best_adapter", staged)
+        )
     accelerator.wait_for_everyone()
     logger.info(f"resumed from {folder} at step {run.state.global_step}, epoch {run.state.epoch}")
 
@@ -786,11 +810,11 @@ def write_outputs(
     """Main process only: the final adapter folder, metrics.json and the plots."""
     from .plots import plot_recalls, plot_training_curve
 
-    adapter_dir = output_dir / "adapter"
-    if adapter_dir.exists():
-        shutil.rmtree(adapter_dir)
-    shutil.copytree(output_dir / "best_adapter", adapter_dir)
-    processor.save_pretrained(adapter_dir)
+    def write_adapter(folder: Path) -> None:
+        shutil.copytree(output_dir / "best_adapter", folder)
+        processor.save_pretrained(folder)
+
+    replace_folder(output_dir / "adapter", write_adapter)
     metrics = {
         "best": {"step": state.best_step, "validation_mR": state.best_mR},
         "test": test_metrics,
@@ -798,7 +822,7 @@ def write_outputs(
         "evaluations": state.evaluations,
         "train_loss": state.train_loss,
     }
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(output_dir / "metrics.json", metrics)
     plot_training_curve(state.train_loss, state.evaluations, output_dir / "training_curve.png")
     plot_recalls(state.evaluations, output_dir / "recall.png")
 
@@ -825,6 +849,7 @@ def _tensorboard_installed() -> bool:
     return find_spec("tensorboard") is not None or find_spec("tensorboardX") is not None
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = command_parser(
         __doc__, usage="%(prog)s [--config RECIPE] [--section.field VALUE ...] [--resume_from_checkpoint DIR]"
@@ -838,8 +863,6 @@ def main(argv: list[str] | None = None) -> int:
         if recipe.hub.push_to_hub and not recipe.hub.model_id:
             raise RecipeError("--push_to_hub needs --hub_model_id user/name")
         train(recipe, args.resume_from_checkpoint)
-    except (RecipeError, FileNotFoundError, POSModelMissing) as error:
-        return report_error(error)
     except HubPushError as error:
         return report_error(error, status=1)
     return 0

@@ -23,8 +23,9 @@ from pathlib import Path
 import PIL.Image
 import torch
 
-from .cli import command_parser, parse_arguments, report_error
+from .cli import command, command_parser, parse_arguments
 from .plots import plt
+from .search import SearchError, open_index, read_image, search_images
 
 
 @dataclass
@@ -113,14 +114,13 @@ def read_queries(path: str | os.PathLike) -> list[tuple[str, str | None]]:
             continue
         query, _, truth = line.partition("\t")
         if not query.strip():
-            raise ValueError(f"{path}, line {number}: empty query")
+            raise SearchError(f"{path}, line {number}: empty query")
         queries.append((query.strip(), truth.strip() or None))
     return queries
 
 
 def index_rows(index_dir, queries: list[tuple[str, str | None]], top_k: int) -> list[GridRow]:
     """Grid rows for ``queries`` searched in an image index with the index's own model."""
-    from .search import open_index, read_image, search_images
 
     index, model = open_index(index_dir)
     found = search_images(index, model, [query for query, _ in queries], top_k)
@@ -143,9 +143,8 @@ def dataset_queries(data_dir: str, split: str, num_queries: int) -> list[tuple[s
     return [(rows[i]["captions"][0], rows[i]["filename"]) for i in spread(num_queries, len(rows))]
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    from .search import SearchError
-
     parser = command_parser(__doc__)
     parser.add_argument("--index", required=True, help="an image index built by rsitr-search index")
     parser.add_argument("--queries", help="queries file: 'query[<TAB>ground-truth image]' per line")
@@ -155,17 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top_k", type=int, default=5, help="images per query")
     parser.add_argument("--out", required=True, help="the PNG to write")
     args = parse_arguments(parser, argv)
-    try:
-        if bool(args.queries) == bool(args.data):
-            raise SearchError("give --queries FILE or --data DATA_DIR")
-        queries = (
-            read_queries(args.queries)
-            if args.queries
-            else dataset_queries(args.data, args.split, args.num_queries)
-        )
-        rows = index_rows(args.index, queries, args.top_k)
-    except (SearchError, ValueError, FileNotFoundError) as error:
-        return report_error(error)
+    if bool(args.queries) == bool(args.data):
+        raise SearchError("give --queries FILE or --data DATA_DIR")
+    if args.queries:
+        queries = read_queries(args.queries)
+    else:
+        queries = dataset_queries(args.data, args.split, args.num_queries)
+    rows = index_rows(args.index, queries, args.top_k)
     print(plot_retrieval_grid(rows, args.out, title=f"top-{args.top_k} images per query"))
     return 0
 

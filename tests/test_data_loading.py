@@ -128,7 +128,7 @@ def test_validation_carve_is_deterministic_disjoint_and_optional(tmp_path):
 def test_name_is_inferred_or_required(tmp_path):
     data_dir = small_layout(tmp_path)
     renamed = data_dir.rename(tmp_path / "elsewhere")
-    with pytest.raises(ValueError, match="pass name="):
+    with pytest.raises(RSITRDataError, match=r"elsewhere: cannot infer the dataset name.*give the name"):
         load_rsitr(renamed)
     assert len(load_rsitr(renamed, name="toy", validation_fraction=0)["train"]) == 4
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import datasets
 
+from ..errors import InputError
 from .loading import FEATURES, split_validation
 from .seed_layout import CAPTIONS_PER_IMAGE
 
@@ -30,6 +31,10 @@ from .seed_layout import CAPTIONS_PER_IMAGE
 VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "dev")
 
 logger = logging.getLogger(__name__)
+
+
+class HubDatasetError(InputError, ValueError):
+    """A Hub (or parquet / imagefolder) dataset without the splits, columns or captions RSITR needs."""
 
 
 def export_imagefolder(dataset_dict: datasets.DatasetDict, out_dir: str | os.PathLike) -> Path:
@@ -80,7 +85,7 @@ def load_rsitr_hub(
     source = datasets.load_dataset(str(path_or_repo_id), revision=revision, **load_dataset_kwargs)
     for split in ("train", "test"):
         if split not in source:
-            raise ValueError(f"{path_or_repo_id}: no {split!r} split (found {sorted(source)})")
+            raise HubDatasetError(f"{path_or_repo_id}: no {split!r} split (found {sorted(source)})")
     validation = next((name for name in VALIDATION_SPLIT_NAMES if name in source), None)
     sources = {"train": "train", "validation": validation, "test": "test"}
     next_id = 0
@@ -111,14 +116,14 @@ def to_rsitr_schema(dataset: datasets.Dataset, where: str, first_id: int = 0) ->
     """Check and convert one split to ``FEATURES``; ``where`` names the split in error messages."""
     missing = {"image", "captions"} - set(dataset.column_names)
     if missing:
-        raise ValueError(f"{where}: missing column(s) {sorted(missing)}; found {dataset.column_names}")
+        raise HubDatasetError(f"{where}: missing column(s) {sorted(missing)}; found {dataset.column_names}")
     for row_index, captions in enumerate(dataset["captions"]):
         if len(captions) != CAPTIONS_PER_IMAGE:
-            raise ValueError(
+            raise HubDatasetError(
                 f"{where}: row {row_index} has {len(captions)} captions, expected {CAPTIONS_PER_IMAGE}"
             )
         if not all(caption and caption.strip() for caption in captions):
-            raise ValueError(f"{where}: row {row_index} has an empty caption")
+            raise HubDatasetError(f"{where}: row {row_index} has an empty caption")
     raw = dataset.cast_column("image", datasets.Image(decode=False))
     if "filename" not in dataset.column_names:
         raw = raw.add_column("filename", [Path(image["path"] or "").name for image in raw["image"]])

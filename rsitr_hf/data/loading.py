@@ -22,7 +22,15 @@ import datasets
 import numpy as np
 
 from .images import decode_fully, needs_rescaling, rgb_png_bytes
-from .seed_layout import CAPTIONS_PER_IMAGE, SPLITS, Problem, RSITRDataError, infer_name, read_split_listing
+from .seed_layout import (
+    CAPTIONS_PER_IMAGE,
+    SPLITS,
+    Problem,
+    RSITRDataError,
+    duplicate_file_names,
+    infer_name,
+    read_split_listing,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +114,13 @@ def load_rsitr(
         RSITRDataError: listing every malformed line, missing or unreadable image (first 10 shown).
     """
     if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+        raise RSITRDataError(
+            [Problem("validation_fraction", f"expected a number in [0, 1), got {validation_fraction}")]
+        )
     if empty_captions not in ("error", "keep", "drop"):
-        raise ValueError(f"empty_captions must be 'error', 'keep' or 'drop', got {empty_captions!r}")
+        raise RSITRDataError(
+            [Problem("empty_captions", f"expected 'error', 'keep' or 'drop', got {empty_captions!r}")]
+        )
     data_dir = Path(data_dir)
     name = name or infer_name(data_dir)
     images_dir = data_dir / f"{name}_images"
@@ -118,8 +130,10 @@ def load_rsitr(
     problems: list[Problem] = []
     columns_by_split = {}
     first_id = 0
+    listings = []
     for split in SPLITS:
         listing, split_problems = read_split_listing(data_dir, split)
+        listings.append(listing)
         empty = {i for i, caps in enumerate(listing.captions) if not all(caps)}
         if empty_captions != "error":
             split_problems = [p for p in split_problems if p.kind != "empty_caption"]
@@ -141,6 +155,7 @@ def load_rsitr(
             "captions": [listing.captions[i] for i in keep],
         }
         first_id += len(listing.filenames)
+    problems.extend(duplicate_file_names(listings))
     if problems:
         raise RSITRDataError(
             problems,

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from filelock import FileLock
 
+from ..errors import InputError
+from ..files import write_json
 from .images import to_rgb
 
 CACHE_FORMAT_VERSION = 1
@@ -55,6 +57,46 @@ def input_shape(image_processor) -> tuple[int, int, int]:
             "have no fixed shape; batched pixels need a crop_size (CLIP processors have one)"
         )
     return 3, int(size["height"]), int(size["width"])
+
+
+class ImageDecodeError(InputError):
+    """An image of a split that cannot be decoded (truncated, damaged, not an image)."""
+
+
+class ImageDecoder:
+    """Decodes a split's images one at a time, as its ``image`` feature does, naming the file and the split
+    of any image that cannot be decoded (:class:`ImageDecodeError`). Picklable, for data-loader workers."""
+
+    def __init__(self, split: datasets.Dataset, split_name: str):
+        self.feature = split.features["image"]
+        self.split_name = split_name
+        self.raw = split.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
+        self.filenames = split["filename"] if "filename" in split.column_names else None
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def decode(self, rows: Sequence[int]) -> list:
+        """The PIL images of ``rows``."""
+        rows = list(rows)
+        return [
+            self.decode_entry(entry, row) for entry, row in zip(self.raw[rows]["image"], rows, strict=True)
+        ]
+
+    def decode_entry(self, entry: dict, row: int):
+        try:
+            return self.feature.decode_example(entry)
+        except Exception as error:  # PIL raises many types for damaged files
+            if entry.get("path"):
+                name = entry["path"]
+            elif self.filenames is not None:
+                name = f"{self.filenames[row]} (embedded)"
+            else:
+                name = f"row {row} (embedded)"
+            raise ImageDecodeError(
+                f"{self.split_name} split: image {name} cannot be decoded ({type(error).__name__}: {error}); "
+                "rsitr-validate lists every damaged image of a seed-layout folder"
+            ) from None
 
 
 def resize_and_crop(image_processor, images: Sequence) -> np.ndarray:
@@ -84,11 +126,12 @@ class PixelSource(Protocol):
 class DecodedPixels:
     """A :class:`PixelSource` that decodes and resizes the split's images on every ``take``.
 
-    Picklable, so ``DataLoader`` workers can do the decoding.
+    Picklable, so ``DataLoader`` workers can do the decoding. An image that cannot be decoded raises
+    :class:`ImageDecodeError` naming it and ``split_name``.
     """
 
-    def __init__(self, split: datasets.Dataset, image_processor):
-        self.images = split.select_columns(["image"])
+    def __init__(self, split: datasets.Dataset, image_processor, split_name: str = "the"):
+        self.images = ImageDecoder(split, split_name)
         self.image_processor = image_processor
         self.shape = input_shape(image_processor)
 
@@ -96,7 +139,7 @@ class DecodedPixels:
         return len(self.images)
 
     def take(self, rows: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
-        pixels = resize_and_crop(self.image_processor, self.images[list(rows)]["image"])
+        pixels = resize_and_crop(self.image_processor, self.images.decode(rows))
         if out is None:
             return pixels
         out[...] = pixels
@@ -159,6 +202,7 @@ def cached_pixels(
     image_processor,
     cache_dir: str | os.PathLike | None = None,
     num_proc: int | None = None,
+    split_name: str = "the",
 ) -> CachedPixels:
     """The split's images as uint8 pixels from a memory-mapped store, resizing those not stored yet.
 
@@ -166,13 +210,15 @@ def cached_pixels(
     (:func:`image_keys`): splits, validation carves and runs over the same images share its rows, and a
     changed image or input size gets new rows. New images are written as a new Arrow shard in a temporary
     folder, moved in and recorded in ``index.json``, all under a file lock, so an interrupted build leaves
-    the store as it was and concurrent runs wait for each other.
+    the store as it was and concurrent runs wait for each other. Every image is decoded once, here: one that
+    cannot be raises :class:`ImageDecodeError` naming it and ``split_name``, and nothing is stored.
 
     Args:
         split: rows of the RSITR schema (an ``image`` column).
         image_processor: the model's image processor (its geometry chooses the store).
         cache_dir: where the stores live (default ``$RSITR_CACHE/images``, i.e. ``~/.cache/rsitr_hf/images``).
         num_proc: processes that decode while building (default: one per 500 new images, at most the CPUs).
+        split_name: the split's name in error messages.
     """
     folder = (Path(cache_dir) if cache_dir is not None else cache_root() / "images") / store_name(
         image_processor
@@ -186,13 +232,14 @@ def cached_pixels(
         if missing:
             first_row = {key: row for row, key in reversed(list(enumerate(keys)))}
             rows = [first_row[key] for key in missing]
-            index["shards"] += write_shards(split.select(rows), missing, image_processor, folder, num_proc)
+            new = split.select(rows)
+            index["shards"] += write_shards(new, missing, image_processor, folder, num_proc, split_name)
             write_index(folder, index)
     tables = [datasets.Dataset.from_file(str(folder / shard["file"])) for shard in index["shards"]]
     table = datasets.concatenate_datasets(tables) if len(tables) > 1 else tables[0]
     row_of = {key: row for row, key in enumerate(key for shard in index["shards"] for key in shard["keys"])}
     if len(table) != len(row_of):
-        raise ValueError(f"image cache {folder}: {len(table)} stored rows, index.json lists {len(row_of)}")
+        raise InputError(f"image cache {folder}: {len(table)} stored rows, index.json lists {len(row_of)}")
     return CachedPixels(
         table, index["shape"], np.array([row_of[key] for key in keys], dtype=np.int64), folder
     )
@@ -211,28 +258,34 @@ def read_index(folder: Path, image_processor) -> dict:
 
 def write_index(folder: Path, index: dict) -> None:
     """Replace ``index.json`` atomically (a reader sees the old index or the new one, never half of one)."""
-    temporary = folder / f".index.{uuid.uuid4().hex[:8]}.json"
-    temporary.write_text(json.dumps(index), encoding="utf-8")
-    os.replace(temporary, folder / "index.json")
+    write_json(folder / "index.json", index, indent=None)
 
 
 def write_shards(
-    new: datasets.Dataset, keys: list[str], image_processor, folder: Path, num_proc: int | None
+    new: datasets.Dataset,
+    keys: list[str],
+    image_processor,
+    folder: Path,
+    num_proc: int | None,
+    split_name: str = "the",
 ) -> list[dict]:
     """Resize ``new``'s images into Arrow files moved into ``folder``; their index entries."""
     shape = input_shape(image_processor)
     if num_proc is None:
         num_proc = max(1, min(os.cpu_count() or 1, len(new) // 500))
+    decoder = ImageDecoder(new, split_name)
 
-    def resize(batch: dict) -> dict:
-        return {"pixels": [row.tobytes() for row in resize_and_crop(image_processor, batch["image"])]}
+    def resize(batch: dict, rows: list[int]) -> dict:
+        images = [decoder.decode_entry(entry, row) for entry, row in zip(batch["image"], rows, strict=True)]
+        return {"pixels": [row.tobytes() for row in resize_and_crop(image_processor, images)]}
 
     building = folder / f".building-{uuid.uuid4().hex[:8]}"
     building.mkdir()
     try:
-        written = new.select_columns(["image"]).map(
+        written = decoder.raw.map(
             resize,
             batched=True,
+            with_indices=True,
             batch_size=64,
             remove_columns=["image"],
             features=PIXEL_FEATURES,

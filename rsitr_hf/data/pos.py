@@ -29,7 +29,8 @@ from pathlib import Path
 
 import datasets
 
-from ..cli import command_parser, parse_arguments, report_error
+from ..cli import command, command_parser, parse_arguments
+from ..errors import InputError
 
 UPOS_TAGS = (
     "ADJ",
@@ -69,7 +70,7 @@ DOWNLOAD_HINT = (
 )
 
 
-class POSModelMissing(RuntimeError):
+class POSModelMissing(InputError, RuntimeError):
     """stanza's English POS model is not available here; the message says how to get it."""
 
 
@@ -258,7 +259,7 @@ def cached_pos_dataset(
     for name, split in dataset_dict.items():
         columns = saved[name].select_columns(list(POS_COLUMNS))
         if len(columns) != len(split):
-            raise ValueError(
+            raise InputError(
                 f"POS cache {folder}: split {name} has {len(columns)} tagged rows for {len(split)} rows; "
                 "delete the folder to tag again"
             )
@@ -266,6 +267,7 @@ def cached_pos_dataset(
     return datasets.DatasetDict(joined)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     from transformers import CLIPTokenizer
 
@@ -300,10 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         empty_captions=args.empty_captions,
     )
-    try:
-        tagger = StanzaTagger(args.pos_model, args.stanza_dir)
-    except POSModelMissing as error:
-        return report_error(error)
+    tagger = StanzaTagger(args.pos_model, args.stanza_dir)
     tagged = add_pos_columns(dataset, tagger, CLIPTokenizer.from_pretrained(args.tokenizer))
     tagged.save_to_disk(args.out_dir)
     print(f"saved {args.out_dir}")

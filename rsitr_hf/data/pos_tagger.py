@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..cli import command_parser, parse_arguments
+from ..cli import command, command_parser, parse_arguments
 
 SMALL_TAGGER_OPTIONS = (
     "--no_pretrain", "--no_char", "--word_emb_dim", "50", "--tag_emb_dim", "25", "--transformed_dim", "50",
@@ -103,6 +103,7 @@ def train_small_tagger(
     return out_dir / "tagger.pt"
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser(__doc__)
     parser.add_argument("train_conllu", help="UD training treebank (.conllu)")

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import InputError
+
 CAPTIONS_PER_IMAGE = 5
 SPLITS = ("train", "test")
 
@@ -30,23 +32,23 @@ class Problem:
     path: str
     message: str
     line: int | None = None
-    kind: str = "format"  # "format" | "empty_caption" | "missing_image" | "unreadable_image"
+    kind: str = "format"  # "format" | "encoding" | "empty_caption" | "missing_image" | "unreadable_image"
 
     def __str__(self) -> str:
         where = f"{self.path}, line {self.line}" if self.line is not None else self.path
         return f"{where}: {self.message}"
 
 
-class RSITRDataError(ValueError):
-    """Raised when a dataset on disk is malformed; ``problems`` lists every defect found."""
+class RSITRDataError(InputError, ValueError):
+    """Raised when a dataset on disk is malformed; ``problems`` lists every defect found. The message is
+    one line: the first problem, how many more there are, and the ``hint``."""
 
-    def __init__(self, problems: list[Problem], hint: str = "", shown: int = 10):
+    def __init__(self, problems: list[Problem], hint: str = ""):
         self.problems = list(problems)
-        lines = [str(problem) for problem in self.problems[:shown]]
-        if len(self.problems) > shown:
-            lines.append(f"... and {len(self.problems) - shown} more problem(s)")
-        message = "\n  ".join([f"{len(self.problems)} problem(s) in the dataset:", *lines])
-        super().__init__(message + (f"\n{hint}" if hint else ""))
+        message = str(self.problems[0])
+        if len(self.problems) > 1:
+            message += f" (and {len(self.problems) - 1} more problem(s))"
+        super().__init__(f"{message}. {hint}" if hint else message)
 
 
 @dataclass
@@ -69,20 +71,98 @@ class SplitListing:
 def infer_name(data_dir: Path) -> str:
     """``.../rsicd_precomp`` -> ``"rsicd"``."""
     if not data_dir.name.endswith("_precomp"):
-        raise ValueError(
-            f"cannot infer the dataset name from {str(data_dir)!r}: expected a folder named "
-            "'<name>_precomp' (e.g. rsicd_precomp); pass name= explicitly"
+        raise RSITRDataError(
+            [
+                Problem(
+                    str(data_dir),
+                    "cannot infer the dataset name: expected a folder named '<name>_precomp' (e.g. "
+                    "rsicd_precomp), or give the name (--name, data.name)",
+                )
+            ]
         )
     return data_dir.name[: -len("_precomp")]
 
 
+def decode_utf8(path: Path) -> tuple[str | None, Problem | None]:
+    """The text of ``path``, or the problem naming the line and byte where it is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as error:
+        line_start = data.rfind(b"\n", 0, error.start) + 1
+        byte, column = data[error.start], error.start - line_start + 1
+        message = (
+            f"is not UTF-8: byte 0x{byte:02x} at byte {column} of the line (offset {error.start} of the "
+            f"file): {error.reason}; save the file as UTF-8"
+        )
+        return None, Problem(str(path), message, data.count(b"\n", 0, error.start) + 1, kind="encoding")
+
+
 def read_lines(path: Path) -> list[str]:
-    """The lines of a UTF-8 text file without line endings; a final newline adds no empty line."""
-    text = path.read_text(encoding="utf-8")
+    """The lines of a UTF-8 text file without line endings; a final newline adds no empty line.
+
+    Raises:
+        RSITRDataError: naming the line and byte where the file is not UTF-8.
+    """
+    text, problem = decode_utf8(path)
+    if problem is not None:
+        raise RSITRDataError([problem])
+    return split_lines(text)
+
+
+def split_lines(text: str) -> list[str]:
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return [line.rstrip("\r") for line in lines]
+
+
+def trailing_blank_lines(path: Path, lines: list[str]) -> list[Problem]:
+    """Remove the blank lines at the end of ``lines`` and name each of them."""
+    problems = []
+    while lines and not lines[-1].strip():
+        problems.insert(
+            0, Problem(str(path), "blank line at the end of the file; delete it", line=len(lines))
+        )
+        lines.pop()
+    return problems
+
+
+def read_listing_file(path: Path, captions: bool) -> tuple[list[str], list[Problem]]:
+    """The stripped lines of a caption or file-name file and the problems of its text: not UTF-8, blank
+    lines at its end (in a caption file, only where they break the five-per-image blocks; otherwise they
+    are the empty captions of its last image)."""
+    text, problem = decode_utf8(path)
+    if problem is not None:
+        return [], [problem]
+    lines = [line.strip() for line in split_lines(text)]
+    if captions and len(lines) % CAPTIONS_PER_IMAGE == 0:
+        return lines, []
+    return lines, trailing_blank_lines(path, lines)
+
+
+def duplicate_file_names(listings: list[SplitListing]) -> list[Problem]:
+    """An image listed twice (in one split or in two) would be one image with two ids; name both lines."""
+    first_seen: dict[str, tuple[SplitListing, int]] = {}
+    problems = []
+    for listing in listings:
+        for name, line in zip(listing.filenames, listing.filename_lines, strict=True):
+            if not name:
+                continue
+            if name in first_seen:
+                other, other_line = first_seen[name]
+                where = "" if other is listing else f" of {other.filenames_path.name}"
+                problems.append(
+                    Problem(
+                        str(listing.filenames_path),
+                        f"file name {name!r} is listed twice (also on line {other_line}{where}); each image "
+                        "is listed once",
+                        line=line,
+                    )
+                )
+            else:
+                first_seen[name] = (listing, line)
+    return problems
 
 
 def read_split_listing(data_dir: Path, split: str) -> tuple[SplitListing, list[Problem]]:
@@ -99,11 +179,14 @@ def read_split_listing(data_dir: Path, split: str) -> tuple[SplitListing, list[P
     if problems:
         return listing, problems
 
-    captions = [line.strip() for line in read_lines(captions_path)]
-    names = [line.strip() for line in read_lines(filenames_path)]
+    captions, caption_problems = read_listing_file(captions_path, captions=True)
+    names, name_problems = read_listing_file(filenames_path, captions=False)
+    problems = caption_problems + name_problems
+    if any(problem.kind == "encoding" for problem in problems):
+        return listing, problems
     num_captions = len(captions)
     if num_captions == 0:
-        return listing, [Problem(str(captions_path), "is empty")]
+        return listing, [*problems, Problem(str(captions_path), "is empty")]
     if num_captions % CAPTIONS_PER_IMAGE:
         problems.append(
             Problem(

@@ -25,7 +25,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
-from ..cli import command_parser, parse_arguments
+from ..cli import command, command_parser, parse_arguments
 
 LANDS = ("farmland", "desert", "forest", "grassland", "bare land")
 WATERS = ("none", "river", "lake", "sea")
@@ -361,6 +361,7 @@ def vocabulary() -> list[str]:
     return sorted({word for phrase in phrases for word in phrase.split() if not word.startswith("{")})
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser("Write a synthetic RS-like dataset in the seed layout.")
     parser.add_argument("root", help="the folder that receives <name>_precomp/")

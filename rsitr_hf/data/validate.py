@@ -8,10 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from ..cli import command_parser, parse_arguments
+from ..cli import command, command_parser, parse_arguments
 from .loading import scan_images
 from .reference import STANDARD_DATASETS, splits_dir
-from .seed_layout import SPLITS, Problem, infer_name, read_split_listing
+from .seed_layout import SPLITS, Problem, duplicate_file_names, infer_name, read_split_listing
 
 
 def validate_rsitr(
@@ -25,8 +25,10 @@ def validate_rsitr(
     if not images_dir.is_dir():
         return [Problem(str(images_dir), "image folder not found")]
     problems: list[Problem] = []
+    listings = []
     for split in SPLITS:
         listing, split_problems = read_split_listing(data_dir, split)
+        listings.append(listing)
         problems.extend(split_problems)
         _, image_problems = scan_images(
             images_dir,
@@ -36,7 +38,7 @@ def validate_rsitr(
             decode=decode_images,
         )
         problems.extend(image_problems)
-    return problems
+    return problems + duplicate_file_names(listings)
 
 
 SHOWN_DIFFERENCES = 3
@@ -87,6 +89,7 @@ def describe_standard_split(data_dir: str | os.PathLike, name: str) -> str:
     return "\n".join([f"differs from the standard {name} split:", *(f"  {d}" for d in differences)])
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = command_parser(__doc__)
     parser.add_argument("data_dir", help="<root>/<name>_precomp")

@@ -1,0 +1,546 @@
+"""Issue 14: nothing lost, nothing executed, no tracebacks.
+
+Bad inputs give one line on stderr and exit status 2; checkpoints, the best adapter and the search index
+survive an interruption between any two of their write steps; no file is unpickled beyond weights.
+"""
+
+import json
+import pickle
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_recipe
+from filelock import FileLock
+from safetensors.torch import load_file
+
+import rsitr_hf.search
+import rsitr_hf.train
+from rsitr_hf.checkpoints import (
+    MANIFEST,
+    complete_checkpoints,
+    latest_checkpoint,
+    prune_checkpoints,
+    replace_folder,
+    seal_checkpoint,
+)
+from rsitr_hf.convert import main as convert_main
+from rsitr_hf.data import load_rsitr
+from rsitr_hf.data.seed_layout import RSITRDataError
+from rsitr_hf.data.validate import main as validate_main
+from rsitr_hf.errors import AdapterFileError, CheckpointError
+from rsitr_hf.recipe import load_recipe
+from rsitr_hf.search import ImageIndex, RetrievalModel, SearchError, build_index, list_images
+from rsitr_hf.search import main as search_main
+from rsitr_hf.train import main as train_main
+from rsitr_hf.train import train
+from rsitr_hf.visualize import main as visualize_main
+
+
+class Canary:
+    """A pickle that creates ``path`` when unpickled: what a crafted checkpoint file would do."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def assert_one_line_error(capsys, status: int, *expected: str) -> str:
+    """Exit status 2, the error on the last stderr line (progress bars may come before it), no traceback."""
+    err = capsys.readouterr().err
+    assert status == 2, err[-2000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert ": error: " in last
+    for text in expected:
+        assert text in last, last
+    return last
+
+
+@pytest.fixture
+def dataset_copy(tmp_path, synthetic_dir) -> Path:
+    copy = tmp_path / "data" / synthetic_dir.name
+    shutil.copytree(synthetic_dir, copy)
+    return copy
+
+
+# --- Errors at the door --------------------------------------------------------------------------------
+
+
+def break_count(data: Path) -> None:
+    with open(data / "train_caps.txt", "a") as file:
+        file.write("one caption too many\n")
+
+
+def break_missing(data: Path) -> None:
+    (data / "synthrs_images" / "train_00003.tif").unlink()
+
+
+def break_empty_caption(data: Path) -> None:
+    lines = (data / "train_caps.txt").read_text().splitlines()
+    lines[2] = ""
+    (data / "train_caps.txt").write_text("\n".join(lines) + "\n")
+
+
+def break_utf8(data: Path) -> None:
+    raw = (data / "train_caps.txt").read_bytes().split(b"\n")
+    raw[6] = raw[6][:4] + b"\xff" + raw[6][5:]
+    (data / "train_caps.txt").write_bytes(b"\n".join(raw))
+
+
+def break_trailing_blank(data: Path) -> None:
+    with open(data / "train_caps.txt", "a") as file:
+        file.write("\n")
+
+
+def break_duplicate(data: Path) -> None:
+    lines = (data / "train_filename.txt").read_text().splitlines()
+    lines[4] = lines[1]
+    (data / "train_filename.txt").write_text("\n".join(lines) + "\n")
+
+
+def break_truncated_image(data: Path) -> None:
+    path = data / "synthrs_images" / "train_00002.tif"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DATASET_DEFECTS = {
+    "count": (break_count, ["train_caps.txt", "151 captions, which is not a multiple of 5"]),
+    "missing": (break_missing, ["train_00003.tif: image file is missing", "train_filename.txt, line 4"]),
+    "empty_caption": (break_empty_caption, ["train_caps.txt, line 3: empty caption"]),
+    "utf8": (break_utf8, ["train_caps.txt, line 7: is not UTF-8: byte 0xff at byte 5 of the line"]),
+    "trailing_blank": (break_trailing_blank, ["train_caps.txt, line 151: blank line at the end"]),
+    "duplicate": (
+        break_duplicate,
+        ["train_filename.txt, line 5: file name 'train_00001.tif' is listed twice"],
+    ),
+}
+
+
+@pytest.mark.parametrize("defect", sorted(DATASET_DEFECTS))
+def test_dataset_defects_are_one_line_naming_file_and_line(
+    defect, dataset_copy, tiny_clip_dir, tmp_path, capsys
+):
+    breaks, expected = DATASET_DEFECTS[defect]
+    breaks(dataset_copy)
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_clip_dir, dataset_copy, tmp_path / "out")
+    assert_one_line_error(capsys, train_main(["--config", str(recipe)]), *expected)
+    assert validate_main([str(dataset_copy), "--headers_only"]) == 1  # rsitr-validate lists it too
+    assert any(text in capsys.readouterr().out for text in expected)
+
+
+def test_duplicate_names_across_splits_name_both_files(dataset_copy):
+    lines = (dataset_copy / "test_filename.txt").read_text().splitlines()
+    lines[:5] = ["train_00000.tif"] * 5
+    (dataset_copy / "test_filename.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        RSITRDataError, match=r"test_filename.txt, line 1: .*also on line 1 of train_filename"
+    ):
+        load_rsitr(dataset_copy)
+
+
+@pytest.mark.parametrize("cache_images", ["true", "false"])
+def test_an_undecodable_image_is_named_with_its_split(
+    cache_images, dataset_copy, tiny_clip_dir, tmp_path, capsys
+):
+    break_truncated_image(dataset_copy)
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_clip_dir, dataset_copy, tmp_path / "out")
+    status = train_main(
+        ["--config", str(recipe), "--data.cache_images", cache_images, "--data.image_cache", str(tmp_path)]
+    )
+    last = assert_one_line_error(capsys, status, "train_00002.tif cannot be decoded")
+    assert "train split: image" in last or "validation split: image" in last
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (["--optimizer.lr", "-1"], "optimizer.lr: expected a value > 0, got -1.0"),
+        (["--training.batch_size", "0"], "training.batch_size: expected a value >= 1, got 0"),
+        (
+            ["--training.gradient_accumulation_steps", "0"],
+            "gradient_accumulation_steps: expected a value >= 1",
+        ),
+        (
+            ["--data.validation_fraction", "1.5"],
+            "data.validation_fraction: expected a value in [0, 1), got 1.5",
+        ),
+        (["--base_model", "/no/such/model"], "base_model: there is no folder /no/such/model"),
+    ],
+)
+def test_recipe_values_out_of_range_are_one_line(
+    override, expected, tiny_clip_dir, synthetic_dir, tmp_path, capsys
+):
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "out")
+    assert_one_line_error(capsys, train_main(["--config", str(recipe), *override]), expected)
+
+
+# --- The output folder and checkpoints -----------------------------------------------------------------
+
+
+def test_a_new_run_over_a_previous_one_is_refused_or_replaces_it_whole(
+    tiny_clip_dir, synthetic_dir, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    (out / "checkpoints" / "step_00000099").mkdir(parents=True)
+    (out / "metrics.json").write_text('{"previous": true}')
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, out, epochs=1, max_steps=2)
+    assert_one_line_error(
+        capsys,
+        train_main(["--config", str(recipe)]),
+        f"output_dir {out} holds a previous run",
+        "--overwrite_output_dir",
+    )
+    assert json.loads((out / "metrics.json").read_text()) == {"previous": True}  # untouched
+    assert train_main(["--config", str(recipe), "--overwrite_output_dir"]) == 0
+    assert "previous" not in json.loads((out / "metrics.json").read_text())
+    assert [folder.name for folder in (out / "checkpoints").iterdir()] == ["step_00000002"]
+
+
+@pytest.fixture(scope="module")
+def checkpointed_run(tmp_path_factory, tiny_clip_dir, synthetic_dir):
+    """Six steps with a checkpoint every two (all kept): the reference the interrupted runs must match."""
+    root = tmp_path_factory.mktemp("checkpointed")
+    recipe = write_recipe(
+        root / "recipe.yaml", tiny_clip_dir, synthetic_dir, root / "out",
+        epochs=1, max_steps=6, checkpoint_every_steps=2, checkpoints_total_limit=None, eval_every_steps=2,
+    )  # fmt: skip
+    train(load_recipe(recipe))
+    return recipe, root / "out"
+
+
+def final_adapter(out: Path) -> dict:
+    return load_file(out / "checkpoints" / "step_00000006" / "adapter" / "adapter_model.safetensors")
+
+
+def test_checkpoints_hold_no_pickle_but_weights_only_states(checkpointed_run):
+    _, out = checkpointed_run
+    folder = out / "checkpoints" / "step_00000004"
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["step"] == 4 and manifest["num_processes"] == 1
+    assert set(manifest["files"]) >= {
+        "adapter/adapter_model.safetensors", "best_adapter/adapter_model.safetensors", "optimizer.bin",
+        "random_states_0.pkl", "trainer_state.json",
+    }  # fmt: skip
+    assert not any(name.startswith("custom_checkpoint") for name in manifest["files"])
+    state = json.loads((folder / "trainer_state.json").read_text())
+    assert state["trainer"]["global_step"] == 4 and state["scheduler"]["last_epoch"] == 4
+
+
+def test_a_kill_while_writing_a_checkpoint_resumes_from_the_last_complete_one(
+    checkpointed_run, tmp_path, monkeypatch
+):
+    recipe, reference = checkpointed_run
+    out = tmp_path / "out"
+    real_seal, sealed = rsitr_hf.train.seal_checkpoint, []
+
+    def killed_at_step_4(partial, run_id, step, num_processes):
+        if step == 4:
+            raise KeyboardInterrupt  # everything of step 4 is written but its manifest and the rename
+        sealed.append(step)
+        return real_seal(partial, run_id, step, num_processes)
+
+    monkeypatch.setattr(rsitr_hf.train, "seal_checkpoint", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_recipe(recipe, ["--output_dir", str(out)]))
+    assert sealed == [2]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step_00000002",
+        "step_00000004.partial",
+    ]
+    monkeypatch.setattr(rsitr_hf.train, "seal_checkpoint", real_seal)
+    # a folder named like a checkpoint but without its manifest (an older kill) is skipped as well
+    shutil.copytree(out / "checkpoints" / "step_00000004.partial", out / "checkpoints" / "step_00000005")
+    assert latest_checkpoint(out / "checkpoints").name == "step_00000002"
+
+    train(load_recipe(recipe, ["--output_dir", str(out)]), resume_from_checkpoint="latest")
+    resumed, expected = final_adapter(out), final_adapter(reference)
+    for key in expected:
+        torch.testing.assert_close(resumed[key], expected[key], rtol=1e-5, atol=1e-6)
+
+
+def checkpoint_copy(checkpointed_run, tmp_path) -> tuple[Path, Path, Path]:
+    """``(recipe, output_dir, checkpoint)``: a copy of the reference run's output, its step-4 checkpoint."""
+    recipe, reference = checkpointed_run
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    return recipe, out, out / "checkpoints" / "step_00000004"
+
+
+def rewrite_manifest(checkpoint: Path) -> None:
+    """Make the manifest agree with the files again, as a crafted checkpoint would."""
+    manifest = json.loads((checkpoint / MANIFEST).read_text())
+    manifest["files"] = {name: (checkpoint / name).stat().st_size for name in manifest["files"]}
+    (checkpoint / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_resuming_never_unpickles_a_crafted_file(checkpointed_run, tmp_path, capsys):
+    recipe, out, checkpoint = checkpoint_copy(checkpointed_run, tmp_path)
+    canary = tmp_path / "canary"
+    # Accelerate's custom-object file of older versions: no longer read at all
+    (checkpoint / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(Canary(canary)))
+    (checkpoint / "random_states_0.pkl").write_bytes(pickle.dumps(Canary(canary)))
+    rewrite_manifest(checkpoint)
+    status = train_main(
+        ["--config", str(recipe), "--output_dir", str(out), "--resume_from_checkpoint", str(checkpoint)]
+    )
+    assert_one_line_error(capsys, status, "random_states_0.pkl: not a weights-only torch file, refused")
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize(
+    ("removed", "expected"),
+    [
+        ("random_states_0.pkl", "random_states_0.pkl is missing"),
+        ("best_adapter/adapter_model.safetensors", "best_adapter/adapter_model.safetensors is missing"),
+        (MANIFEST, "checkpoint.json: missing; the checkpoint was not completely written"),
+    ],
+)
+def test_a_checkpoint_missing_a_file_is_refused_and_the_best_adapter_kept(
+    removed, expected, checkpointed_run, tmp_path, capsys
+):
+    recipe, out, checkpoint = checkpoint_copy(checkpointed_run, tmp_path)
+    best_before = (out / "best_adapter" / "adapter_model.safetensors").read_bytes()
+    (checkpoint / removed).unlink()
+    status = train_main(
+        ["--config", str(recipe), "--output_dir", str(out), "--resume_from_checkpoint", str(checkpoint)]
+    )
+    assert_one_line_error(capsys, status, expected)
+    assert (out / "best_adapter" / "adapter_model.safetensors").read_bytes() == best_before
+
+
+def test_a_replaced_folder_survives_a_failed_or_empty_write(tmp_path):
+    target = tmp_path / "best_adapter"
+    target.mkdir()
+    (target / "adapter_model.safetensors").write_bytes(b"the good one")
+
+    def killed(folder: Path) -> None:
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        replace_folder(target, killed)
+    with pytest.raises(CheckpointError, match="no .safetensors weights"):
+        replace_folder(target, lambda folder: folder.mkdir())
+    assert (target / "adapter_model.safetensors").read_bytes() == b"the good one"
+
+
+def test_pruning_deletes_only_this_runs_checkpoints(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    for run_id, step in (("other", 1), ("mine", 2), ("mine", 3), ("other", 4), ("mine", 5)):
+        partial = checkpoints / f"step_{step:08d}.partial"
+        partial.mkdir(parents=True)
+        (partial / "optimizer.bin").write_bytes(b"x")
+        seal_checkpoint(partial, run_id, step, num_processes=1)
+    prune_checkpoints(checkpoints, "mine", keep=1)
+    assert [folder.name for folder, _ in complete_checkpoints(checkpoints)] == [
+        "step_00000001", "step_00000004", "step_00000005",
+    ]  # fmt: skip
+
+
+# --- The search index ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def image_folder(tmp_path, synthetic_dir) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in sorted((synthetic_dir / "synthrs_images").glob("test_*.tif"))[:8]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def search_model(tiny_clip_dir):
+    return RetrievalModel(tiny_clip_dir)
+
+
+def test_a_kill_inside_an_index_save_leaves_the_previous_index(
+    image_folder, tmp_path, search_model, monkeypatch
+):
+    monkeypatch.setattr(rsitr_hf.search, "SAVE_EVERY_BATCHES", 1)
+    real_write, writes = rsitr_hf.search.write_json, []
+
+    def killed_before_the_second_manifest(path, data, indent=2):
+        writes.append(path)
+        if len(writes) == 2:
+            raise KeyboardInterrupt  # the second batch's embeddings are written, its index.json is not
+        real_write(path, data, indent)
+
+    monkeypatch.setattr(rsitr_hf.search, "write_json", killed_before_the_second_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(image_folder, tmp_path / "index", search_model, batch_size=4)
+    index = ImageIndex.load(tmp_path / "index")
+    assert index.files == list_images(image_folder)[:4] and index.embeddings.shape[0] == 4
+    assert len(list((tmp_path / "index").glob("embeddings-*.safetensors"))) == 2  # one orphan
+    monkeypatch.setattr(rsitr_hf.search, "write_json", real_write)
+    update = build_index(image_folder, tmp_path / "index", search_model, batch_size=4)
+    assert update.total == 8 and update.added == list_images(image_folder)[4:]
+    assert len(list((tmp_path / "index").glob("embeddings-*.safetensors"))) == 1
+
+
+def damage_embeddings(index_dir: Path) -> None:
+    (embeddings,) = index_dir.glob("embeddings-*.safetensors")
+    embeddings.write_bytes(embeddings.read_bytes()[:100])
+
+
+def damage_index_json(index_dir: Path) -> None:
+    text = (index_dir / "index.json").read_text()
+    (index_dir / "index.json").write_text(text[: len(text) // 2])
+
+
+def escape_with_parent(index_dir: Path) -> None:
+    metadata = json.loads((index_dir / "index.json").read_text())
+    metadata["files"][0] = "../../etc/passwd"
+    (index_dir / "index.json").write_text(json.dumps(metadata))
+
+
+def escape_with_absolute_path(index_dir: Path) -> None:
+    metadata = json.loads((index_dir / "index.json").read_text())
+    metadata["files"][1] = "/etc/passwd"
+    (index_dir / "index.json").write_text(json.dumps(metadata))
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (damage_embeddings, "is damaged or missing"),
+        (damage_index_json, "index.json is damaged"),
+        (escape_with_parent, "lists '../../etc/passwd', outside its folder"),
+        (escape_with_absolute_path, "lists '/etc/passwd', outside its folder"),
+    ],
+)
+def test_a_damaged_or_crafted_index_is_one_line_saying_how_to_rebuild(
+    damage, expected, image_folder, tmp_path, search_model, capsys
+):
+    index_dir = tmp_path / "index"
+    build_index(image_folder, index_dir, search_model, batch_size=8)
+    damage(index_dir)
+    with pytest.raises(SearchError, match="build it again with rsitr-search index"):
+        ImageIndex.load(index_dir)
+    assert_one_line_error(
+        capsys, search_main(["query", "--index", str(index_dir), "--text", "a river"]), expected
+    )
+    status = visualize_main(
+        [
+            "--index",
+            str(index_dir),
+            "--queries",
+            str(write_queries(tmp_path)),
+            "--out",
+            str(tmp_path / "g.png"),
+        ]
+    )
+    assert_one_line_error(capsys, status, expected)
+    assert not (tmp_path / "g.png").exists()
+
+
+def write_queries(tmp_path: Path) -> Path:
+    path = tmp_path / "queries.tsv"
+    path.write_text("a river\n")
+    return path
+
+
+def test_concurrent_indexers_wait_for_each_other(image_folder, tmp_path, search_model):
+    index_dir = tmp_path / "index"
+    index_dir.mkdir()
+    finished = []
+    lock = FileLock(str(index_dir / ".lock"))
+    lock.acquire()
+    worker = threading.Thread(
+        target=lambda: finished.append(build_index(image_folder, index_dir, search_model, batch_size=8))
+    )
+    worker.start()
+    time.sleep(1.0)
+    assert not finished and not (index_dir / "index.json").exists()  # waiting for the lock
+    lock.release()
+    worker.join(timeout=120)
+    assert finished and finished[0].total == 8
+
+
+# --- Adapter and checkpoint files that cannot be read ----------------------------------------------------
+
+
+@pytest.fixture
+def adapter_dir(tmp_path, tiny_clip_dir) -> Path:
+    from peft import get_peft_model
+    from transformers import CLIPModel
+
+    from rsitr_hf import MRSAdapterConfig
+
+    model = get_peft_model(
+        CLIPModel.from_pretrained(tiny_clip_dir), MRSAdapterConfig(bottleneck_dim=8, shared_dim=4)
+    )
+    model.save_pretrained(tmp_path / "adapter")
+    return tmp_path / "adapter"
+
+
+def truncate_weights(adapter: Path) -> None:
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+
+
+def pickle_weights(adapter: Path) -> None:
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(pickle.dumps({"not": "safetensors"}))
+
+
+def wrong_peft_type(adapter: Path) -> None:
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["peft_type"] = "NO_SUCH_METHOD"
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("damage", [truncate_weights, pickle_weights, wrong_peft_type])
+def test_an_unreadable_adapter_is_named(damage, adapter_dir, tiny_clip_dir, image_folder, tmp_path, capsys):
+    damage(adapter_dir)
+    with pytest.raises(AdapterFileError, match=f"--adapter {adapter_dir}: not a loadable adapter"):
+        RetrievalModel(tiny_clip_dir, adapter_dir)
+    status = search_main(
+        ["index", str(image_folder), "--index", str(tmp_path / "index"), "--model", str(tiny_clip_dir),
+         "--adapter", str(adapter_dir)]
+    )  # fmt: skip
+    assert_one_line_error(capsys, status, "not a loadable adapter")
+
+
+def test_torchscript_archives_are_read_only_when_trusted(tmp_path, monkeypatch, capsys):
+    archive = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), archive)
+    loaded = []
+    real_jit_load = torch.jit.load
+    monkeypatch.setattr(
+        torch.jit, "load", lambda *args, **kwargs: loaded.append(args) or real_jit_load(*args, **kwargs)
+    )
+    arguments = [str(archive), str(tmp_path / "hf"), "--tokenizer", "unused"]
+    assert_one_line_error(capsys, convert_main(arguments), "is a TorchScript archive", "--trust_torchscript")
+    assert not loaded
+    status = convert_main([*arguments, "--trust_torchscript"])
+    assert loaded and status == 2  # read, then refused for what it holds: not a CLIP
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_validate_command_names_a_non_utf8_line(dataset_copy, capsys):
+    break_utf8(dataset_copy)
+    assert validate_main([str(dataset_copy), "--headers_only"]) == 1
+    out = capsys.readouterr().out
+    assert "train_caps.txt, line 7: is not UTF-8: byte 0xff at byte 5 of the line" in out
+
+
+def test_nothing_in_a_checkpoint_or_index_is_loaded_with_pickle(tmp_path):
+    """The package never calls ``pickle.load``, ``torch.load`` without ``weights_only=True`` or
+    ``torch.jit.load`` outside the trusted-TorchScript path."""
+    package = Path(rsitr_hf.train.__file__).parent
+    offending = []
+    for source in package.rglob("*.py"):
+        for number, line in enumerate(source.read_text().splitlines(), start=1):
+            code = line.split("#")[0]
+            unsafe = "pickle.load" in code or ("torch.load(" in code and "weights_only=True" not in code)
+            if unsafe or ("torch.jit.load" in code and source.name != "convert.py"):
+                offending.append(f"{source.relative_to(package)}:{number}: {line.strip()}")
+    assert offending == []
