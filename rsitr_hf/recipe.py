@@ -189,6 +189,17 @@ class TrainingRecipe:
 
 
 @dataclass
+class EvaluationRecipe:
+    """How retrieval is scored (validation for selection, test at the end)."""
+
+    ties: str = option(
+        "pessimistic",
+        "exact ties with the correct item: pessimistic (counted against the query) | optimistic (for it) | "
+        "reference (the papers' code: numpy argsort, reversed); metrics.json has the test under all three",
+    )
+
+
+@dataclass
 class HubRecipe:
     """Pushing the adapter to the Hub."""
 
@@ -219,6 +230,7 @@ class Recipe:
     optimizer: OptimizerRecipe = field(default_factory=OptimizerRecipe)
     schedule: ScheduleRecipe = field(default_factory=ScheduleRecipe)
     training: TrainingRecipe = field(default_factory=TrainingRecipe)
+    evaluation: EvaluationRecipe = field(default_factory=EvaluationRecipe)
     hub: HubRecipe = field(default_factory=HubRecipe)
 
     def to_dict(self) -> dict:
@@ -236,6 +248,7 @@ CHOICES = {
     "training.mixed_precision": ("no", "bf16", "fp16"),
     "training.base_dtype": ("float32", "bfloat16", "float16"),
     "training.num_workers": ("auto",),  # or a number
+    "evaluation.ties": ("pessimistic", "optimistic", "reference"),
 }
 NO_CHOICE = {"training.mixed_precision"}  # string fields whose choices include "no"
 

@@ -60,7 +60,7 @@ from .data.augmentation import RandomResizedCropFlip
 from .data.pixels import DecodedPixels, PixelNormalizer, PixelSource, cached_pixels
 from .data.pos import cached_pos_dataset, pos_text_inputs
 from .data.preprocessing import ImageBatchTransform, RetrievalCollator, caption_pairs
-from .evaluation import evaluate_retrieval
+from .evaluation import TIE_PROTOCOLS, evaluate_by_ties
 from .files import write_json
 from .hub import HubPushError, push_adapter
 from .losses import hmmc_loss, posapl_loss
@@ -545,15 +545,17 @@ def text_options(run: Run, split: str) -> dict:
     }
 
 
-def evaluate(run: Run, split: str) -> dict:
-    """Retrieval metrics of the current model on ``split``, images read from the run's pixel source
-    (decoding, without a cache, in the data workers)."""
+def evaluate(run: Run, split: str, protocols: tuple[str, ...] | None = None) -> dict[str, dict]:
+    """Retrieval metrics of the current model on ``split`` under each tie protocol of ``protocols`` (default:
+    the recipe's ``evaluation.ties``), images read from the run's pixel source (decoding, without a cache,
+    in the data workers)."""
     pixels = run.data.pixels[split]
     with run.accelerator.autocast():
-        return evaluate_retrieval(
+        return evaluate_by_ties(
             run.unwrapped,
             run.data.dataset[split],
             run.processor,
+            protocols or (run.recipe.evaluation.ties,),
             batch_size=run.recipe.training.eval_batch_size,
             accelerator=run.accelerator,
             pixels=pixels,
@@ -565,7 +567,8 @@ def evaluate(run: Run, split: str) -> dict:
 def validate(run: Run) -> None:
     """Validation metrics of the current step; the best adapter so far is saved to ``best_adapter/``."""
     state, accelerator = run.state, run.accelerator
-    metrics = evaluate(run, "validation") if len(run.data.dataset["validation"]) else {}
+    ties = run.recipe.evaluation.ties
+    metrics = evaluate(run, "validation")[ties] if len(run.data.dataset["validation"]) else {}
     state.evaluations.append(
         {"step": state.global_step, "epoch": state.epoch, "split": "validation", **metrics}
     )
@@ -757,7 +760,8 @@ def finish(run: Run, seconds_per_step: list[float]) -> TrainResult:
     accelerator, recipe, state, output_dir = run.accelerator, run.recipe, run.state, run.output_dir
     unwrapped = run.unwrapped
     load_best(unwrapped, output_dir)
-    test_metrics = evaluate(run, "test")
+    test_by_ties = evaluate(run, "test", TIE_PROTOCOLS)
+    test_metrics = test_by_ties[recipe.evaluation.ties]
     state.evaluations.append({"step": state.best_step, "epoch": None, "split": "test", **test_metrics})
     accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state.global_step)
     memory_mb, memory_kind = peak_memory_mb(accelerator.device)
@@ -774,7 +778,7 @@ def finish(run: Run, seconds_per_step: list[float]) -> TrainResult:
     result = TrainResult(output_dir, test_metrics, state.best_step, state.best_mR, cost)
     push_error = None
     if accelerator.is_main_process:
-        write_outputs(recipe, unwrapped, run.processor, state, test_metrics, cost, output_dir)
+        write_outputs(recipe, unwrapped, run.processor, state, test_by_ties, cost, output_dir)
         if len(run.data.dataset["validation"]):
             with accelerator.autocast():
                 examples = split_examples(
@@ -805,7 +809,7 @@ def finish(run: Run, seconds_per_step: list[float]) -> TrainResult:
 
 
 def write_outputs(
-    recipe, model, processor, state: TrainerState, test_metrics: dict, cost: dict, output_dir: Path
+    recipe, model, processor, state: TrainerState, test_by_ties: dict, cost: dict, output_dir: Path
 ) -> None:
     """Main process only: the final adapter folder, metrics.json and the plots."""
     from .plots import plot_recalls, plot_training_curve
@@ -817,7 +821,8 @@ def write_outputs(
     replace_folder(output_dir / "adapter", write_adapter)
     metrics = {
         "best": {"step": state.best_step, "validation_mR": state.best_mR},
-        "test": test_metrics,
+        "test": test_by_ties[recipe.evaluation.ties],
+        "test_ties": {"used": recipe.evaluation.ties, **test_by_ties},
         "cost": cost,
         "evaluations": state.evaluations,
         "train_loss": state.train_loss,

@@ -7,7 +7,13 @@ import pytest
 import torch
 import yaml
 
-from rsitr_hf.evaluation import METRIC_MODULE_DIR, load_retrieval_metric, retrieval_metrics, retrieval_ranks
+from rsitr_hf.evaluation import (
+    METRIC_MODULE_DIR,
+    TIE_PROTOCOLS,
+    load_retrieval_metric,
+    retrieval_metrics,
+    retrieval_ranks,
+)
 
 
 def test_hand_worked_two_images_two_captions_each():
@@ -169,3 +175,60 @@ def test_the_evaluate_module_has_a_metric_card():
     metric = load_retrieval_metric()
     metric.add_batch(predictions=[[0.9, 0.1], [0.2, 0.8]], references=[0, 1])
     assert repr(metric.compute(caption_image_ids=[0, 1])) in card  # the card's example prints this
+
+
+def galr_i2t_t2i(sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ranks of GaLR / PE-RSITR's ``i2t`` and ``t2i`` (5 consecutive captions per image), transcribed."""
+    npts = sims.shape[0]
+    i2t_ranks = np.zeros(npts)
+    for index in range(npts):
+        inds = np.argsort(sims[index])[::-1]
+        rank = 1e20
+        for i in range(5 * index, 5 * index + 5, 1):
+            tmp = np.where(inds == i)[0][0]
+            if tmp < rank:
+                rank = tmp
+        i2t_ranks[index] = rank
+    t2i_ranks = np.zeros(5 * npts)
+    transposed = sims.T
+    for index in range(npts):
+        for i in range(5):
+            inds = np.argsort(transposed[5 * index + i])[::-1]
+            t2i_ranks[5 * index + i] = np.where(inds == index)[0][0]
+    return i2t_ranks, t2i_ranks
+
+
+def test_tie_protocols_on_ucm_shaped_data_reference_is_the_fields_code_and_is_bounded():
+    from rsitr_hf.evaluation.ucm_ties import ucm_shaped_similarity
+
+    similarity, caption_image_ids = ucm_shaped_similarity(seed=0)
+    assert similarity.shape == (210, 1050) and similarity.dtype == np.float32
+    ranks = {ties: retrieval_ranks(similarity, caption_image_ids, ties=ties) for ties in TIE_PROTOCOLS}
+    galr_i2t, galr_t2i = galr_i2t_t2i(similarity)
+    np.testing.assert_array_equal(ranks["reference"][0].numpy(), galr_i2t)
+    np.testing.assert_array_equal(ranks["reference"][1].numpy(), galr_t2i)
+    for direction in (0, 1):
+        assert (ranks["optimistic"][direction] <= ranks["reference"][direction]).all()
+        assert (ranks["reference"][direction] <= ranks["pessimistic"][direction]).all()
+    # the captions shared by several images make the image queries' protocols differ, by a lot
+    assert (ranks["optimistic"][0] < ranks["pessimistic"][0]).sum() > 100
+    assert torch.equal(ranks["optimistic"][1], ranks["pessimistic"][1])  # no tie between images
+    metric = load_retrieval_metric()
+    for ties in TIE_PROTOCOLS:
+        expected = retrieval_metrics(similarity, caption_image_ids, ties=ties)
+        module = metric.compute(
+            predictions=similarity.tolist(), references=list(range(210)),
+            caption_image_ids=caption_image_ids.tolist(), ties=ties,
+        )  # fmt: skip
+        assert module == pytest.approx(expected)
+
+
+def test_tie_protocols_on_a_hand_made_case():
+    # image 0 owns captions 0 and 1; caption 2 (image 1's) scores exactly like caption 0 for image 0
+    similarity = np.array([[0.5, 0.2, 0.5], [0.1, 0.1, 0.9]], dtype=np.float32)
+    assert retrieval_ranks(similarity, [0, 0, 1], ties="pessimistic")[0].tolist() == [1, 0]
+    assert retrieval_ranks(similarity, [0, 0, 1], ties="optimistic")[0].tolist() == [0, 0]
+    first = np.argsort(similarity[0])[::-1][0]  # which of the tied pair numpy's reversed argsort puts first
+    assert retrieval_ranks(similarity, [0, 0, 1], ties="reference")[0].tolist() == [int(first != 0), 0]
+    with pytest.raises(ValueError, match="ties must be one of"):
+        retrieval_ranks(similarity, [0, 0, 1], ties="random")

@@ -89,6 +89,9 @@ def test_table_rows_parameters_and_statistics(benchmark_run, tiny_clip_dir):
 
     table = (out / "results.md").read_text()
     assert table.count("\n") == 2 + len(METHODS) and "mR" in table.splitlines()[0]
+    # the same runs under the papers' tie handling, every method with a row
+    reference = (out / "results_reference_ties.md").read_text()
+    assert [line.split(" | ")[0] for line in reference.splitlines()[2:]] == [f"| {m}" for m in METHODS]
     assert (out / "mr_vs_trainable_parameters.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [s.method for s in summaries] == list(METHODS)
 

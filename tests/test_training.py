@@ -123,6 +123,13 @@ def test_end_to_end_outputs(trained_run, tiny_clip_dir, synthetic_dir):
     assert evaluate_retrieval(model, test, CLIPProcessor.from_pretrained(adapter)) == pytest.approx(
         metrics["test"]
     )
+    # the test split under the three tie protocols, from one encoding; the recipe's is the reported one
+    ties = metrics["test_ties"]
+    assert ties["used"] == "pessimistic" and ties["pessimistic"] == metrics["test"]
+    for key in ("i2t_r1", "t2i_r1", "mR"):
+        assert ties["pessimistic"][key] <= ties["reference"][key] <= ties["optimistic"][key]
+    reference = evaluate_retrieval(model, test, CLIPProcessor.from_pretrained(adapter), ties="reference")
+    assert reference == pytest.approx(ties["reference"])
 
 
 def test_checkpoints_hold_the_adapter_never_the_backbone(trained_run):

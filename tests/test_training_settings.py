@@ -165,8 +165,21 @@ def test_a_bfloat16_base_trains_a_float32_adapter(tmp_path, tiny_clip_dir, synth
     assert {tensor.dtype for tensor in adapter.values()} == {torch.float32}
     assert adapter["base_model.mrs_adapter.shared_up.weight"].abs().sum() > 0
     with pytest.raises(RecipeError, match="training.base_dtype: full fine-tuning trains the base weights"):
-        train(load_recipe(recipe, ["--training.base_dtype", "bfloat16", "--method.name", "full",
-                                   "--method.config", "{}", "--output_dir", str(tmp_path / "full")]))  # fmt: skip
+        train(
+            load_recipe(
+                recipe,
+                [
+                    "--training.base_dtype",
+                    "bfloat16",
+                    "--method.name",
+                    "full",
+                    "--method.config",
+                    "{}",
+                    "--output_dir",
+                    str(tmp_path / "f"),
+                ],
+            )
+        )
 
 
 def test_gradient_checkpointing_trains_the_same_adapter(tmp_path, tiny_clip_dir, synthetic_dir):

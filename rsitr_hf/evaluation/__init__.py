@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from .encoding import RetrievalEmbeddings, encode_split, evaluate_retrieval
-from .metrics import METRIC_KEYS, metrics_table, retrieval_metrics, retrieval_ranks
+from .encoding import RetrievalEmbeddings, encode_split, evaluate_by_ties, evaluate_retrieval
+from .metrics import METRIC_KEYS, TIE_PROTOCOLS, metrics_table, retrieval_metrics, retrieval_ranks
 
 METRIC_MODULE_DIR = Path(__file__).parent / "rsitr_retrieval"
 
@@ -19,7 +19,9 @@ __all__ = [
     "METRIC_KEYS",
     "METRIC_MODULE_DIR",
     "RetrievalEmbeddings",
+    "TIE_PROTOCOLS",
     "encode_split",
+    "evaluate_by_ties",
     "evaluate_retrieval",
     "load_retrieval_metric",
     "metrics_table",

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.pixels import DecodedPixels, PixelNormalizer, PixelSource, resize_and_crop
-from .metrics import retrieval_metrics
+from .metrics import TIE_PROTOCOLS, retrieval_metrics
 
 
 @dataclass
@@ -232,8 +232,20 @@ def encode_split(
 
 
 def evaluate_retrieval(
-    model: torch.nn.Module, dataset: datasets.Dataset, processor, **encode_kwargs
+    model: torch.nn.Module, dataset: datasets.Dataset, processor, ties: str = "pessimistic", **encode_kwargs
 ) -> dict[str, float]:
-    """Embed ``dataset`` with ``model`` and return :func:`retrieval_metrics` (R@1/5/10 both ways, mR)."""
+    """Embed ``dataset`` with ``model`` and return :func:`retrieval_metrics` (R@1/5/10 both ways, mR), exact
+    ties counted by ``ties`` (one of ``TIE_PROTOCOLS``)."""
+    return evaluate_by_ties(model, dataset, processor, (ties,), **encode_kwargs)[ties]
+
+
+def evaluate_by_ties(
+    model: torch.nn.Module, dataset: datasets.Dataset, processor, protocols=TIE_PROTOCOLS, **encode_kwargs
+) -> dict[str, dict[str, float]]:
+    """Embed ``dataset`` once and return its metrics under each tie protocol of ``protocols``."""
     embeddings = encode_split(model, dataset, processor, **encode_kwargs)
-    return retrieval_metrics(embeddings.similarity(), embeddings.caption_image_ids, embeddings.image_ids)
+    similarity = embeddings.similarity()
+    return {
+        protocol: retrieval_metrics(similarity, embeddings.caption_image_ids, embeddings.image_ids, protocol)
+        for protocol in protocols
+    }
