@@ -122,6 +122,11 @@ class DataRecipe:
     pos_cache: str | None = option(
         None, "POSAPL: where the tagged dataset is saved and reused (default ~/.cache/rsitr_hf/pos)"
     )
+    caption_normalisation: str = option(
+        "paper",
+        "POSAPL: paper (the release's: punctuation deleted, '-' and '/' as spaces, 'it's' -> 'its') | words "
+        "(every non-alphanumeric character a space, rsitr_hf 0.1's)",
+    )
 
 
 @dataclass
@@ -249,6 +254,7 @@ CHOICES = {
     "training.base_dtype": ("float32", "bfloat16", "float16"),
     "training.num_workers": ("auto",),  # or a number
     "evaluation.ties": ("pessimistic", "optimistic", "reference"),
+    "data.caption_normalisation": ("paper", "words"),
 }
 NO_CHOICE = {"training.mixed_precision"}  # string fields whose choices include "no"
 

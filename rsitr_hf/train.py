@@ -291,7 +291,15 @@ def load_data(recipe: Recipe, tokenizer, pos_mode: str | None) -> datasets.Datas
     identity = {key: getattr(data, key) for key in keys}
     if data.format != "hub":
         identity["path"] = str(Path(data.path).resolve())
-    return cached_pos_dataset(dataset, identity, tokenizer, data.pos_cache, data.pos_model, data.stanza_dir)
+    return cached_pos_dataset(
+        dataset,
+        identity,
+        tokenizer,
+        data.pos_cache,
+        data.pos_model,
+        data.stanza_dir,
+        data.caption_normalisation,
+    )
 
 
 def prepare_data(recipe: Recipe, processor, pos_mode: str | None, accelerator: Accelerator) -> RunData:

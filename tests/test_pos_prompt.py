@@ -222,3 +222,27 @@ def test_posapl_loss_masks_same_image_negatives_unless_paper_mode():
     # 4 hinge terms of (0.1 + 1 - 1)^2 = 0.01, halved -> 0.02 more
     assert (paper - masked).item() == pytest.approx(0.02, abs=1e-6)
     assert (masked - multi_positive_infonce(v, v, ids, scale)).item() == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("pos_padding_id", [0, None])
+def test_pos_sentences_are_padded_after_their_end_as_configured(four_layer_dir, pos_padding_id):
+    base = CLIPModel.from_pretrained(four_layer_dir)
+    model = get_peft_model(base, POSPromptConfig(pos_padding_id=pos_padding_id, **SMALL)).eval()
+    randomise(model)  # the Connector starts at zero, which would hide the prior
+    tower = model.base_model.model.text_model
+    text_config = base.config.text_config
+    bos, eos, pad = text_config.bos_token_id, text_config.eos_token_id, text_config.pad_token_id
+    expected_padding = 0 if pos_padding_id == 0 else pad
+    short = torch.tensor([[bos, 5, 6, eos, pad, pad]])  # padded by a collator with the tokenizer's pad
+    assert tower.padded_pos_sentence("default", short, 8).tolist() == [
+        [bos, 5, 6, eos] + [expected_padding] * 4
+    ]
+    longer = torch.tensor([[bos, 5, 6, 7, 8, 9, eos]])  # cut to the caption, nothing padded
+    assert tower.padded_pos_sentence("default", longer, 4).tolist() == [[bos, 5, 6, 7]]
+    # whatever the collator padded with, the text features are the same
+    input_ids = torch.tensor([[bos, 10, 11, 12, 13, 14, 15, eos]])
+    features = [
+        model.get_text_features(input_ids=input_ids, pos_input_ids=torch.tensor([[bos, 5, 6, eos, fill]]))
+        for fill in (pad, 3)
+    ]
+    torch.testing.assert_close(features[0].pooler_output, features[1].pooler_output)

@@ -22,6 +22,7 @@ from rsitr_hf.data.pos import (
 from rsitr_hf.data.pos_tagger import caption_like_conllu, read_conllu_upos
 from rsitr_hf.data.preprocessing import RetrievalCollator, caption_pairs
 from rsitr_hf.data.seed_layout import read_lines
+from rsitr_hf.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +153,24 @@ def test_missing_model_says_how_to_get_it(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(POSModelMissing, match="RSITR_STANZA_DIR"):
         StanzaTagger(resources_dir=str(tmp_path / "empty"))
+
+
+def test_paper_normalisation_is_the_releases_on_real_test_captions():
+    assert normalise_caption("It's mountains and lakes.") == "its mountains and lakes"
+    assert normalise_caption("a gray bridge,white cars") == "a gray bridgewhite cars"
+    assert normalise_caption("a dried_up river, (two) x-shaped roads/lanes; <person>!") == (
+        "a dried_up river two x shaped roads lanes person"
+    )
+    assert normalise_caption("the plane\u2019s wing") == "the plane\u2019s wing"  # non-ASCII is kept
+    assert normalise_caption("It's mountains.", normalisation="words") == "it s mountains"
+    with pytest.raises(InputError, match="empty once normalised"):
+        normalise_caption(" .,; ")
+    # the captions the release and rsitr_hf 0.1 normalise differently, counted on the real test splits
+    for name, expected in (("rsitmd", 51), ("rsicd", 16)):
+        captions = read_lines(SPLITS_DIR / f"{name}_precomp" / "test_caps.txt")
+        paper = [normalise_caption(caption) for caption in captions]
+        words = [normalise_caption(caption, normalisation="words") for caption in captions]
+        assert sum(p != w for p, w in zip(paper, words, strict=True)) == expected
+        assert not any(set(",.'!?\"()*#:;~-/") & set(caption) for caption in paper)
+        glued = [p for p, c in zip(paper, captions, strict=True) if "it's " in c.lower()]
+        assert all("its " in p for p in glued)

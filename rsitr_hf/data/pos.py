@@ -74,9 +74,30 @@ class POSModelMissing(InputError, RuntimeError):
     """stanza's English POS model is not available here; the message says how to get it."""
 
 
-def normalise_caption(caption: str, max_words: int = MAX_WORDS) -> str:
-    """Lower case, punctuation removed, whitespace collapsed, at most ``max_words`` words."""
-    words = re.sub(r"[^\w\s]|_", " ", caption.lower()).split()
+NORMALISATIONS = ("paper", "words")
+RELEASE_DELETED = str.maketrans("", "", ",.'!?\"()*#:;~")  # removed without a space, as the release does
+RELEASE_SPACED = re.compile(r"[-/]")
+
+
+def normalise_caption(caption: str, max_words: int = MAX_WORDS, normalisation: str = "paper") -> str:
+    """The caption as POSAPL trains on it, at most ``max_words`` words.
+
+    ``paper`` (the release, exactly): lower case; delete ``, . ' ! ? " ( ) * # : ; ~`` (no space: "it's" ->
+    "its", "building,a" -> "buildinga"); ``-`` and ``/`` become a space and ``<person>`` becomes
+    ``person``; whitespace runs collapse to one space; other characters (underscores, non-ASCII such as a
+    typographic apostrophe) are kept. ``words`` (rsitr_hf 0.1): every character that is not a letter,
+    digit or space, underscores included, becomes a space ("it's" -> "it s"). An empty result raises
+    :class:`InputError`.
+    """
+    if normalisation == "paper":
+        text = caption.lower().replace("<person>", "person").translate(RELEASE_DELETED)
+        words = RELEASE_SPACED.sub(" ", text).split()
+    elif normalisation == "words":
+        words = re.sub(r"[^\w\s]|_", " ", caption.lower()).split()
+    else:
+        raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+    if not words:
+        raise InputError(f"caption {caption!r} is empty once normalised for POSAPL ({normalisation})")
     return " ".join(words[:max_words])
 
 
@@ -169,13 +190,21 @@ POS_COLUMNS = ("pos_captions", "pos_tags", "pos_sentences", "pos_tag_ids")
 
 
 def add_pos_columns(
-    dataset_dict: datasets.DatasetDict, tagger: StanzaTagger, tokenizer, max_length: int = 77
+    dataset_dict: datasets.DatasetDict,
+    tagger: StanzaTagger,
+    tokenizer,
+    max_length: int = 77,
+    normalisation: str = "paper",
 ) -> datasets.DatasetDict:
-    """Add ``pos_captions``, ``pos_tags``, ``pos_sentences``, ``pos_tag_ids`` (5 per row) to every split."""
+    """Add ``pos_captions``, ``pos_tags``, ``pos_sentences``, ``pos_tag_ids`` (5 per row) to every split,
+    the captions normalised by ``normalisation`` (see :func:`normalise_caption`)."""
     pieces_cache: dict[str, int] = {}
 
     def annotate(batch: dict) -> dict:
-        normalised = [[normalise_caption(caption) for caption in captions] for captions in batch["captions"]]
+        normalised = [
+            [normalise_caption(caption, normalisation=normalisation) for caption in captions]
+            for captions in batch["captions"]
+        ]
         distinct = list(dict.fromkeys(caption for group in normalised for caption in group))
         tags = dict(zip(distinct, tagger.tag([caption.split() for caption in distinct]), strict=True))
         return {
@@ -235,8 +264,10 @@ def cached_pos_dataset(
     cache_root: str | None = None,
     pos_model_path: str | None = None,
     resources_dir: str | None = None,
+    normalisation: str = "paper",
 ) -> datasets.DatasetDict:
-    """``dataset_dict`` with the POS columns of :func:`add_pos_columns`, tagged once per dataset.
+    """``dataset_dict`` with the POS columns of :func:`add_pos_columns` (captions normalised by
+    ``normalisation``), tagged once per dataset.
 
     The POS columns alone are saved under ``cache_root`` (default ``~/.cache/rsitr_hf/pos``) in a folder
     named by a hash of ``identity`` (what the data is: its source and split options) and of the tokenizer
@@ -245,13 +276,20 @@ def cached_pos_dataset(
     import hashlib
 
     key = json.dumps(
-        {**identity, "tokenizer": tokenizer.name_or_path, "tagger": pos_model_path}, sort_keys=True
+        {
+            **identity,
+            "tokenizer": tokenizer.name_or_path,
+            "tagger": pos_model_path,
+            "normalisation": normalisation,
+        },
+        sort_keys=True,
     )
     root = Path(cache_root or Path.home() / ".cache" / "rsitr_hf" / "pos")
     folder = root / hashlib.sha256(key.encode()).hexdigest()[:16]
     if not (folder / "dataset_dict.json").is_file():
         captions = dataset_dict.select_columns(["captions"])
-        tagged = add_pos_columns(captions, StanzaTagger(pos_model_path, resources_dir), tokenizer)
+        tagger = StanzaTagger(pos_model_path, resources_dir)
+        tagged = add_pos_columns(captions, tagger, tokenizer, normalisation=normalisation)
         tagged.select_columns(list(POS_COLUMNS)).save_to_disk(str(folder))
         (folder / "identity.json").write_text(key, encoding="utf-8")
     saved = datasets.load_from_disk(str(folder))
@@ -295,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=("error", "drop", "keep"),
         help="what to do with images whose caption is empty",
     )
+    parser.add_argument(
+        "--normalisation",
+        default="paper",
+        choices=NORMALISATIONS,
+        help="caption normalisation: paper (the release's) or words (rsitr_hf 0.1's)",
+    )
     args = parse_arguments(parser, argv)
     dataset = load_rsitr(
         args.data_dir,
@@ -303,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         empty_captions=args.empty_captions,
     )
     tagger = StanzaTagger(args.pos_model, args.stanza_dir)
-    tagged = add_pos_columns(dataset, tagger, CLIPTokenizer.from_pretrained(args.tokenizer))
+    tagged = add_pos_columns(
+        dataset, tagger, CLIPTokenizer.from_pretrained(args.tokenizer), normalisation=args.normalisation
+    )
     tagged.save_to_disk(args.out_dir)
     print(f"saved {args.out_dir}")
     return 0

@@ -26,6 +26,9 @@ class POSPromptConfig(ExternalPeftConfig):
             CLIP's frozen token and position embeddings (input ``pos_input_ids``); ``"aligned"``: a learned
             embedding of the UPOS tag of each caption token (input ``pos_tag_ids``).
         num_pos_tags: size of the aligned tag vocabulary (17 UPOS tags + special + padding).
+        pos_padding_id: sentence mode: the token id of the positions after a POS sentence's end-of-text
+            token, up to the caption's length. ``0`` (default) is the release's (``clip.tokenize`` pads with
+            zeros); ``None`` takes the text config's ``pad_token_id`` (rsitr_hf 0.1's choice).
     """
 
     peft_type_name = PEFT_TYPE_NAME
@@ -40,6 +43,9 @@ class POSPromptConfig(ExternalPeftConfig):
     )
     pos_mode: str = field(default="sentence", metadata={"help": "sentence | aligned"})
     num_pos_tags: int = field(default=19, metadata={"help": "aligned mode: tag vocabulary size"})
+    pos_padding_id: int | None = field(
+        default=0, metadata={"help": "sentence mode: id after a POS sentence's end (0: the release's)"}
+    )
     target_modules: str | list[str] | None = field(
         default=r"(.*\.)?(vision|text)_model", metadata={"help": "the two CLIP towers"}
     )

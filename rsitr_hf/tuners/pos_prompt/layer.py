@@ -214,9 +214,10 @@ class POSPromptTextTower(POSPromptTower):
     (per token) is added to the final-LayerNorm tokens before the end-of-text token is pooled.
 
     POS inputs are keyword arguments of ``get_text_features`` / ``forward`` (they pass through
-    ``PeftModel`` and Accelerate's wrappers): ``pos_input_ids`` ``(B, L_pos)`` in sentence mode
-    (padded or cut to the caption length ``L`` with the pad token, as the release's 77-token padding
-    does), ``pos_tag_ids`` ``(B, L)`` in aligned mode.
+    ``PeftModel`` and Accelerate's wrappers): ``pos_input_ids`` ``(B, L_pos)`` in sentence mode, cut to the
+    caption length ``L`` and, after each sentence's end-of-text token, filled up to ``L`` with the config's
+    ``pos_padding_id`` (0, as the release's 77-token zero padding; whatever padding the collator used is
+    replaced); ``pos_tag_ids`` ``(B, L)`` in aligned mode.
     """
 
     pools_fusion = False
@@ -226,7 +227,7 @@ class POSPromptTextTower(POSPromptTower):
         "posapl_pos_adapters",
         "posapl_tag_embedding",
     )
-    other_param_names = (*POSPromptTower.other_param_names, "posapl_pos_mode")
+    other_param_names = (*POSPromptTower.other_param_names, "posapl_pos_mode", "posapl_pos_padding_id")
 
     def update_layer(self, adapter_name: str, config: POSPromptConfig) -> None:
         for attribute in ("posapl_connector", "posapl_pos_adapters", "posapl_tag_embedding"):
@@ -234,6 +235,7 @@ class POSPromptTextTower(POSPromptTower):
                 setattr(self, attribute, nn.ModuleDict())
         if not hasattr(self, "posapl_pos_mode"):
             self.posapl_pos_mode: dict[str, str] = {}
+            self.posapl_pos_padding_id: dict[str, int | None] = {}
         self.posapl_connector[adapter_name] = Connector(self.width)
         if config.pos_adapter_dim:
             self.posapl_pos_adapters[adapter_name] = nn.ModuleList(
@@ -243,6 +245,7 @@ class POSPromptTextTower(POSPromptTower):
         if config.pos_mode == "aligned":
             self.posapl_tag_embedding[adapter_name] = nn.Embedding(config.num_pos_tags, self.width)
         self.posapl_pos_mode[adapter_name] = config.pos_mode
+        self.posapl_pos_padding_id[adapter_name] = config.pos_padding_id
         super().update_layer(adapter_name, config)
 
     def pos_prior(self, name: str, input_ids, pos_input_ids, pos_tag_ids) -> torch.Tensor:
@@ -264,14 +267,26 @@ class POSPromptTextTower(POSPromptTower):
                 "this POSAPL model (pos_mode='sentence') needs `pos_input_ids`: the CLIP tokens of each "
                 "caption's POS sentence, from rsitr_hf.data.pos; none were given"
             )
-        pos_input_ids = pos_input_ids[:, :length]
-        if pos_input_ids.shape[1] < length:
-            padding = pos_input_ids.new_full(
-                (len(pos_input_ids), length - pos_input_ids.shape[1]), self.base_layer.config.pad_token_id
-            )
-            pos_input_ids = torch.cat([pos_input_ids, padding], dim=1)
+        pos_input_ids = self.padded_pos_sentence(name, pos_input_ids, length)
         with torch.no_grad():  # CLIP's own embeddings stay frozen
             return self.base_layer.embeddings(input_ids=pos_input_ids)
+
+    def padded_pos_sentence(self, name: str, pos_input_ids: torch.Tensor, length: int) -> torch.Tensor:
+        """``(B, length)``: each POS sentence up to its end-of-text token (found as CLIP's pooling finds it),
+        then the adapter's padding id; cut to ``length``."""
+        config = self.base_layer.config
+        padding_id = self.posapl_pos_padding_id.get(name, 0)
+        padding_id = config.pad_token_id if padding_id is None else padding_id
+        if config.eos_token_id == 2:  # transformers' legacy configs: the end is the highest id
+            end = pos_input_ids.argmax(dim=-1)
+        else:
+            is_end = pos_input_ids == config.eos_token_id
+            end = torch.where(is_end.any(dim=-1), is_end.int().argmax(dim=-1), pos_input_ids.shape[1])
+        width = max(length, pos_input_ids.shape[1])
+        padded = pos_input_ids.new_full((len(pos_input_ids), width), padding_id)
+        padded[:, : pos_input_ids.shape[1]] = pos_input_ids
+        after_end = torch.arange(width, device=padded.device)[None, :] > end[:, None]
+        return padded.masked_fill(after_end, padding_id)[:, :length]
 
     def forward(
         self,
