@@ -297,9 +297,9 @@ def device_description(device: str) -> str:
 
     if device == "cuda":
         return torch.cuda.get_device_name()
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line), "")
-    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if "flags" in line), []))
+    from rsitr_hf.demo_readme import cpu_model_and_flags
+
+    model, flags = cpu_model_and_flags()
     bf16 = "native bf16" if flags & {"avx512_bf16", "amx_bf16"} else "no bf16 instructions (bf16 is emulated)"
     return f"CPU {model or 'unknown'}, {os.cpu_count()} cores, {bf16}"
 

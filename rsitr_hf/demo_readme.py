@@ -29,11 +29,17 @@ class StaleReadme(RuntimeError):
     """The demo printed other figures than the README's, on the kind of machine the README's came from."""
 
 
-def this_machine() -> str:
-    """The CPU model, the vector instructions that change float32 kernels, torch's threads and version."""
+def cpu_model_and_flags() -> tuple[str, set[str]]:
+    """The CPU's model name and feature flags from ``/proc/cpuinfo`` (``("", set())`` where there is none)."""
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line), "")
     flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if "flags" in line), []))
+    return model, flags
+
+
+def this_machine() -> str:
+    """The CPU model, the vector instructions that change float32 kernels, torch's threads and version."""
+    model, flags = cpu_model_and_flags()
     isa = next((name for flag, name in (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
                 if flag in flags), "no AVX2")  # fmt: skip
     return (
