@@ -109,6 +109,12 @@ class DataRecipe:
     augment: bool = option(
         False, "random resized crop (area 0.5-1, aspect 3/4-4/3) + horizontal flip, on the device"
     )
+    randaugment: list[int] | None = option(
+        None,
+        "[num_ops, magnitude]: torchvision's RandAugment after the crop and flip, on the device, drawn per "
+        "example (POSAPL: [2, 7])",
+        NON_NEGATIVE,
+    )
     cache_images: bool = option(
         True,
         "decode and resize every image once into a memory-mapped Arrow cache reused by later epochs and "

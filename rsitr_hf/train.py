@@ -60,6 +60,7 @@ from .data.augmentation import RandomResizedCropFlip
 from .data.pixels import DecodedPixels, PixelNormalizer, PixelSource, cached_pixels
 from .data.pos import cached_pos_dataset, pos_text_inputs
 from .data.preprocessing import ImageBatchTransform, RetrievalCollator, caption_pairs
+from .data.randaugment import RandAugment
 from .evaluation import TIE_PROTOCOLS, evaluate_by_ties
 from .files import write_json
 from .hub import HubPushError, push_adapter
@@ -471,6 +472,24 @@ def check_base_model(name: str) -> None:
         )
 
 
+def image_transform(recipe: Recipe, processor) -> ImageBatchTransform:
+    """uint8 pixels -> ``pixel_values`` on the device: the crop and flip (``data.augment``), then RandAugment
+    (``data.randaugment``), each drawn per example, then CLIP's normalisation."""
+    data, seed = recipe.data, recipe.training.seed
+    rand_augment = None
+    if data.randaugment is not None:
+        if len(data.randaugment) != 2 or data.randaugment[1] > 30:
+            raise RecipeError(
+                f"data.randaugment: expected [num_ops, magnitude] with magnitude 0-30, got {data.randaugment}"
+            )
+        rand_augment = RandAugment(num_ops=data.randaugment[0], magnitude=data.randaugment[1], seed=seed)
+    return ImageBatchTransform(
+        PixelNormalizer.from_processor(processor.image_processor),
+        RandomResizedCropFlip(seed=seed) if data.augment else None,
+        rand_augment,
+    )
+
+
 def set_up(recipe: Recipe, resume_from_checkpoint: str | None = None) -> Run:
     """Everything before the first step: accelerator, model, data, optimiser, schedule, checkpoint hooks,
     and the state of an interrupted run when resuming."""
@@ -502,8 +521,7 @@ def set_up(recipe: Recipe, resume_from_checkpoint: str | None = None) -> Run:
     total_steps = total_steps_of(recipe, steps_per_epoch)
     scheduler = build_scheduler(recipe, optimizer, steps_per_epoch, total_steps)  # stepped per optimiser step
     state = TrainerState()  # checkpointed as JSON by save_checkpoint, never through Accelerate's pickles
-    augmentation = RandomResizedCropFlip(seed=training.seed) if recipe.data.augment else None
-    images = ImageBatchTransform(PixelNormalizer.from_processor(processor.image_processor), augmentation)
+    images = image_transform(recipe, processor)
     cost = {
         "trainable_parameters": trainable_parameters,
         "base_parameters": base_parameters,

@@ -196,3 +196,13 @@ def test_gradient_checkpointing_trains_the_same_adapter(tmp_path, tiny_clip_dir,
         )
     for key, tensor in adapters[False].items():
         torch.testing.assert_close(adapters[True][key], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_randaugment_trains_and_a_malformed_setting_is_named(tmp_path, tiny_clip_dir, synthetic_dir):
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "out", max_steps=2
+    )
+    train(load_recipe(recipe, ["--data.augment", "true", "--data.randaugment", "[2, 7]"]))
+    assert len(metrics_of(tmp_path / "out")["train_loss"]) == 2
+    with pytest.raises(RecipeError, match=r"data.randaugment: expected \[num_ops, magnitude\]"):
+        train(load_recipe(recipe, ["--data.randaugment", "[2, 7, 1]", "--output_dir", str(tmp_path / "bad")]))

@@ -24,6 +24,7 @@ import torch
 from .augmentation import RandomResizedCropFlip
 from .loading import explode_captions
 from .pixels import PixelNormalizer, PixelSource
+from .randaugment import RandAugment
 
 PAIR_COLUMNS = ("image_row", "image_id", "pair_index", "input_ids", "pos_input_ids", "pos_tag_ids")
 
@@ -118,12 +119,14 @@ class ImageBatchTransform:
 
     normalizer: PixelNormalizer
     augmentation: RandomResizedCropFlip | None = None
+    rand_augment: RandAugment | None = None  # after the crop and flip, as POSAPL's release
 
     def __call__(
         self, pixels: torch.Tensor, indices: Sequence[int] | None = None, epoch: int = 0
     ) -> torch.Tensor:
-        if self.augmentation is not None:
-            if indices is None:
-                raise ValueError("augmentation needs each example's index (the batch's pair_index)")
-            pixels = self.augmentation(pixels.float(), indices, epoch)
+        for augmentation in (self.augmentation, self.rand_augment):
+            if augmentation is not None:
+                if indices is None:
+                    raise ValueError("augmentation needs each example's index (the batch's pair_index)")
+                pixels = augmentation(pixels.float(), indices, epoch)
         return self.normalizer(pixels)
