@@ -123,3 +123,32 @@ def test_the_batch_transform_applies_randaugment_after_the_crop():
     pixels = (torch.rand(3, 3, 16, 16) * 255).to(torch.uint8)
     transformed = ImageBatchTransform(normalizer, crop, rand)(pixels, [0, 1, 2], epoch=0)
     assert torch.equal(transformed, rand(crop(pixels.float(), [0, 1, 2], 0), [0, 1, 2], 0))
+
+
+def torchvision_equalize_loop(images: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``_equalize_single_image``, transcribed, one channel at a time."""
+    import torch.nn.functional as F
+
+    out = torch.empty_like(images)
+    for b in range(images.shape[0]):
+        for c in range(images.shape[1]):
+            levels = images[b, c].long()
+            histogram = torch.bincount(levels.flatten(), minlength=256)
+            nonzero = histogram[histogram != 0]
+            step = torch.div(nonzero[:-1].sum(), 255, rounding_mode="floor")
+            if step == 0:
+                out[b, c] = images[b, c]
+                continue
+            lut = torch.div(torch.cumsum(histogram, 0) + torch.div(step, 2, rounding_mode="floor"), step,
+                            rounding_mode="floor")  # fmt: skip
+            out[b, c] = F.pad(lut, [1, 0])[:-1].clamp(0, 255)[levels].float()
+    return out
+
+
+def test_batched_equalize_equals_torchvisions_channel_loop():
+    images = torch.randint(0, 256, (3, 3, 40, 40), generator=torch.Generator().manual_seed(1)).float()
+    images[0, 1] = 7.0  # a flat channel: kept
+    images[1] = (images[1] / 16).floor() * 16  # few levels
+    assert torch.equal(
+        COLOUR_OPERATIONS["Equalize"](images, torch.tensor(0.0)), torchvision_equalize_loop(images)
+    )

@@ -223,22 +223,22 @@ def autocontrast(images: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
 
 
 def equalize(images: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """torchvision's per-channel histogram equalisation (``_equalize_single_image``)."""
-    out = torch.empty_like(images)
-    for b in range(images.shape[0]):
-        for channel in range(images.shape[1]):
-            levels = images[b, channel].long()
-            histogram = torch.bincount(levels.flatten(), minlength=256)
-            nonzero = histogram[histogram != 0]
-            step = torch.div(nonzero[:-1].sum(), 255, rounding_mode="floor")
-            if step == 0:
-                out[b, channel] = images[b, channel]
-                continue
-            lut = torch.div(torch.cumsum(histogram, 0) + torch.div(step, 2, rounding_mode="floor"), step,
-                            rounding_mode="floor")  # fmt: skip
-            lut = F.pad(lut, [1, 0])[:-1].clamp(0, 255)
-            out[b, channel] = lut[levels].to(images.dtype)
-    return out
+    """torchvision's per-channel histogram equalisation (``_equalize_single_image``), for every channel of
+    the batch at once: ``step`` is the pixel count without the last used level, over 255; a channel with
+    ``step`` 0 is kept."""
+    levels = images.long().flatten(2)  # (B, C, H*W)
+    histogram = torch.zeros(*levels.shape[:2], 256, dtype=torch.long, device=images.device)
+    histogram.scatter_add_(2, levels, torch.ones_like(levels))
+    used = torch.arange(256, device=images.device).expand_as(histogram).masked_fill(histogram == 0, -1)
+    last_count = histogram.gather(2, used.amax(dim=2, keepdim=True))
+    step = torch.div(histogram.sum(dim=2, keepdim=True) - last_count, 255, rounding_mode="floor")
+    lut = torch.div(
+        torch.cumsum(histogram, 2) + torch.div(step, 2, rounding_mode="floor"), step.clamp(min=1),
+        rounding_mode="floor",
+    )  # fmt: skip
+    lut = F.pad(lut, [1, 0])[..., :-1].clamp(0, 255)
+    equalized = lut.gather(2, levels).to(images.dtype).view_as(images)
+    return torch.where(step.view(*step.shape[:2], 1, 1) == 0, images, equalized)
 
 
 COLOUR_OPERATIONS = {
