@@ -1,0 +1,55 @@
+"""The FAISS backend (rsitr_hf.ann): parity with exact search, index choice by size, save/load."""
+
+import numpy as np
+import pytest
+
+from rsitr_hf.ann import ANNConfig, ANNIndex
+from rsitr_hf.errors import InputError
+
+
+def unit_vectors(count: int, dim: int = 32, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :k]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ANNConfig(kind="flat"),
+        ANNConfig(kind="ivf", nlist=16, nprobe=16),
+        ANNConfig(kind="hnsw", ef_search=2000),
+    ],
+    ids=["flat", "ivf_all_lists", "hnsw_wide"],
+)
+def test_with_exhaustive_parameters_the_ann_top_k_is_the_exact_top_k(config):
+    vectors, queries = unit_vectors(2000), unit_vectors(25, seed=1)
+    index = ANNIndex.build(vectors, config)
+    scores, rows = index.search(queries, 10)
+    exact = exact_top_k(vectors, queries, 10)
+    for found, expected in zip(rows, exact, strict=True):
+        assert set(found) == set(expected)  # continuous random vectors: no ties at the 10th place
+    np.testing.assert_allclose(scores[:, 0], (queries @ vectors.T).max(axis=1), rtol=1e-5)
+
+
+def test_the_index_type_follows_the_size():
+    config = ANNConfig()
+    assert config.factory(99_999) == "Flat"
+    assert config.factory(1_000_000) == "IVF1024,Flat" and config.nprobe == 16
+    assert ANNConfig(kind="hnsw").factory(10) == "HNSW32,Flat"
+    assert ANNConfig(kind="ivf").factory(2000) == "IVF32,Flat"  # at least 39 training points per list
+    with pytest.raises(InputError, match="ann kind: expected one of"):
+        ANNConfig(kind="lsh")
+
+
+def test_a_saved_index_loads_with_its_settings_and_answers_the_same(tmp_path):
+    vectors, queries = unit_vectors(3000), unit_vectors(10, seed=2)
+    index = ANNIndex.build(vectors, ANNConfig(kind="ivf", nlist=32, nprobe=4))
+    settings = index.save(tmp_path / "index.faiss")
+    loaded = ANNIndex.load(tmp_path / "index.faiss", settings)
+    assert loaded.factory == "IVF32,Flat" and loaded.config.nprobe == 4 and len(loaded) == 3000
+    for before, after in zip(index.search(queries, 5), loaded.search(queries, 5), strict=True):
+        np.testing.assert_array_equal(before, after)
