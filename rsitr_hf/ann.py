@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import InputError
 
-ANN_KINDS = ("auto", "flat", "ivf", "hnsw")
+ANN_KINDS = ("auto", "exact", "flat", "ivf", "hnsw")
 TRAINING_POINTS_PER_LIST = 64  # k-means sample: enough for stable centroids, a few seconds at 1M vectors
 
 
@@ -40,8 +40,9 @@ class ANNConfig:
     """How an ANN index is built and searched.
 
     Args:
-        kind: ``auto`` (flat below ``flat_below`` vectors, else IVF), ``flat`` (exact), ``ivf`` or ``hnsw``.
-        flat_below: with ``auto``, the size under which the exact flat index is used.
+        kind: ``auto`` (exact search without FAISS below ``flat_below`` vectors, else IVF), ``exact`` (never
+            FAISS: brute force, the reference), ``flat`` (FAISS's exact index), ``ivf`` or ``hnsw``.
+        flat_below: with ``auto``, the size under which search stays exact.
         nlist: IVF lists (``None``: ``sqrt(N)`` rounded to a power of two, at most ``N // 39``).
         nprobe: IVF lists searched per query.
         hnsw_m: HNSW neighbours per node.
@@ -61,12 +62,17 @@ class ANNConfig:
         if self.kind not in ANN_KINDS:
             raise InputError(f"ann kind: expected one of {list(ANN_KINDS)}, got {self.kind!r}")
 
+    def uses_faiss(self, num_vectors: int) -> bool:
+        """Whether ``num_vectors`` vectors get a FAISS index (``exact``, and ``auto`` below ``flat_below``,
+        are searched by brute force)."""
+        return self.kind != "exact" and not (self.kind == "auto" and num_vectors < self.flat_below)
+
     def factory(self, num_vectors: int) -> str:
         """The FAISS index factory string for ``num_vectors`` vectors."""
         kind = self.kind
         if kind == "auto":
             kind = "flat" if num_vectors < self.flat_below else "ivf"
-        if kind == "flat":
+        if kind in ("flat", "exact"):
             return "Flat"
         if kind == "hnsw":
             return f"HNSW{self.hnsw_m},Flat"

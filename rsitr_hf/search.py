@@ -1,6 +1,7 @@
 """Retrieval in practice: index a folder of images once, then search it by text (``rsitr-search``).
 
     rsitr-search index IMAGE_DIR --index INDEX_DIR --model BASE [--adapter ADAPTER] [--batch_size 32]
+        [--ann auto|exact|flat|ivf|hnsw]
     rsitr-search query --index INDEX_DIR --text "many planes parked at the airport" [--text ...] [--top_k 5]
     rsitr-search query --index INDEX_DIR --image PATH --captions CAPTIONS.txt [--top_k 5]
         [--model BASE --adapter ADAPTER] [--json FILE|-]
@@ -10,6 +11,10 @@ CLIP model (a folder or Hub id) and optional PEFT adapter (a folder or Hub id), 
 ``embeddings-<id>.safetensors`` (``image_embeds``: ``(N, D)`` unit vectors, float32) and ``index.json`` (the
 image folder, the files relative to it in row order, the model's identity and the embeddings file's name).
 Run again on the same folder, it embeds only the images that are new and drops the ones that are gone.
+
+Above 100,000 images (``--ann auto``), or whenever ``--ann flat|ivf|hnsw`` asks, a FAISS index over the
+embeddings (:mod:`rsitr_hf.ann`) is built at the end of the run and saved as ``ann-<id>.faiss``, named in
+``index.json``; queries then go through it. ``--ann exact`` never uses FAISS.
 
 Saves are atomic: a new embeddings file is written first, then ``index.json`` is replaced by a rename, and
 only then is the old embeddings file deleted, so a kill at any point leaves the previous index or the new
@@ -41,6 +46,7 @@ from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .ann import ANN_KINDS, ANNConfig, ANNIndex
 from .cli import HelpFormatter, command, command_parser, parse_arguments
 from .data.images import to_rgb
 from .errors import AdapterFileError, InputError
@@ -199,6 +205,7 @@ class ImageIndex:
     files: list[str]
     embeddings: torch.Tensor
     model: ModelIdentity
+    ann: ANNIndex | None = None  # a FAISS index over ``embeddings`` (else search is exact)
 
     def save(self, index_dir: str | os.PathLike) -> None:
         """Write the embeddings under a new name, then replace ``index.json`` (the rename that makes the new
@@ -214,9 +221,13 @@ class ImageIndex:
             "embeddings_file": embeddings_file,
             "model": asdict(self.model),
         }
+        if self.ann is not None:
+            ann_file = f"ann-{uuid.uuid4().hex[:12]}.faiss"
+            metadata["ann"] = {"file": ann_file, "settings": self.ann.save(index_dir / ann_file)}
         write_json(index_dir / INDEX_FILE, metadata, indent=1)
-        for stale in [index_dir / EMBEDDINGS_FILE, *index_dir.glob("embeddings-*.safetensors")]:
-            if stale.name != embeddings_file and stale.is_file():
+        named = {embeddings_file, metadata.get("ann", {}).get("file")}
+        for stale in [index_dir / EMBEDDINGS_FILE, *index_dir.glob("embeddings-*"), *index_dir.glob("ann-*")]:
+            if stale.name not in named and stale.is_file():
                 stale.unlink()
 
     @classmethod
@@ -252,7 +263,30 @@ class ImageIndex:
                 f"{index_dir}: {embeddings_file} has {tuple(embeddings.shape)} embeddings for {len(files)} "
                 f"files: {rebuild}"
             )
-        return cls(root, files, embeddings, model)
+        return cls(
+            root, files, embeddings, model, load_ann(index_dir, metadata.get("ann"), len(files), rebuild)
+        )
+
+
+def load_ann(index_dir: Path, entry: dict | None, num_files: int, rebuild: str) -> ANNIndex | None:
+    """The FAISS index named in ``index.json`` (``None`` for an exact index), checked against the files."""
+    if entry is None:
+        return None
+    name = entry.get("file") if isinstance(entry, dict) else None
+    if not isinstance(name, str) or not confined(name):
+        raise SearchError(
+            f"{index_dir / INDEX_FILE} names the ANN index {name!r}, not a file of {index_dir}: {rebuild}"
+        )
+    try:
+        ann = ANNIndex.load(index_dir / name, entry["settings"])
+    except InputError:
+        raise
+    except Exception as error:  # FAISS raises RuntimeError for damaged files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SearchError(f"{index_dir / name} is damaged or missing ({reason}): {rebuild}") from None
+    if len(ann) != num_files:
+        raise SearchError(f"{index_dir / name} holds {len(ann)} vectors for {num_files} files: {rebuild}")
+    return ann
 
 
 @dataclass
@@ -290,16 +324,23 @@ def build_index(
     index_dir: str | os.PathLike,
     model: RetrievalModel,
     batch_size: int = 32,
+    ann: ANNConfig | None = None,
 ) -> IndexUpdate:
-    """Create or update the index of ``image_dir`` in ``index_dir``, embedding only images not yet in it.
-    Holds the index's lock throughout: a second indexer of the same index waits for this one."""
+    """Create or update the index of ``image_dir`` in ``index_dir``, embedding only images not yet in it,
+    and (re)build its FAISS index when ``ann`` asks for one at this size (default ``ANNConfig()``: exact
+    below 100,000 images, IVF above). Holds the index's lock throughout: a second indexer of the same index
+    waits for this one."""
     Path(index_dir).mkdir(parents=True, exist_ok=True)
     with FileLock(str(Path(index_dir) / LOCK_FILE)):
-        return update_index(image_dir, index_dir, model, batch_size)
+        return update_index(image_dir, index_dir, model, batch_size, ann or ANNConfig())
 
 
 def update_index(
-    image_dir: str | os.PathLike, index_dir: str | os.PathLike, model: RetrievalModel, batch_size: int
+    image_dir: str | os.PathLike,
+    index_dir: str | os.PathLike,
+    model: RetrievalModel,
+    batch_size: int,
+    ann: ANNConfig,
 ) -> IndexUpdate:
     root = str(Path(image_dir).resolve())
     files = list_images(root)
@@ -320,13 +361,14 @@ def update_index(
     for number, start in enumerate(tqdm(starts, desc="embedding images", disable=not added), start=1):
         batch = added[start : start + batch_size]
         pieces.append(model.embed_images([read_image(Path(root) / name) for name in batch]))
-        if number % SAVE_EVERY_BATCHES == 0 or number == len(starts):  # an interrupted run keeps its work
+        if number % SAVE_EVERY_BATCHES == 0 and number < len(starts):  # an interrupted run keeps its work
             index.files, index.embeddings = kept_files + added[: start + len(batch)], torch.cat(pieces)
-            pieces = [index.embeddings]
+            pieces, index.ann = [index.embeddings], None
             index.save(index_dir)
-    if not added:
-        index.files, index.embeddings = kept_files, pieces[0]
-        index.save(index_dir)
+    index.files, index.embeddings = kept_files + added, torch.cat(pieces)
+    uses_faiss = ann.uses_faiss(len(index.files)) and len(index.files) > 0
+    index.ann = ANNIndex.build(index.embeddings.numpy(), ann) if uses_faiss else None
+    index.save(index_dir)
     return IndexUpdate(added, removed, len(index.files))
 
 
@@ -348,7 +390,19 @@ def search_images(
     """Text -> image: the ``k`` best indexed images (paths under ``index.root``) for each query."""
     if not queries or any(not query.strip() for query in queries):
         raise SearchError("text queries must be non-empty")
-    return top_k(model.embed_texts(queries) @ index.embeddings.T, index.files, k)
+    text_embeds = model.embed_texts(queries)
+    if index.ann is None:
+        return top_k(text_embeds @ index.embeddings.T, index.files, k)
+    scores, rows = index.ann.search(text_embeds.numpy(), k)
+    hits = []
+    for query_scores, query_rows in zip(scores, rows, strict=True):
+        found = [
+            (float(score), index.files[row])
+            for score, row in zip(query_scores, query_rows, strict=True)
+            if row >= 0  # IVF: fewer than k in the probed lists
+        ]
+        hits.append([Hit(rank + 1, score, item) for rank, (score, item) in enumerate(found)])
+    return hits
 
 
 def read_captions(path: str | os.PathLike) -> list[str]:
@@ -393,6 +447,13 @@ def main(argv: list[str] | None = None) -> int:
     index_parser.add_argument("--model", required=True, help="base CLIP model (folder or Hub id)")
     index_parser.add_argument("--adapter", help="PEFT adapter (folder or Hub id)")
     index_parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
+    index_parser.add_argument(
+        "--ann",
+        default="auto",
+        choices=ANN_KINDS,
+        help="search backend: auto (exact below 100,000 images, else FAISS IVF), exact, or a FAISS index "
+        "(flat, ivf, hnsw; needs faiss-cpu)",
+    )
     query_parser = commands.add_parser(
         "query", help=query_help, description=query_help, formatter_class=HelpFormatter
     )
@@ -407,7 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(parser, argv)
     if args.command == "index":
         update = build_index(
-            args.image_dir, args.index, RetrievalModel(args.model, args.adapter), args.batch_size
+            args.image_dir,
+            args.index,
+            RetrievalModel(args.model, args.adapter),
+            args.batch_size,
+            ANNConfig(kind=args.ann),
         )
         print(
             f"{args.index}: {update.total} images "

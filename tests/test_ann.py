@@ -53,3 +53,36 @@ def test_a_saved_index_loads_with_its_settings_and_answers_the_same(tmp_path):
     assert loaded.factory == "IVF32,Flat" and loaded.config.nprobe == 4 and len(loaded) == 3000
     for before, after in zip(index.search(queries, 5), loaded.search(queries, 5), strict=True):
         np.testing.assert_array_equal(before, after)
+
+
+def test_rsitr_search_on_a_faiss_index_answers_like_the_exact_one(
+    tmp_path, synthetic_dir, tiny_clip_dir, capsys
+):
+    import json
+    import shutil
+
+    from rsitr_hf.search import ImageIndex, RetrievalModel, SearchError, build_index, search_images
+    from rsitr_hf.search import main as search_main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in sorted((synthetic_dir / "synthrs_images").glob("*.tif"))[:20]:
+        shutil.copy(path, folder / path.name)
+    model = RetrievalModel(tiny_clip_dir)
+    build_index(folder, tmp_path / "exact", model, batch_size=8)  # auto: exact at this size, no FAISS file
+    assert ImageIndex.load(tmp_path / "exact").ann is None and not list((tmp_path / "exact").glob("ann-*"))
+    arguments = ["index", str(folder), "--index", str(tmp_path / "flat"), "--model", str(tiny_clip_dir)]
+    assert search_main([*arguments, "--ann", "flat"]) == 0
+    flat = ImageIndex.load(tmp_path / "flat")
+    metadata = json.loads((tmp_path / "flat" / "index.json").read_text())
+    assert flat.ann is not None and metadata["ann"]["settings"]["factory"] == "Flat" and len(flat.ann) == 20
+    queries = ["many planes parked at the airport", "a river next to green fields"]
+    exact_hits = search_images(ImageIndex.load(tmp_path / "exact"), model, queries, k=5)
+    faiss_hits = search_images(flat, model, queries, k=5)
+    for exact, approximate in zip(exact_hits, faiss_hits, strict=True):
+        assert [hit.item for hit in approximate] == [hit.item for hit in exact]
+        np.testing.assert_allclose([h.score for h in approximate], [h.score for h in exact], rtol=1e-5)
+    # a damaged FAISS file is one line saying how to rebuild
+    (tmp_path / "flat" / metadata["ann"]["file"]).write_bytes(b"not a faiss index")
+    with pytest.raises(SearchError, match="is damaged or missing.*build it again"):
+        ImageIndex.load(tmp_path / "flat")
