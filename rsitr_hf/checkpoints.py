@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .files import install_folder, write_json
 
 MANIFEST = "checkpoint.json"
@@ -99,10 +98,7 @@ def seal_checkpoint(partial: Path, run_id: str, step: int, num_processes: int) -
     }
     write_json(partial / MANIFEST, manifest)
     final = partial.with_name(checkpoint_name(step))
-    if final.exists():
-        install_folder(partial, final)
-    else:
-        os.replace(partial, final)
+    install_folder(partial, final)  # a step_N of an earlier attempt is replaced, deleted last
     return final
 
 
@@ -127,9 +123,8 @@ def verify_checkpoint(folder: Path, num_processes: int) -> dict:
             raise CheckpointError(
                 f"{folder}: {name} has {path.stat().st_size} bytes, the manifest says {size}; it is damaged"
             )
-    for name in manifest["files"]:
         if name.endswith((".bin", ".pkl", ".pt")):
-            check_tensor_file(folder / name)
+            check_tensor_file(path)
     if manifest["num_processes"] != num_processes:
         raise CheckpointError(
             f"{folder} was written by {manifest['num_processes']} process(es) and this run has "
@@ -146,8 +141,9 @@ def check_tensor_file(path: Path) -> None:
     try:
         load(path, map_location="cpu")
     except Exception as error:  # UnpicklingError for forbidden globals, others for damaged files
-        reason = str(error).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: not a weights-only torch file, refused ({reason})") from None
+        raise CheckpointError(
+            f"{path}: not a weights-only torch file, refused ({first_line(error)})"
+        ) from None
 
 
 def complete_checkpoints(checkpoints_dir: Path) -> list[tuple[Path, dict]]:

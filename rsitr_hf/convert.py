@@ -38,7 +38,7 @@ import torch
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 
 from .cli import command, command_parser, parse_arguments
-from .errors import InputError
+from .errors import InputError, first_line
 
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -96,8 +96,9 @@ def read_checkpoint(path: str | os.PathLike, trust_torchscript: bool = False) ->
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # a damaged file, or a pickle holding more than tensors
-            reason = str(error).strip().splitlines()[0]
-            raise ConversionError(f"{path}: cannot read the checkpoint as weights only ({reason})") from None
+            raise ConversionError(
+                f"{path}: cannot read the checkpoint as weights only ({first_line(error)})"
+            ) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

@@ -20,3 +20,10 @@ class CheckpointError(InputError):
 
 class AdapterFileError(InputError):
     """An adapter folder whose config or weights cannot be read as an rsitr_hf / PEFT adapter."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (library errors often run to many), or its type's name when it
+    has none: what a one-line report of a wrapped error quotes."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

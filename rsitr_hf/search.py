@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from .ann import ANN_KINDS, ANNConfig, ANNIndex
 from .cli import HelpFormatter, command, command_parser, parse_arguments
 from .data.images import to_rgb
-from .errors import AdapterFileError, InputError
+from .errors import AdapterFileError, InputError, first_line
 from .evaluation.encoding import image_embeddings, text_embeddings
 from .files import write_json
 
@@ -110,7 +110,7 @@ class RetrievalModel:
         try:
             model = CLIPModel.from_pretrained(base_model)
         except OSError as error:  # no such folder or Hub id, or not a model
-            raise SearchError(f"--model {base_model}: {str(error).strip().splitlines()[0]}") from None
+            raise SearchError(f"--model {base_model}: {first_line(error)}") from None
         if adapter is not None:
             with warnings.catch_warnings():  # transformers' deprecation notice, triggered inside peft
                 warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
@@ -162,9 +162,10 @@ def load_adapter(model, adapter: str | os.PathLike):
     try:
         return PeftModel.from_pretrained(model, adapter)
     except (OSError, ValueError, KeyError, SafetensorError, json.JSONDecodeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         hint = " (a PEFT type rsitr_hf and peft do not know)" if isinstance(error, KeyError) else ""
-        raise AdapterFileError(f"--adapter {adapter}: not a loadable adapter{hint}: {reason}") from None
+        raise AdapterFileError(
+            f"--adapter {adapter}: not a loadable adapter{hint}: {first_line(error)}"
+        ) from None
 
 
 def list_images(folder: str | os.PathLike) -> list[str]:
@@ -282,8 +283,9 @@ def load_ann(index_dir: Path, entry: dict | None, num_files: int, rebuild: str) 
     except InputError:
         raise
     except Exception as error:  # FAISS raises RuntimeError for damaged files
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SearchError(f"{index_dir / name} is damaged or missing ({reason}): {rebuild}") from None
+        raise SearchError(
+            f"{index_dir / name} is damaged or missing ({first_line(error)}): {rebuild}"
+        ) from None
     if len(ann) != num_files:
         raise SearchError(f"{index_dir / name} holds {len(ann)} vectors for {num_files} files: {rebuild}")
     return ann

@@ -61,6 +61,7 @@ from .data.pixels import DecodedPixels, PixelNormalizer, PixelSource, cached_pix
 from .data.pos import cached_pos_dataset, pos_text_inputs
 from .data.preprocessing import ImageBatchTransform, RetrievalCollator, caption_pairs
 from .data.randaugment import RandAugment
+from .errors import first_line
 from .evaluation import TIE_PROTOCOLS, evaluate_by_ties
 from .files import write_json
 from .hub import HubPushError, push_adapter
@@ -202,8 +203,9 @@ def apply_method(recipe: Recipe) -> torch.nn.Module:
     try:
         base = CLIPModel.from_pretrained(recipe.base_model, dtype=getattr(torch, base_dtype))
     except OSError as error:  # not on the Hub, no access, no network
-        reason = str(error).strip().splitlines()[0]
-        raise RecipeError(f"base_model: {recipe.base_model} could not be loaded: {reason}") from None
+        raise RecipeError(
+            f"base_model: {recipe.base_model} could not be loaded: {first_line(error)}"
+        ) from None
     if method.name in ("full", "linear_probe"):
         if method.config:
             raise RecipeError(f"method.config: {method.name} takes no options")

@@ -71,7 +71,8 @@ class ImageDecoder:
         self.feature = split.features["image"]
         self.split_name = split_name
         self.raw = split.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
-        self.filenames = split["filename"] if "filename" in split.column_names else None
+        # read only to name an embedded image that fails: the column is not loaded up front
+        self.filenames = split.select_columns(["filename"]) if "filename" in split.column_names else None
 
     def __len__(self) -> int:
         return len(self.raw)
@@ -90,7 +91,7 @@ class ImageDecoder:
             if entry.get("path"):
                 name = entry["path"]
             elif self.filenames is not None:
-                name = f"{self.filenames[row]} (embedded)"
+                name = f"{self.filenames[row]['filename']} (embedded)"
             else:
                 name = f"row {row} (embedded)"
             raise ImageDecodeError(

@@ -96,21 +96,10 @@ def reference_ranks(similarity, own: np.ndarray) -> tuple[torch.Tensor, torch.Te
         if similarity.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds its values exactly
             similarity = similarity.float()
         similarity = similarity.detach().cpu().numpy()
-    scores = np.asarray(similarity)
-    num_images, num_captions = scores.shape
-    i2t = np.empty(num_images, dtype=np.int64)
-    for row in range(num_images):
-        position = np.empty(num_captions, dtype=np.int64)
-        position[np.argsort(scores[row])[::-1]] = np.arange(num_captions)
-        i2t[row] = position[own[row]].min()
-    own_row = own.argmax(axis=0)
-    t2i = np.array(
-        [
-            np.flatnonzero(np.argsort(scores.T[column])[::-1] == own_row[column])[0]
-            for column in range(num_captions)
-        ],
-        dtype=np.int64,
-    )
+    # the evaluate module's numpy procedure (imported here: that module loads `evaluate` and `datasets`)
+    from .rsitr_retrieval.rsitr_retrieval import reference_ranks as numpy_reference_ranks
+
+    i2t, t2i = numpy_reference_ranks(np.asarray(similarity), own)
     return torch.from_numpy(i2t), torch.from_numpy(t2i)
 
 
