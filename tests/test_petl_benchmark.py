@@ -129,3 +129,18 @@ def test_bad_benchmark_files_name_the_key(tmp_path, tiny_clip_dir, synthetic_dir
         run_benchmark(config)
     assert not (tmp_path / "out").exists()  # nothing ran
     assert main(["--config", str(config), "--methods", "nope"]) == 2
+
+
+def test_runs_finished_before_test_ties_still_give_the_main_table(benchmark_run, caplog):
+    import json
+
+    config, summaries, out = benchmark_run
+    old_run = out / "houlsby" / "seed_0" / "metrics.json"
+    metrics = json.loads(old_run.read_text())
+    del metrics["test_ties"]  # as written by rsitr_hf before test_ties existed
+    old_run.write_text(json.dumps(metrics))
+    (out / "results_reference_ties.md").unlink()
+    rerun = run_benchmark(config)
+    assert [s.mean for s in rerun] == [s.mean for s in summaries]
+    assert not (out / "results_reference_ties.md").exists()
+    assert "predate test_ties" in caplog.text
