@@ -111,6 +111,15 @@ class ANNIndex:
         wrapped.add_vectors(vectors, batch_size=65_536)
         return cls(wrapped, config, factory)
 
+    def can_extend(self, config: ANNConfig, num_vectors: int) -> bool:
+        """Whether this index, grown to ``num_vectors`` by :meth:`add`, is what ``config`` would build: same
+        settings, same index type at the new size (IVF's list count doubles when ``N`` quadruples)."""
+        return config == self.config and config.factory(num_vectors) == self.factory
+
+    def add(self, embeddings: np.ndarray) -> None:
+        """Append ``(M, D)`` vectors as ids ``len(self)`` to ``len(self) + M - 1`` (IVF keeps its lists)."""
+        self.index.add_vectors(np.ascontiguousarray(embeddings, dtype=np.float32), batch_size=65_536)
+
     def apply_search_parameters(self) -> None:
         faiss = require_faiss()
         parameters = faiss.ParameterSpace()

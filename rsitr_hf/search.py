@@ -13,8 +13,16 @@ image folder, the files relative to it in row order, the model's identity and th
 Run again on the same folder, it embeds only the images that are new and drops the ones that are gone.
 
 Above 100,000 images (``--ann auto``), or whenever ``--ann flat|ivf|hnsw`` asks, a FAISS index over the
-embeddings (:mod:`rsitr_hf.ann`) is built at the end of the run and saved as ``ann-<id>.faiss``, named in
-``index.json``; queries then go through it. ``--ann exact`` never uses FAISS.
+embeddings (:mod:`rsitr_hf.ann`) is made at the end of the run and saved as ``ann-<id>.faiss``, named in
+``index.json``; queries then go through it. ``--ann exact`` never uses FAISS. A run that only adds images
+extends the FAISS index (IVF keeps its trained lists); one that drops images, or whose size calls for
+another index type (``auto`` crossing 100,000; IVF's list count doubling when the size quadruples),
+rebuilds it.
+
+Embedding can be spread over processes (GPUs or nodes) with ``accelerate launch -m rsitr_hf.search index
+...``: batches are dealt out in turn, the main process gathers them in order and saves one index, equal to
+a one-process build. The embeddings so far are saved every ``SAVE_EVERY_SECONDS`` (5 minutes), so an
+interrupted run keeps its work (the FAISS index is made again by the next run).
 
 Saves are atomic: a new embeddings file is written first, then ``index.json`` is replaced by a rename, and
 only then is the old embeddings file deleted, so a kill at any point leaves the previous index or the new
@@ -34,8 +42,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -49,6 +59,7 @@ from tqdm.auto import tqdm
 from .ann import ANN_KINDS, ANNConfig, ANNIndex
 from .cli import HelpFormatter, command, command_parser, parse_arguments
 from .data.images import to_rgb
+from .distributed import Shards
 from .errors import AdapterFileError, InputError, first_line
 from .evaluation.encoding import image_embeddings, text_embeddings
 from .files import write_json
@@ -59,7 +70,7 @@ FINGERPRINT_TOLERANCE = 1e-3  # identical weights on another device or library v
 INDEX_FILE, EMBEDDINGS_FILE = "index.json", "embeddings.safetensors"  # the latter: format 1's fixed name
 INDEX_FORMAT_VERSION = 2
 LOCK_FILE = ".lock"
-SAVE_EVERY_BATCHES = 50
+SAVE_EVERY_SECONDS = 300  # an interrupted run keeps its work; each save rewrites all embeddings
 
 
 class SearchError(InputError, ValueError):
@@ -101,12 +112,17 @@ def model_name(name_or_path: str | os.PathLike) -> str:
 class RetrievalModel:
     """A CLIP base model with an optional PEFT adapter, embedding images and captions as unit vectors."""
 
-    def __init__(self, base_model: str | os.PathLike, adapter: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        base_model: str | os.PathLike,
+        adapter: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+    ):
         from transformers import CLIPModel, CLIPProcessor
 
         import rsitr_hf  # noqa: F401  (registers the rsitr_hf tuners with peft)
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             model = CLIPModel.from_pretrained(base_model)
         except OSError as error:  # no such folder or Hub id, or not a model
@@ -293,11 +309,13 @@ def load_ann(index_dir: Path, entry: dict | None, num_files: int, rebuild: str) 
 
 @dataclass
 class IndexUpdate:
-    """What :func:`build_index` did: images embedded now, dropped (gone from the folder), and the total."""
+    """What :func:`build_index` did: images embedded now, dropped (gone from the folder), the total, and what
+    became of the FAISS index (``"none"``, ``"built <factory>"`` or ``"extended <factory>"``)."""
 
     added: list[str]
     removed: list[str]
     total: int
+    ann: str = "none"
 
 
 def check_same_model(index: ImageIndex, model: RetrievalModel, index_dir) -> None:
@@ -327,23 +345,37 @@ def build_index(
     model: RetrievalModel,
     batch_size: int = 32,
     ann: ANNConfig | None = None,
+    shards: Shards | None = None,
 ) -> IndexUpdate:
     """Create or update the index of ``image_dir`` in ``index_dir``, embedding only images not yet in it,
-    and (re)build its FAISS index when ``ann`` asks for one at this size (default ``ANNConfig()``: exact
-    below 100,000 images, IVF above). Holds the index's lock throughout: a second indexer of the same index
-    waits for this one."""
+    and extend or rebuild its FAISS index when ``ann`` asks for one at this size (default ``ANNConfig()``:
+    exact below 100,000 images, IVF above).
+
+    Under ``accelerate launch`` every process calls this with its ``shards``: the main process holds the
+    index's lock, plans the update, and appends and saves what all of them embed. A second indexer of the
+    same index waits for the lock.
+    """
+    shards = shards or Shards.single()
+    if not shards.is_main:
+        root, plan = shards.from_main()
+        for _ in embedded_rounds(plan.added, root, model, batch_size, shards):
+            pass
+        return plan
     Path(index_dir).mkdir(parents=True, exist_ok=True)
     with FileLock(str(Path(index_dir) / LOCK_FILE)):
-        return update_index(image_dir, index_dir, model, batch_size, ann or ANNConfig())
+        try:
+            index, plan = plan_update(image_dir, index_dir, model)
+        except Exception as error:
+            shards.from_main(error=error)
+            raise
+        shards.from_main((index.root, plan))
+        return apply_update(index, plan, Path(index_dir), model, batch_size, shards, ann or ANNConfig())
 
 
-def update_index(
-    image_dir: str | os.PathLike,
-    index_dir: str | os.PathLike,
-    model: RetrievalModel,
-    batch_size: int,
-    ann: ANNConfig,
-) -> IndexUpdate:
+def plan_update(
+    image_dir: str | os.PathLike, index_dir: str | os.PathLike, model: RetrievalModel
+) -> tuple[ImageIndex, IndexUpdate]:
+    """The index as saved (or a new, empty one) and what updating it means: images to add and to drop."""
     root = str(Path(image_dir).resolve())
     files = list_images(root)
     if (Path(index_dir) / INDEX_FILE).is_file():
@@ -353,25 +385,80 @@ def update_index(
             raise SearchError(f"{index_dir} indexes {index.root}, not {root}: use another index folder")
     else:
         index = ImageIndex(root, [], torch.empty(0, model.model.config.projection_dim), model.identity)
-    present = set(files)
-    keep = [row for row, name in enumerate(index.files) if name in present]
-    removed = [name for name in index.files if name not in present]
-    known = set(index.files)
+    present, known = set(files), set(index.files)
     added = [name for name in files if name not in known]
-    kept_files, pieces = [index.files[row] for row in keep], [index.embeddings[keep]]
-    starts = range(0, len(added), batch_size)
-    for number, start in enumerate(tqdm(starts, desc="embedding images", disable=not added), start=1):
-        batch = added[start : start + batch_size]
-        pieces.append(model.embed_images([read_image(Path(root) / name) for name in batch]))
-        if number % SAVE_EVERY_BATCHES == 0 and number < len(starts):  # an interrupted run keeps its work
-            index.files, index.embeddings = kept_files + added[: start + len(batch)], torch.cat(pieces)
-            pieces, index.ann = [index.embeddings], None
+    removed = [name for name in index.files if name not in present]
+    return index, IndexUpdate(added, removed, len(files))
+
+
+def embedded_rounds(
+    names: list[str], root: str, model: RetrievalModel, batch_size: int, shards: Shards
+) -> Iterator[tuple[int, list[torch.Tensor]]]:
+    """Embed the images ``root / name`` in batches of ``batch_size``, one batch per process per round.
+    Yields, on every process, each round's ``(B, D)`` embeddings in order (each row computed from the same
+    batch as in a one-process run) and how many images are done."""
+    batches = [names[start : start + batch_size] for start in range(0, len(names), batch_size)]
+    done = 0
+    with tqdm(total=len(names), desc="embedding images", disable=not (names and shards.is_main)) as progress:
+        for start in range(0, len(batches), shards.count):
+            embedded, error = [], None
+            try:
+                for batch in shards.my_part(batches[start : start + shards.count]):
+                    embedded.append(model.embed_images([read_image(Path(root) / name) for name in batch]))
+            except InputError as failure:
+                error = failure
+            embedded = shards.gather(embedded, error)
+            count = sum(len(piece) for piece in embedded)
+            done += count
+            progress.update(count)
+            yield done, embedded
+
+
+def apply_update(
+    index: ImageIndex,
+    plan: IndexUpdate,
+    index_dir: Path,
+    model: RetrievalModel,
+    batch_size: int,
+    shards: Shards,
+    ann: ANNConfig,
+) -> IndexUpdate:
+    """Drop ``plan.removed``, append the embeddings of ``plan.added`` (saving every ``SAVE_EVERY_SECONDS``,
+    so that an interrupted run keeps its work), then extend or rebuild the FAISS index and save."""
+    removed = set(plan.removed)
+    keep = [row for row, name in enumerate(index.files) if name not in removed]
+    previous_ann, previous_count = index.ann, len(index.files)
+    kept_files, pieces, last_save = (
+        [index.files[row] for row in keep],
+        [index.embeddings[keep]],
+        time.monotonic(),
+    )
+    for done, embedded in embedded_rounds(plan.added, index.root, model, batch_size, shards):
+        pieces += embedded
+        if time.monotonic() - last_save >= SAVE_EVERY_SECONDS and done < len(plan.added):
+            index.files, index.embeddings = kept_files + plan.added[:done], torch.cat(pieces)
+            index.ann, pieces = None, [index.embeddings]  # the FAISS index is made at the end
             index.save(index_dir)
-    index.files, index.embeddings = kept_files + added, torch.cat(pieces)
-    uses_faiss = ann.uses_faiss(len(index.files)) and len(index.files) > 0
-    index.ann = ANNIndex.build(index.embeddings.numpy(), ann) if uses_faiss else None
+            last_save = time.monotonic()
+    index.files, index.embeddings = kept_files + plan.added, torch.cat(pieces)
+    extendable = not removed and previous_ann is not None and len(previous_ann) == previous_count
+    index.ann, plan.ann = updated_ann(index.embeddings.numpy(), ann, previous_ann if extendable else None)
     index.save(index_dir)
-    return IndexUpdate(added, removed, len(index.files))
+    return plan
+
+
+def updated_ann(
+    embeddings: np.ndarray, config: ANNConfig, previous: ANNIndex | None
+) -> tuple[ANNIndex | None, str]:
+    """The FAISS index for ``embeddings`` and what was done: ``previous`` (covering a prefix of the rows)
+    extended with the new rows when it is still what ``config`` asks for at this size, else a new one."""
+    if not config.uses_faiss(len(embeddings)) or len(embeddings) == 0:
+        return None, "none"
+    if previous is not None and previous.can_extend(config, len(embeddings)):
+        previous.add(embeddings[len(previous) :])
+        return previous, f"extended {previous.factory}"
+    built = ANNIndex.build(embeddings, config)
+    return built, f"built {built.factory}"
 
 
 def top_k(similarity: torch.Tensor, items: list[str], k: int) -> list[list[Hit]]:
@@ -469,17 +556,16 @@ def main(argv: list[str] | None = None) -> int:
     query_parser.add_argument("--json", help="also write the results as JSON to this file ('-': stdout only)")
     args = parse_arguments(parser, argv)
     if args.command == "index":
+        shards = Shards.from_launcher()
+        model = RetrievalModel(args.model, args.adapter, device=shards.device)
         update = build_index(
-            args.image_dir,
-            args.index,
-            RetrievalModel(args.model, args.adapter),
-            args.batch_size,
-            ANNConfig(kind=args.ann),
+            args.image_dir, args.index, model, args.batch_size, ANNConfig(kind=args.ann), shards
         )
-        print(
-            f"{args.index}: {update.total} images "
-            f"({len(update.added)} embedded now, {len(update.removed)} gone)"
-        )
+        if shards.is_main:
+            print(
+                f"{args.index}: {update.total} images ({len(update.added)} embedded now, "
+                f"{len(update.removed)} gone; FAISS index: {update.ann})"
+            )
         return 0
     return run_query(args)
 

@@ -61,6 +61,7 @@ from .data.pixels import DecodedPixels, PixelNormalizer, PixelSource, cached_pix
 from .data.pos import cached_pos_dataset, pos_text_inputs
 from .data.preprocessing import ImageBatchTransform, RetrievalCollator, caption_pairs
 from .data.randaugment import RandAugment
+from .distributed import has_accelerator
 from .errors import first_line
 from .evaluation import TIE_PROTOCOLS, evaluate_by_ties
 from .files import write_json
@@ -133,7 +134,7 @@ def create_accelerator(recipe: Recipe) -> Accelerator:
     training = recipe.training
     output_dir = Path(recipe.output_dir)
     dynamo_backend = None if training.compile is None else ("inductor" if training.compile else "no")
-    on_accelerator = _has_accelerator()
+    on_accelerator = has_accelerator()
     return Accelerator(
         # without cpu=True, a GPU-less `accelerate launch --multi_gpu` runs unsynchronised copies
         cpu=not on_accelerator,
@@ -868,12 +869,6 @@ def _flat(values: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value if isinstance(value, int | float | str | bool) else str(value)
     return flat
-
-
-def _has_accelerator() -> bool:
-    if hasattr(torch, "accelerator"):  # torch >= 2.6
-        return torch.accelerator.is_available()
-    return torch.cuda.is_available()
 
 
 def _tensorboard_installed() -> bool:

@@ -86,3 +86,55 @@ def test_rsitr_search_on_a_faiss_index_answers_like_the_exact_one(
     (tmp_path / "flat" / metadata["ann"]["file"]).write_bytes(b"not a faiss index")
     with pytest.raises(SearchError, match="is damaged or missing.*build it again"):
         ImageIndex.load(tmp_path / "flat")
+
+
+def test_an_extended_index_answers_like_one_built_on_all_the_vectors():
+    vectors, queries = unit_vectors(3000), unit_vectors(20, seed=3)
+    config = ANNConfig(kind="ivf", nlist=16, nprobe=16)
+    index = ANNIndex.build(vectors[:2000], config)
+    assert index.can_extend(config, 3000)
+    index.add(vectors[2000:])
+    assert len(index) == 3000
+    _, rows = index.search(queries, 10)
+    for found, expected in zip(rows, exact_top_k(vectors, queries, 10), strict=True):
+        assert set(found) == set(expected)  # the new rows are ids 2000 ... 2999, in order
+    automatic = ANNIndex.build(vectors[:1500], ANNConfig(kind="ivf", nprobe=32))
+    assert automatic.factory == "IVF32,Flat" and automatic.can_extend(ANNConfig(kind="ivf", nprobe=32), 2000)
+    assert not automatic.can_extend(ANNConfig(kind="ivf", nprobe=32), 8000)  # sqrt(8000) ~ 89: IVF64
+    assert not automatic.can_extend(ANNConfig(kind="ivf", nprobe=8), 2000)  # other settings
+
+
+def test_index_updates_extend_the_faiss_index_and_removals_rebuild_it(tmp_path, synthetic_dir, tiny_clip_dir):
+    import shutil
+
+    from rsitr_hf.search import ImageIndex, RetrievalModel, build_index, search_images
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    images = sorted((synthetic_dir / "synthrs_images").glob("*.tif"))[:20]
+    for path in images[:12]:
+        shutil.copy(path, folder / path.name)
+    model, config = RetrievalModel(tiny_clip_dir), ANNConfig(kind="hnsw")
+    assert build_index(folder, tmp_path / "index", model, batch_size=8, ann=config).ann == "built HNSW32,Flat"
+    for path in images[12:]:
+        shutil.copy(path, folder / path.name)
+    assert (
+        build_index(folder, tmp_path / "index", model, batch_size=8, ann=config).ann == "extended HNSW32,Flat"
+    )
+    extended = ImageIndex.load(tmp_path / "index")
+    build_index(folder, tmp_path / "fresh", model, batch_size=8, ann=config)
+    queries = [
+        "many planes parked at the airport",
+        "a river next to green fields",
+        "a dense residential area",
+    ]
+    for grown, fresh in zip(
+        search_images(extended, model, queries, k=20),
+        search_images(ImageIndex.load(tmp_path / "fresh"), model, queries, k=20),
+        strict=True,
+    ):
+        assert [hit.item for hit in grown] == [hit.item for hit in fresh]  # every image, in exact order
+    (folder / images[0].name).unlink()
+    update = build_index(folder, tmp_path / "index", model, batch_size=8, ann=config)
+    assert update.removed == [images[0].name] and update.ann == "built HNSW32,Flat"
+    assert len(ImageIndex.load(tmp_path / "index").ann) == 19

@@ -364,7 +364,7 @@ def search_model(tiny_clip_dir):
 def test_a_kill_inside_an_index_save_leaves_the_previous_index(
     image_folder, tmp_path, search_model, monkeypatch
 ):
-    monkeypatch.setattr(rsitr_hf.search, "SAVE_EVERY_BATCHES", 1)
+    monkeypatch.setattr(rsitr_hf.search, "SAVE_EVERY_SECONDS", 0)
     real_write, writes = rsitr_hf.search.write_json, []
 
     def killed_before_the_second_manifest(path, data, indent=2):

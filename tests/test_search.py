@@ -2,9 +2,12 @@
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
+from conftest import TWO_PROCESS_LAUNCH, subprocess_env
 from peft import get_peft_model
 from transformers import CLIPModel
 
@@ -175,7 +178,7 @@ def test_grids_from_an_index_and_from_a_split(tmp_path, synthetic_dir, tiny_clip
 def test_an_interrupted_index_keeps_its_work(tmp_path, image_folder, tiny_clip_dir, monkeypatch):
     import rsitr_hf.search
 
-    monkeypatch.setattr(rsitr_hf.search, "SAVE_EVERY_BATCHES", 1)
+    monkeypatch.setattr(rsitr_hf.search, "SAVE_EVERY_SECONDS", 0)
     model = RetrievalModel(tiny_clip_dir)
     calls = []
     original = RetrievalModel.embed_images
@@ -194,3 +197,49 @@ def test_an_interrupted_index_keeps_its_work(tmp_path, image_folder, tiny_clip_d
     model.embed_images = lambda images: original(model, images)
     update = build_index(image_folder, tmp_path / "index", model, batch_size=4)
     assert update.added == list_images(image_folder)[8:] and update.total == 13
+
+
+def test_a_two_process_sharded_index_equals_the_one_process_index(tmp_path, image_folder, tiny_clip_dir):
+    """``accelerate launch -m rsitr_hf.search index``: two gloo processes, 13 images in batches of 3 (five
+    batches: the last round has one), merged into the index a one-process run writes."""
+    arguments = [
+        "index",
+        str(image_folder),
+        "--model",
+        str(tiny_clip_dir),
+        "--batch_size",
+        "3",
+        "--ann",
+        "flat",
+    ]
+    assert main([*arguments, "--index", str(tmp_path / "single")]) == 0
+    command = [sys.executable, *TWO_PROCESS_LAUNCH, "-m", "rsitr_hf.search", *arguments, "--index"]
+    result = subprocess.run(
+        [*command, str(tmp_path / "sharded")],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("13 images (13 embedded now, 0 gone; FAISS index: built Flat)") == 1
+    single, sharded = ImageIndex.load(tmp_path / "single"), ImageIndex.load(tmp_path / "sharded")
+    assert sharded.files == single.files == list_images(image_folder)
+    assert sharded.root == single.root and sharded.model.matches(single.model)  # within float tolerance
+    torch.testing.assert_close(sharded.embeddings, single.embeddings, rtol=0, atol=1e-5)
+    assert len(sharded.ann) == 13
+    layout = sorted(path.name.split("-")[0] for path in (tmp_path / "sharded").iterdir())
+    assert layout == sorted(path.name.split("-")[0] for path in (tmp_path / "single").iterdir())
+
+    # an unreadable image met by one process stops both, with the file named and no traceback
+    (image_folder / "zz_broken.jpg").write_bytes(b"not a jpeg")
+    result = subprocess.run(
+        [*command, str(tmp_path / "broken")],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "error: " + str(image_folder / "zz_broken.jpg") + ": not a readable image" in result.stderr
+    assert 'rsitr_hf/search.py", line' not in result.stderr  # only the launcher's own traceback
