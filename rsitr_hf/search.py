@@ -318,13 +318,29 @@ class IndexUpdate:
     ann: str = "none"
 
 
+def model_mismatch(index: ImageIndex, model: RetrievalModel, index_dir) -> str | None:
+    """Why ``model`` cannot extend or query ``index`` (another base, adapter or weights), or ``None``."""
+    if index.model.matches(model.identity):
+        return None
+    reason = "" if model.identity.describe() != index.model.describe() else " (same names, other weights)"
+    return (
+        f"{index_dir} was built with {index.model.describe()}, not with {model.identity.describe()}"
+        f"{reason}: query it with the model that built it, or build a new index"
+    )
+
+
 def check_same_model(index: ImageIndex, model: RetrievalModel, index_dir) -> None:
-    if not index.model.matches(model.identity):
-        reason = "" if model.identity.describe() != index.model.describe() else " (same names, other weights)"
-        raise SearchError(
-            f"{index_dir} was built with {index.model.describe()}, not with {model.identity.describe()}"
-            f"{reason}: query it with the model that built it, or build a new index"
-        )
+    problem = model_mismatch(index, model, index_dir)
+    if problem is not None:
+        raise SearchError(problem)
+
+
+def index_model(
+    index: ImageIndex, base_model: str | None = None, adapter: str | None = None
+) -> RetrievalModel:
+    """The model named (``base_model`` and ``adapter``), or by default the one that built ``index``."""
+    named = base_model is not None or adapter is not None
+    return RetrievalModel(base_model or index.model.base_model, adapter if named else index.model.adapter)
 
 
 def open_index(
@@ -333,8 +349,7 @@ def open_index(
     """An index and the model to query it with: the index's own model, or the one named (which must be
     the same; a ``SearchError`` otherwise)."""
     index = ImageIndex.load(index_dir)
-    named = base_model is not None or adapter is not None
-    model = RetrievalModel(base_model or index.model.base_model, adapter if named else index.model.adapter)
+    model = index_model(index, base_model, adapter)
     check_same_model(index, model, index_dir)
     return index, model
 
@@ -366,7 +381,7 @@ def build_index(
         try:
             index, plan = plan_update(image_dir, index_dir, model)
         except Exception as error:
-            shards.from_main(error=error)
+            shards.from_main(error=error)  # raises it, after telling the other processes
             raise
         shards.from_main((index.root, plan))
         return apply_update(index, plan, Path(index_dir), model, batch_size, shards, ann or ANNConfig())
@@ -428,11 +443,8 @@ def apply_update(
     removed = set(plan.removed)
     keep = [row for row, name in enumerate(index.files) if name not in removed]
     previous_ann, previous_count = index.ann, len(index.files)
-    kept_files, pieces, last_save = (
-        [index.files[row] for row in keep],
-        [index.embeddings[keep]],
-        time.monotonic(),
-    )
+    kept_files, pieces = [index.files[row] for row in keep], [index.embeddings[keep]]
+    last_save = time.monotonic()
     for done, embedded in embedded_rounds(plan.added, index.root, model, batch_size, shards):
         pieces += embedded
         if time.monotonic() - last_save >= SAVE_EVERY_SECONDS and done < len(plan.added):
@@ -479,10 +491,20 @@ def search_images(
     """Text -> image: the ``k`` best indexed images (paths under ``index.root``) for each query."""
     if not queries or any(not query.strip() for query in queries):
         raise SearchError("text queries must be non-empty")
-    text_embeds = model.embed_texts(queries)
+    return nearest_images(index, model.embed_texts(queries), k)
+
+
+def similar_images(index: ImageIndex, model: RetrievalModel, image: PIL.Image.Image, k: int = 5) -> list[Hit]:
+    """Image -> image: the ``k`` indexed images nearest to ``image`` (itself first when it is indexed)."""
+    return nearest_images(index, model.embed_images([to_rgb(image)]), k)[0]
+
+
+def nearest_images(index: ImageIndex, query_embeds: torch.Tensor, k: int) -> list[list[Hit]]:
+    """For each of ``(Q, D)`` unit ``query_embeds``: the ``k`` indexed images of highest cosine, through the
+    FAISS index when there is one, else exactly."""
     if index.ann is None:
-        return top_k(text_embeds @ index.embeddings.T, index.files, k)
-    scores, rows = index.ann.search(text_embeds.numpy(), k)
+        return top_k(query_embeds @ index.embeddings.T, index.files, k)
+    scores, rows = index.ann.search(query_embeds.numpy(), k)
     hits = []
     for query_scores, query_rows in zip(scores, rows, strict=True):
         found = [
