@@ -202,25 +202,17 @@ def test_an_interrupted_index_keeps_its_work(tmp_path, image_folder, tiny_clip_d
 def test_a_two_process_sharded_index_equals_the_one_process_index(tmp_path, image_folder, tiny_clip_dir):
     """``accelerate launch -m rsitr_hf.search index``: two gloo processes, 13 images in batches of 3 (five
     batches: the last round has one), merged into the index a one-process run writes."""
-    arguments = [
-        "index",
-        str(image_folder),
-        "--model",
-        str(tiny_clip_dir),
-        "--batch_size",
-        "3",
-        "--ann",
-        "flat",
-    ]
+    folder, model = str(image_folder), str(tiny_clip_dir)
+    arguments = ["index", folder, "--model", model, "--batch_size", "3", "--ann", "flat"]
     assert main([*arguments, "--index", str(tmp_path / "single")]) == 0
-    command = [sys.executable, *TWO_PROCESS_LAUNCH, "-m", "rsitr_hf.search", *arguments, "--index"]
-    result = subprocess.run(
-        [*command, str(tmp_path / "sharded")],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=300,
-    )
+    launch = [sys.executable, *TWO_PROCESS_LAUNCH, "-m", "rsitr_hf.search", *arguments]
+
+    def sharded_build(index_dir):
+        return subprocess.run(
+            [*launch, "--index", index_dir], capture_output=True, text=True, env=subprocess_env(), timeout=300
+        )
+
+    result = sharded_build(str(tmp_path / "sharded"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("13 images (13 embedded now, 0 gone; FAISS index: built Flat)") == 1
     single, sharded = ImageIndex.load(tmp_path / "single"), ImageIndex.load(tmp_path / "sharded")
@@ -233,13 +225,7 @@ def test_a_two_process_sharded_index_equals_the_one_process_index(tmp_path, imag
 
     # an unreadable image met by one process stops both, with the file named and no traceback
     (image_folder / "zz_broken.jpg").write_bytes(b"not a jpeg")
-    result = subprocess.run(
-        [*command, str(tmp_path / "broken")],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=300,
-    )
+    result = sharded_build(str(tmp_path / "broken"))
     assert result.returncode != 0
     assert "error: " + str(image_folder / "zz_broken.jpg") + ": not a readable image" in result.stderr
     assert 'rsitr_hf/search.py", line' not in result.stderr  # only the launcher's own traceback
