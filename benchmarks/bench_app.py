@@ -23,9 +23,12 @@ import statistics
 import sys
 from pathlib import Path
 
+from gradio import __version__ as gradio_version
+
 from rsitr_hf.app import SearchPage, build_app
 from rsitr_hf.browser import ask_text, headless_chromium, open_page
 from rsitr_hf.data.synthetic import vocabulary, write_seed_layout
+from rsitr_hf.demo_readme import this_machine
 from rsitr_hf.search import RetrievalModel, build_index, search_images
 from rsitr_hf.tiny_clip import save_tiny_clip
 
@@ -55,7 +58,9 @@ def archive_index(work_dir: Path, num_images: int, model_dir: str | None) -> Pat
 
 
 def distinct_queries(index_dir: Path, count: int) -> list[str]:
-    captions = (Path(SearchPage.open(index_dir).index.root).parent / "train_caps.txt").read_text().splitlines()
+    captions = (
+        (Path(SearchPage.open(index_dir).index.root).parent / "train_caps.txt").read_text().splitlines()
+    )
     return list(dict.fromkeys(captions))[:count]
 
 
@@ -65,17 +70,25 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--num_images", type=int, default=10_000, help="synthetic images to index")
-    parser.add_argument("--work_dir", default="outputs/bench_app", help="where the images, model and index live")
+    parser.add_argument(
+        "--work_dir", default="outputs/bench_app", help="where the images, model and index live"
+    )
     parser.add_argument("--queries", type=int, default=20, help="text queries to time")
     parser.add_argument("--model", help="base CLIP to index with (default: ViT-B/32's shape, random weights)")
     parser.add_argument("--index", help="an existing index: only serve it, ask --query and take --screenshot")
-    parser.add_argument("--query", default="many planes parked at the airport", help="query of the screenshot")
+    parser.add_argument(
+        "--query", default="many planes parked at the airport", help="query of the screenshot"
+    )
     parser.add_argument("--screenshot", help="save the page after the last query as this PNG")
     args = parser.parse_args()
 
-    index_dir = Path(args.index) if args.index else archive_index(Path(args.work_dir), args.num_images, args.model)
+    index_dir = (
+        Path(args.index) if args.index else archive_index(Path(args.work_dir), args.num_images, args.model)
+    )
     page = SearchPage.open(index_dir)
     queries = [args.query] if args.index else distinct_queries(index_dir, args.queries + 1)
     blocks = build_app(page, top_k=12)
@@ -90,7 +103,9 @@ def main() -> int:
             answer = ask_text(driver, query)
             expected = search_images(page.index, page.model, [query], k=1)[0][0]
             if not answer.captions[0].startswith(f"1. {expected.item} "):
-                raise SystemExit(f"the page showed {answer.captions[0]!r} first, rsitr-search {expected.item!r}")
+                raise SystemExit(
+                    f"the page showed {answer.captions[0]!r} first, rsitr-search {expected.item!r}"
+                )
             browser_seconds.append(answer.seconds)
             server_ms.append(float(answer.summary.rsplit("(", 1)[1].split(" ms")[0]))
         if args.screenshot:
@@ -100,6 +115,9 @@ def main() -> int:
         driver.quit()
         blocks.close()
     report = {
+        "machine": this_machine(),
+        "browser": f"{driver.capabilities['browserName']} {driver.capabilities['browserVersion']} headless",
+        "gradio": gradio_version,
         "images": len(page.index.files),
         "model": page.model.identity.describe(),
         "search": page.index.ann.factory if page.index.ann is not None else "exact",

@@ -36,11 +36,12 @@ def headless_chromium(width: int = 1280, height: int = 900):
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
-def wait_for(driver, find: Callable[[Any], Any], timeout: float = 60.0) -> Any:
-    """The first truthy ``find(driver)``, polled until ``timeout`` seconds."""
+def wait_for(driver, find: Callable[[Any], Any], timeout: float = 60.0, poll: float = 0.02) -> Any:
+    """The first truthy ``find(driver)``, polled every ``poll`` seconds (selenium's default, 0.5 s, would
+    round every timing up to it) until ``timeout`` seconds."""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout).until(lambda d: find(d) or None)
+    return WebDriverWait(driver, timeout, poll_frequency=poll).until(lambda d: find(d) or None)
 
 
 @dataclass
