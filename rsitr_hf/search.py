@@ -3,7 +3,7 @@
     rsitr-search index IMAGE_DIR --index INDEX_DIR --model BASE [--adapter ADAPTER] [--batch_size 32]
         [--ann auto|exact|flat|ivf|hnsw]
     rsitr-search query --index INDEX_DIR --text "many planes parked at the airport" [--text ...] [--top_k 5]
-    rsitr-search query --index INDEX_DIR --image PATH --captions CAPTIONS.txt [--top_k 5]
+    rsitr-search query --index INDEX_DIR --image PATH [--captions CAPTIONS.txt] [--top_k 5]
         [--model BASE --adapter ADAPTER] [--json FILE|-]
 
 ``index`` embeds every ``.jpg/.jpeg/.png/.tif/.tiff`` image under IMAGE_DIR (recursively) with the base
@@ -33,8 +33,9 @@ The model identity is the base and adapter names plus a fingerprint: the embeddi
 image and caption. An index is only ever extended or queried with the model that built it: a different
 base, adapter or weights (even under the same names) is refused with an error naming both.
 
-``query`` ranks the indexed images for each ``--text`` (text -> image), or the captions of a caption file
-(one per line) for an ``--image`` (image -> text), and prints a table; ``--json`` writes the results too.
+``query`` ranks the indexed images for each ``--text`` (text -> image) or for an ``--image`` (image -> image),
+or the captions of a caption file (one per line) for an ``--image`` with ``--captions`` (image -> text), and
+prints a table; ``--json`` writes the results too.
 """
 
 from __future__ import annotations
@@ -548,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     index_help, query_help = (
         "embed a folder of images (only the new ones)",
-        "text -> images, or image -> captions",
+        "text -> images, image -> images, or image -> captions",
     )
     index_parser = commands.add_parser(
         "index", help=index_help, description=index_help, formatter_class=HelpFormatter
@@ -570,8 +571,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     query_parser.add_argument("--index", required=True, help="the index folder built by rsitr-search index")
     query_parser.add_argument("--text", action="append", help="a text query (repeatable)")
-    query_parser.add_argument("--image", help="an image query (with --captions)")
-    query_parser.add_argument("--captions", help="caption file, one caption per line, for --image")
+    query_parser.add_argument(
+        "--image", help="an image query: the nearest indexed images (or, with --captions, captions)"
+    )
+    query_parser.add_argument(
+        "--captions", help="caption file, one caption per line: --image ranks these instead"
+    )
     query_parser.add_argument("--top_k", type=int, default=5, help="results per query")
     query_parser.add_argument("--model", help="checked against the index's model (default: that model)")
     query_parser.add_argument("--adapter", help="checked against the index's adapter")
@@ -593,16 +598,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_query(args) -> int:
-    if bool(args.text) == bool(args.image) or bool(args.image) != bool(args.captions):
-        raise SearchError("give --text QUERY (repeatable), or --image PATH with --captions FILE")
+    if bool(args.text) == bool(args.image) or (args.captions and not args.image):
+        raise SearchError("give --text QUERY (repeatable), or --image PATH (with --captions FILE: captions)")
     index, model = open_index(args.index, args.model, args.adapter)
-    if args.text:  # the table shows paths relative to the indexed folder, the JSON full paths
-        key, queries, prefix = "path", args.text, Path(index.root)
-        found = search_images(index, model, args.text, args.top_k)
-        print_prefix = f" (images under {index.root})"
-    else:
+    if args.captions:
         key, queries, prefix, print_prefix = "caption", [str(args.image)], None, ""
         found = [search_captions(model, args.image, read_captions(args.captions), args.top_k)]
+    else:  # the table shows paths relative to the indexed folder, the JSON full paths
+        key, prefix, print_prefix = "path", Path(index.root), f" (images under {index.root})"
+        if args.text:
+            queries, found = args.text, search_images(index, model, args.text, args.top_k)
+        else:
+            queries = [str(args.image)]
+            found = [similar_images(index, model, read_image(Path(args.image)), args.top_k)]
     if args.json != "-":
         for query, hits in zip(queries, found, strict=True):
             print(format_table(query + print_prefix, hits))

@@ -112,3 +112,18 @@ def test_in_a_browser_a_typed_query_shows_the_expected_images(index_dir, other_c
         assert not browser.find_element(By.CSS_SELECTOR, "#query textarea").is_enabled()
     finally:
         mismatched.close()
+
+
+def test_the_searches_are_gradio_api_endpoints(index_dir):
+    pytest.importorskip("gradio", reason="rsitr-app needs gradio (pip install -e '.[app]')")
+    from gradio_client import Client
+
+    page = SearchPage.open(index_dir)
+    expected = search_images(page.index, page.model, [QUERY], k=2)[0]
+    blocks = launched(page, top_k=2)
+    try:
+        gallery, summary = Client(blocks.local_url, verbose=False).predict(QUERY, 2, api_name="/search_text")
+    finally:
+        blocks.close()
+    assert [item["caption"] for item in gallery] == [f"{h.rank}. {h.item} ({h.score:.3f})" for h in expected]
+    assert summary.startswith(f"2 best of 10 images for “{QUERY}” (")

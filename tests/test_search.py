@@ -125,6 +125,15 @@ def test_text_and_image_queries_rank_by_cosine(tmp_path, image_folder, tiny_clip
                  str(captions_file), "--json", "-"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)[0]["hits"][0]["caption"] == found[0].item
 
+    # image -> images: the nearest indexed images by cosine, the query image itself first
+    probe = image_folder / index.files[-1]  # not the image that more/copy.png duplicates
+    assert main(["query", "--index", str(tmp_path / "index"), "--image", str(probe), "--top_k", "3",
+                 "--json", "-"]) == 0  # fmt: skip
+    nearest = [hit["path"] for hit in json.loads(capsys.readouterr().out)[0]["hits"]]
+    cosine = (model.embed_images([read_image(probe)]) @ index.embeddings.T)[0]
+    assert nearest == [str(image_folder / index.files[i]) for i in cosine.argsort(descending=True)[:3]]
+    assert nearest[0] == str(probe)
+
 
 def test_an_index_refuses_another_model(tmp_path, image_folder, tiny_clip_dir, adapter_dir, capsys):
     build_index(image_folder, tmp_path / "index", RetrievalModel(tiny_clip_dir, adapter_dir))
