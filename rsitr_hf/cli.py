@@ -107,9 +107,13 @@ def command(main: Callable[..., int | None]) -> Callable[..., int]:
     def run(argv: list[str] | None = None) -> int:
         try:
             return main(argv) or 0
-        except InputError as error:
-            return report_error(error)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
+        except (
+            InputError,
+            FileNotFoundError,
+            IsADirectoryError,
+            NotADirectoryError,
+            PermissionError,
+        ) as error:
             return report_error(error)
 
     return run

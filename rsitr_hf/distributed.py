@@ -30,7 +30,7 @@ class Shards:
     """This process's place in a job: ``rank`` of ``count`` processes, on ``device``.
 
     Collective calls (:meth:`from_main`, :meth:`gather`) must be made by every process in the same order;
-    an input error on any process is passed to all of them, so that none waits for the others forever.
+    an input error on any process is passed to the others, so that none waits for the others forever.
     """
 
     def __init__(self, rank: int, count: int, device: torch.device):
@@ -55,19 +55,16 @@ class Shards:
         return self.rank == 0
 
     def from_main(self, value: Any = None, error: BaseException | None = None) -> Any:
-        """``value`` as the main process has it, on every process; ``error`` (main only) stops them all."""
+        """``value`` as the main process has it, on every process. The main process passes ``error``
+        instead when it cannot go on (and then raises it): the others raise :class:`ShardFailed`."""
         if self.count == 1:
-            if error is not None:
-                raise error
             return value
         from accelerate.utils import broadcast_object_list
 
         message = [(value, None if error is None else str(error))]
         broadcast_object_list(message, from_process=0)
         ((value, failure),) = message
-        if error is not None:
-            raise error
-        if failure is not None:
+        if failure is not None and not self.is_main:
             raise ShardFailed(failure)
         return value
 
@@ -76,19 +73,14 @@ class Shards:
         return items[self.rank : self.rank + 1]
 
     def gather(self, part: list[Any], error: BaseException | None = None) -> list[Any]:
-        """Every process's ``part``, concatenated in process order, on every process. ``error`` (an input
-        error this process met instead of producing its part) is raised on this process and a
-        :class:`ShardFailed` carrying its message on the others."""
+        """Every process's ``part``, concatenated in process order, on every process. A process that met an
+        input error passes it as ``error`` (and then raises it): the others raise :class:`ShardFailed`."""
         if self.count == 1:
-            if error is not None:
-                raise error
             return part
         from accelerate.utils import gather_object
 
         gathered = gather_object([(part, None if error is None else str(error))])
-        if error is not None:
-            raise error
         failure = next((message for _, message in gathered if message is not None), None)
-        if failure is not None:
+        if failure is not None and error is None:
             raise ShardFailed(failure)
         return [item for items, _ in gathered for item in items]

@@ -40,6 +40,7 @@ import yaml
 from .checkpoints import complete_checkpoints
 from .cli import command, command_parser, parse_arguments
 from .evaluation import METRIC_KEYS
+from .files import write_json
 from .recipe import (
     Recipe,
     RecipeError,
@@ -193,7 +194,7 @@ def zero_shot_run(recipe: Recipe) -> dict:
     import torch
     from transformers import CLIPModel, CLIPProcessor
 
-    from .evaluation import TIE_PROTOCOLS, evaluate_by_ties
+    from .evaluation import TIE_PROTOCOLS, evaluate_by_ties, test_results
     from .train import load_data, parameter_counts
 
     metrics_file = Path(recipe.output_dir) / "metrics.json"
@@ -214,10 +215,7 @@ def zero_shot_run(recipe: Recipe) -> dict:
             "memory_kind": None,
         }
         metrics_file.parent.mkdir(parents=True, exist_ok=True)
-        ties = {"used": recipe.evaluation.ties, **by_ties}
-        metrics_file.write_text(
-            json.dumps({"test": by_ties[ties["used"]], "test_ties": ties, "cost": cost}, indent=2)
-        )
+        write_json(metrics_file, {**test_results(by_ties, recipe.evaluation.ties), "cost": cost})
     return json.loads(metrics_file.read_text())
 
 

@@ -382,7 +382,7 @@ def build_index(
         try:
             index, plan = plan_update(image_dir, index_dir, model)
         except Exception as error:
-            shards.from_main(error=error)  # raises it, after telling the other processes
+            shards.from_main(error=error)  # the other processes stop with its message
             raise
         shards.from_main((index.root, plan))
         return apply_update(index, plan, Path(index_dir), model, batch_size, shards, ann or ANNConfig())
@@ -423,7 +423,9 @@ def embedded_rounds(
                     embedded.append(model.embed_images([read_image(Path(root) / name) for name in batch]))
             except InputError as failure:
                 error = failure
-            embedded = shards.gather(embedded, error)
+            embedded = shards.gather(embedded, error)  # the other processes stop with its message
+            if error is not None:
+                raise error
             count = sum(len(piece) for piece in embedded)
             done += count
             progress.update(count)

@@ -63,7 +63,7 @@ from .data.preprocessing import ImageBatchTransform, RetrievalCollator, caption_
 from .data.randaugment import RandAugment
 from .distributed import has_accelerator
 from .errors import first_line
-from .evaluation import TIE_PROTOCOLS, evaluate_by_ties
+from .evaluation import TIE_PROTOCOLS, evaluate_by_ties, test_results
 from .files import write_json
 from .hub import HubPushError, push_adapter
 from .losses import hmmc_loss, posapl_loss
@@ -850,8 +850,7 @@ def write_outputs(
     replace_folder(output_dir / "adapter", write_adapter)
     metrics = {
         "best": {"step": state.best_step, "validation_mR": state.best_mR},
-        "test": test_by_ties[recipe.evaluation.ties],
-        "test_ties": {"used": recipe.evaluation.ties, **test_by_ties},
+        **test_results(test_by_ties, recipe.evaluation.ties),
         "cost": cost,
         "evaluations": state.evaluations,
         "train_loss": state.train_loss,

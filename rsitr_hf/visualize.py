@@ -121,7 +121,6 @@ def read_queries(path: str | os.PathLike) -> list[tuple[str, str | None]]:
 
 def index_rows(index_dir, queries: list[tuple[str, str | None]], top_k: int) -> list[GridRow]:
     """Grid rows for ``queries`` searched in an image index with the index's own model."""
-
     index, model = open_index(index_dir)
     found = search_images(index, model, [query for query, _ in queries], top_k)
     return [

@@ -3,7 +3,14 @@
 from pathlib import Path
 
 from .encoding import RetrievalEmbeddings, encode_split, evaluate_by_ties, evaluate_retrieval
-from .metrics import METRIC_KEYS, TIE_PROTOCOLS, metrics_table, retrieval_metrics, retrieval_ranks
+from .metrics import (
+    METRIC_KEYS,
+    TIE_PROTOCOLS,
+    metrics_table,
+    retrieval_metrics,
+    retrieval_ranks,
+    test_results,
+)
 
 METRIC_MODULE_DIR = Path(__file__).parent / "rsitr_retrieval"
 
@@ -27,4 +34,5 @@ __all__ = [
     "metrics_table",
     "retrieval_metrics",
     "retrieval_ranks",
+    "test_results",
 ]

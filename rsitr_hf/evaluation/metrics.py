@@ -103,6 +103,12 @@ def reference_ranks(similarity, own: np.ndarray) -> tuple[torch.Tensor, torch.Te
     return torch.from_numpy(i2t), torch.from_numpy(t2i)
 
 
+def test_results(by_ties: dict[str, dict[str, float]], used: str) -> dict:
+    """``metrics.json``'s test entries: ``test`` (the metrics under the tie protocol ``used``) and
+    ``test_ties`` (``used`` and the metrics under each protocol of ``by_ties``)."""
+    return {"test": by_ties[used], "test_ties": {"used": used, **by_ties}}
+
+
 def retrieval_metrics(
     similarity: torch.Tensor | np.ndarray,
     caption_image_ids: Sequence[int] | torch.Tensor | np.ndarray,
