@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsitr_hf.ann import ANNConfig, ANNIndex
+from rsitr_hf.search.ann import ANNConfig, ANNIndex
 
 
 def clustered_unit_vectors(count: int, dim: int, clusters: int, seed: int) -> np.ndarray:
@@ -47,7 +47,7 @@ def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 LOADED_RSS = """
 import sys, json
-from rsitr_hf.ann import ANNIndex
+from rsitr_hf.search.ann import ANNIndex
 def rss_mb():
     line = next(l for l in open("/proc/self/status") if l.startswith("VmRSS"))
     return int(line.split()[1]) / 1024

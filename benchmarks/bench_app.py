@@ -25,12 +25,14 @@ from pathlib import Path
 
 from gradio import __version__ as gradio_version
 
-from rsitr_hf.app import SearchPage, build_app
-from rsitr_hf.browser import ask_text, headless_chromium, open_page
-from rsitr_hf.data.synthetic import vocabulary, write_seed_layout
-from rsitr_hf.demo_readme import this_machine
+from rsitr_hf.demo.readme import this_machine
+from rsitr_hf.demo.synthetic import vocabulary, write_seed_layout
+from rsitr_hf.demo.tiny_clip import save_tiny_clip
 from rsitr_hf.search import RetrievalModel, build_index, search_images
-from rsitr_hf.tiny_clip import save_tiny_clip
+from rsitr_hf.search.app import SearchPage, build_app
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the browser driver of the tests
+from browser import ask_text, headless_chromium, open_page  # noqa: E402
 
 VIT_B32_SHAPE = dict(
     text_width=512,

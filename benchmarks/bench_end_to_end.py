@@ -18,8 +18,8 @@ Sections, each measurement in a fresh process (its own Accelerate state, compile
   device, with 0, 1, 2 ... workers; and the time to build the image cache.
 - ``train``: per method, the real ``train()`` for ``--steps`` optimiser steps (``training.max_steps``):
   end-to-end pairs/s (batch / the run's median wall time per step, data loading included, evaluations
-  excluded) next to the model-only pairs/s of the same step (``set_up()`` then ``optimizer_step()`` on one
-  batch kept on the device). Their ratio is the pipeline's efficiency.
+  excluded) next to the model-only pairs/s of the same step (the loop's own set-up functions and
+  ``TrainingStep``, on one batch kept on the device). Their ratio is the pipeline's efficiency.
 - ``evaluation``: one RSICD test evaluation (1,093 images, 5,465 captions) of the MRS-Adapter model with
   the images read from the cache: cold (the first in a fresh process) and warm (the next).
 
@@ -42,8 +42,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from rsitr_hf.cli import command_parser, parse_arguments
 from rsitr_hf.data.reference import splits_dir, ud_english_dir
+from rsitr_hf.utils.cli import command_parser, parse_arguments
 
 RSICD_SPLITS = splits_dir() / "rsicd_precomp"
 SPLIT_FILES = ("train_caps.txt", "train_filename.txt", "test_caps.txt", "test_filename.txt")
@@ -67,7 +67,7 @@ METHODS = {
 
 
 def write_image(job: tuple[str, int, str]) -> None:
-    from rsitr_hf.data.synthetic import make_example
+    from rsitr_hf.demo.synthetic import make_example
 
     path, index, split = job
     image, _, _ = make_example(0, split, index, "target", 224)
@@ -96,7 +96,7 @@ def build_task(work_dir: Path) -> tuple[Path, Path]:
         (data / "done").write_text("")
     model = work_dir / "vit_b32_shaped"
     if not (model / "config.json").is_file():
-        from rsitr_hf.tiny_clip import save_tiny_clip
+        from rsitr_hf.demo.tiny_clip import save_tiny_clip
 
         captions = (data / "train_caps.txt").read_text(encoding="utf-8").split("\n")
         words = sorted({word for caption in captions for word in caption.lower().split() if word.isascii()})
@@ -185,8 +185,8 @@ def measure_pipeline(args, data: Path, model: Path) -> dict:
 
 
 def measure_train(args, data: Path, model: Path) -> dict:
-    from rsitr_hf.recipe import Recipe, build
-    from rsitr_hf.train import train
+    from rsitr_hf.training import train
+    from rsitr_hf.training.recipe import Recipe, build
 
     with tempfile.TemporaryDirectory() as output_dir:
         recipe = build(Recipe, recipe_values(args.method, args, data, model, Path(output_dir)))
@@ -200,24 +200,55 @@ def measure_train(args, data: Path, model: Path) -> dict:
 
 
 def measure_model_only(args, data: Path, model: Path) -> dict:
-    """The same optimiser step as ``train()``'s, on one batch already on the device."""
+    """The same optimiser step as ``train()``'s (its set-up, step and optimiser, from the same functions), on
+    one batch already on the device."""
     import torch
+    from transformers import CLIPProcessor
 
-    from rsitr_hf.recipe import Recipe, build
-    from rsitr_hf.train import optimizer_step, set_up
+    from rsitr_hf.training.data import image_transform, prepare_data, training_loader
+    from rsitr_hf.training.recipe import Recipe, build
+    from rsitr_hf.training.setup import (
+        build_model,
+        build_optimizer,
+        create_accelerator,
+        method_config,
+        token_dropout_of,
+    )
+    from rsitr_hf.training.step import TrainingStep
+    from rsitr_hf.tuners import get_method
 
     with tempfile.TemporaryDirectory() as output_dir:
         recipe = build(Recipe, recipe_values(args.method, args, data, model, Path(output_dir)))
-        run = set_up(recipe)
-        batch = next(iter(run.loader))
-        run.model.train()
+        method = get_method(recipe.method.name)
+        accelerator = create_accelerator(recipe)
+        clip = build_model(recipe, method)
+        processor = CLIPProcessor.from_pretrained(recipe.base_model)
+        run_data = prepare_data(recipe, processor, method.pos_mode(method_config(clip)), accelerator)
+        loader = training_loader(recipe, run_data, processor.tokenizer.pad_token_id, accelerator.device)
+        optimizer = build_optimizer(recipe, clip)
+        clip, optimizer, loader = accelerator.prepare(clip, optimizer, loader)
+        unwrapped = accelerator.unwrap_model(clip, keep_torch_compile=False)
+        step = TrainingStep(
+            clip, recipe.loss, image_transform(recipe, processor), token_dropout_of(unwrapped)
+        )
+
+        def optimizer_step(batch: dict) -> torch.Tensor:
+            with accelerator.accumulate(clip):
+                loss = step(batch, 0)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            return loss.detach()
+
+        batch = next(iter(loader))
+        clip.train()
         for _ in range(args.warmup):
-            optimizer_step(run, batch)
-        loss = optimizer_step(run, batch)
+            optimizer_step(batch)
+        loss = optimizer_step(batch)
         loss.item()
         started = time.perf_counter()
         for _ in range(args.steps):
-            loss = optimizer_step(run, batch)
+            loss = optimizer_step(batch)
         loss.item()  # waits for the device
         seconds = (time.perf_counter() - started) / args.steps
         peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
@@ -297,7 +328,7 @@ def device_description(device: str) -> str:
 
     if device == "cuda":
         return torch.cuda.get_device_name()
-    from rsitr_hf.demo_readme import cpu_model_and_flags
+    from rsitr_hf.demo.readme import cpu_model_and_flags
 
     model, flags = cpu_model_and_flags()
     bf16 = "native bf16" if flags & {"avx512_bf16", "amx_bf16"} else "no bf16 instructions (bf16 is emulated)"

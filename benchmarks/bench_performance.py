@@ -8,7 +8,7 @@ Sections (each measurement runs in its own process, so peak memory and compiled 
   of MRS-Adapter vs full fine-tuning at CLIP ViT-B/32 size with random weights, in fp32, bf16 autocast
   and (MRS) ``torch.compile``: median step time, peak memory (CUDA: peak allocation; CPU: peak RSS and its
   growth over the loaded model), training pairs/s.
-- ``views``: HMMC's four views as two batched passes (``rsitr_hf.views.encode_views``) vs four separate
+- ``views``: HMMC's four views as two batched passes (``rsitr_hf.objectives.encode_views``) vs four separate
   passes, forward + backward, MRS-Adapter.
 - ``evaluation``: embedding the distinct captions only vs every caption of the real RSICD test caption
   file (``the packaged rsitr_splits``), and embedding its 1,093 images (random pixels, 224 px).
@@ -34,8 +34,8 @@ from contextlib import contextmanager
 
 from bench_end_to_end import publish
 
-from rsitr_hf.cli import command_parser, parse_arguments
 from rsitr_hf.data.reference import splits_dir
+from rsitr_hf.utils.cli import command_parser, parse_arguments
 
 RSICD_TEST_CAPTIONS = splits_dir() / "rsicd_precomp" / "test_caps.txt"
 VOCABULARY_SIZE, TEXT_LENGTH = 49408, 32
@@ -96,8 +96,7 @@ def measure_train_step(
 ) -> dict:
     import torch
 
-    from rsitr_hf.losses import hmmc_loss
-    from rsitr_hf.views import encode_views
+    from rsitr_hf.objectives import encode_views, hmmc_loss
 
     model = vit_b32(method, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -151,8 +150,7 @@ def all_rows_dropout(encoder, p: float):
 def measure_views(mode: str, batch_size: int, device: str) -> dict:
     import torch.nn.functional as F
 
-    from rsitr_hf.losses import hmmc_loss
-    from rsitr_hf.views import encode_views, unwrap_clip
+    from rsitr_hf.objectives import encode_views, hmmc_loss, unwrap_clip
 
     model = vit_b32("mrs", device)
     clip = unwrap_clip(model)
@@ -189,7 +187,7 @@ def measure_evaluation(batch_size: int, device: str, precision: str) -> dict:
     image embedding of 1,093 images: the work of one RSICD test evaluation."""
     import torch
 
-    from rsitr_hf.tiny_clip import build_word_tokenizer
+    from rsitr_hf.demo.tiny_clip import build_word_tokenizer
 
     model = vit_b32("mrs", device).eval()
     captions = rsicd_test_captions()
@@ -252,8 +250,7 @@ def measure_casts(variant: str, device: str) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     import rsitr_hf.tuners.mrs_adapter.layer as mrs_layer
-    from rsitr_hf.losses import hmmc_loss
-    from rsitr_hf.views import encode_views
+    from rsitr_hf.objectives import encode_views, hmmc_loss
 
     if variant == "no island":
 

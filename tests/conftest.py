@@ -43,15 +43,15 @@ TWO_PROCESS_LAUNCH = [
 
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
-    from rsitr_hf.data.synthetic import vocabulary
-    from rsitr_hf.tiny_clip import save_tiny_clip
+    from rsitr_hf.demo.synthetic import vocabulary
+    from rsitr_hf.demo.tiny_clip import save_tiny_clip
 
     return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), vocabulary(), seed=0)
 
 
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
-    from rsitr_hf.data.synthetic import write_seed_layout
+    from rsitr_hf.demo.synthetic import write_seed_layout
 
     return write_seed_layout(
         tmp_path_factory.mktemp("synthetic"), "synthrs", num_train=30, num_test=12, seed=0, image_size=32
@@ -86,6 +86,17 @@ def write_recipe(path: Path, tiny_clip_dir, synthetic_dir, output_dir, **trainin
     }
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+def cli_overrides(arguments: list[str]) -> dict:
+    """``["--section.field", "value", ...]`` as ``rsitr-train``'s parser reads them: ``load_recipe``'s
+    overrides."""
+    from rsitr_hf.training.recipe import add_recipe_arguments, recipe_overrides
+    from rsitr_hf.utils.cli import command_parser
+
+    parser = command_parser("recipe options")
+    destinations = add_recipe_arguments(parser)
+    return recipe_overrides(parser.parse_args(arguments), destinations)
 
 
 def run_script(arguments: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from rsitr_hf.ann import ANNConfig, ANNIndex
-from rsitr_hf.errors import InputError
+from rsitr_hf.search.ann import ANNConfig, ANNIndex
+from rsitr_hf.utils.errors import InputError
 
 
 def unit_vectors(count: int, dim: int = 32, seed: int = 0) -> np.ndarray:

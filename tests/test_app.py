@@ -5,12 +5,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from browser import BrowserUnavailable, ask_image, ask_text, headless_chromium, open_page, wait_for
 
-from rsitr_hf.app import SearchPage, build_app, main
-from rsitr_hf.browser import BrowserUnavailable, ask_image, ask_text, headless_chromium, open_page, wait_for
-from rsitr_hf.data.synthetic import vocabulary
+from rsitr_hf.demo.synthetic import vocabulary
+from rsitr_hf.demo.tiny_clip import save_tiny_clip
 from rsitr_hf.search import RetrievalModel, SearchError, build_index, list_images, read_image, search_images
-from rsitr_hf.tiny_clip import save_tiny_clip
+from rsitr_hf.search.app import SearchPage, build_app, main
 
 QUERY = "many planes parked at the airport"
 

@@ -11,8 +11,8 @@ import typing
 import pytest
 from conftest import ROOT
 
-from rsitr_hf import cli
-from rsitr_hf.recipe import Recipe, add_recipe_arguments, load_recipe, recipe_overrides
+from rsitr_hf.training.recipe import Recipe, add_recipe_arguments, load_recipe, recipe_overrides
+from rsitr_hf.utils import cli
 
 
 def console_commands() -> dict[str, str]:
@@ -60,7 +60,7 @@ def test_every_command_documents_every_option_in_snake_case(command, capsys):
 
 
 def test_training_help_lists_every_recipe_field_with_its_default(capsys):
-    text = help_of("rsitr_hf.train:main", [], capsys)
+    text = help_of("rsitr_hf.training.cli:main", [], capsys)
     for path in recipe_paths():
         assert f"--{path} " in text, path
     assert "--push_to_hub" in text and "--hub_model_id" in text  # transformers' spellings
@@ -83,7 +83,7 @@ def test_recipe_options_override_the_file_and_bare_booleans_mean_true(tmp_path):
 
 
 def test_unknown_options_exit_2_naming_them(capsys):
-    from rsitr_hf.train import main
+    from rsitr_hf.training import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--training.bach_size", "3"])
@@ -106,11 +106,11 @@ def test_legacy_kebab_case_flags_still_work_with_a_warning(caplog):
 
 def test_progress_goes_to_loggers_and_results_to_stdout(caplog, capsys, tmp_path):
     """The PETL runner's progress is a log record (stderr in a terminal), its table the command's output."""
-    from rsitr_hf.petl_benchmark import logger
+    from rsitr_hf.tools.petl import logger
 
     with caplog.at_level(logging.INFO, logger="rsitr_hf"):
         logger.info("[rsitr-petl] %s, seed %d -> %s", "mrs", 0, tmp_path)
-    assert caplog.records[-1].name == "rsitr_hf.petl_benchmark"
+    assert caplog.records[-1].name == "rsitr_hf.tools.petl"
     cli.configure_logging()
     cli.configure_logging()  # once per process: no duplicate handlers
     handlers = [h for h in logging.getLogger("rsitr_hf").handlers if isinstance(h, cli.StderrHandler)]

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPModel, CLIPProcessor
 
-from rsitr_hf.convert import (
+from rsitr_hf.demo.tiny_clip import save_tiny_clip
+from rsitr_hf.tools.convert import (
     ConversionError,
     OpenAIArchitecture,
     bytes_to_unicode,
@@ -19,7 +20,6 @@ from rsitr_hf.convert import (
     infer_architecture,
     main,
 )
-from rsitr_hf.tiny_clip import save_tiny_clip
 
 SMALL = {"vision_width": 128, "vision_layers": 2, "patch_size": 8, "image_size": 32, "text_width": 64,
          "text_layers": 2, "context_length": 16, "projection_dim": 32}  # fmt: skip

@@ -77,7 +77,8 @@ def test_real_split_files_load_with_published_counts(name, tmp_path):
 
 
 def test_validate_names_the_standard_split_or_what_differs(tmp_path, capsys):
-    from rsitr_hf.data.validate import compare_with_standard, main
+    from rsitr_hf.data.validate import compare_with_standard
+    from rsitr_hf.tools.validate import main
 
     data_dir = with_placeholder_images("ucm", tmp_path)
     assert compare_with_standard(data_dir, "ucm") == []
@@ -222,7 +223,7 @@ def test_validate_lists_every_problem_at_once(tmp_path):
         "unreadable_image",
     ]
     result = subprocess.run(
-        [sys.executable, "-m", "rsitr_hf.data.validate", str(data_dir)], capture_output=True, text=True
+        [sys.executable, "-m", "rsitr_hf.tools.validate", str(data_dir)], capture_output=True, text=True
     )
     assert result.returncode == 1
     assert result.stdout.count("\n") == 4 and "test0.png" in result.stdout

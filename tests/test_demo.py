@@ -11,7 +11,7 @@ SMALL = {"num_source": 40, "num_target": 40, "num_test": 10, "pretrain_epochs": 
 
 
 def test_demo_runs_offline_end_to_end_and_caches_its_base(tmp_path, capsys):
-    overrides = ["--training.epochs", "1", "--training.batch_size", "16"]
+    overrides = {"training.epochs": 1, "training.batch_size": 16}
     rows = run_demo(tmp_path, ROOT / "hub_configs" / "demo.yaml", overrides=overrides, **SMALL)
     assert set(rows) == {"zero-shot", "adapted", "reloaded"}
     assert all(set(metrics) == set(METRIC_KEYS) for metrics in rows.values())
@@ -29,8 +29,8 @@ def test_demo_runs_offline_end_to_end_and_caches_its_base(tmp_path, capsys):
 
 
 def test_the_demo_checks_the_readme_table_and_can_rewrite_it(tmp_path, monkeypatch):
-    from rsitr_hf import demo_readme
-    from rsitr_hf.demo_readme import StaleReadme, check_readme, printed_figures, update_readme
+    from rsitr_hf.demo import readme as demo_readme
+    from rsitr_hf.demo.readme import StaleReadme, check_readme, printed_figures, update_readme
 
     readme = tmp_path / "README.md"
     readme.write_text((ROOT / "README.md").read_text())

@@ -17,9 +17,18 @@ from conftest import write_recipe
 from filelock import FileLock
 from safetensors.torch import load_file
 
-import rsitr_hf.search
-import rsitr_hf.train
-from rsitr_hf.checkpoints import (
+import rsitr_hf.search.index
+import rsitr_hf.training.checkpoints
+from rsitr_hf.data import load_rsitr
+from rsitr_hf.data.seed_layout import RSITRDataError
+from rsitr_hf.search import ImageIndex, RetrievalModel, SearchError, build_index, list_images
+from rsitr_hf.search import main as search_main
+from rsitr_hf.search.visualize import main as visualize_main
+from rsitr_hf.tools.convert import main as convert_main
+from rsitr_hf.tools.validate import main as validate_main
+from rsitr_hf.training import main as train_main
+from rsitr_hf.training import train
+from rsitr_hf.training.checkpoints import (
     MANIFEST,
     complete_checkpoints,
     latest_checkpoint,
@@ -27,17 +36,8 @@ from rsitr_hf.checkpoints import (
     replace_folder,
     seal_checkpoint,
 )
-from rsitr_hf.convert import main as convert_main
-from rsitr_hf.data import load_rsitr
-from rsitr_hf.data.seed_layout import RSITRDataError
-from rsitr_hf.data.validate import main as validate_main
-from rsitr_hf.errors import AdapterFileError, CheckpointError
-from rsitr_hf.recipe import load_recipe
-from rsitr_hf.search import ImageIndex, RetrievalModel, SearchError, build_index, list_images
-from rsitr_hf.search import main as search_main
-from rsitr_hf.train import main as train_main
-from rsitr_hf.train import train
-from rsitr_hf.visualize import main as visualize_main
+from rsitr_hf.training.recipe import load_recipe
+from rsitr_hf.utils.errors import AdapterFileError, CheckpointError
 
 
 class Canary:
@@ -225,11 +225,14 @@ def test_checkpoints_hold_no_pickle_but_weights_only_states(checkpointed_run):
     assert manifest["step"] == 4 and manifest["num_processes"] == 1
     assert set(manifest["files"]) >= {
         "adapter/adapter_model.safetensors", "best_adapter/adapter_model.safetensors", "optimizer.bin",
-        "random_states_0.pkl", "trainer_state.json",
+        "scheduler.bin", "random_states_0.pkl", "trainer_state.json",
     }  # fmt: skip
     assert not any(name.startswith("custom_checkpoint") for name in manifest["files"])
     state = json.loads((folder / "trainer_state.json").read_text())
-    assert state["trainer"]["global_step"] == 4 and state["scheduler"]["last_epoch"] == 4
+    assert state["trainer"]["global_step"] == 4
+    assert (
+        torch.load(folder / "scheduler.bin", weights_only=True)["last_epoch"] == 4
+    )  # Accelerate's, prepared
 
 
 def test_a_kill_while_writing_a_checkpoint_resumes_from_the_last_complete_one(
@@ -237,7 +240,7 @@ def test_a_kill_while_writing_a_checkpoint_resumes_from_the_last_complete_one(
 ):
     recipe, reference = checkpointed_run
     out = tmp_path / "out"
-    real_seal, sealed = rsitr_hf.train.seal_checkpoint, []
+    real_seal, sealed = rsitr_hf.training.checkpoints.seal_checkpoint, []
 
     def killed_at_step_4(partial, run_id, step, num_processes):
         if step == 4:
@@ -245,23 +248,47 @@ def test_a_kill_while_writing_a_checkpoint_resumes_from_the_last_complete_one(
         sealed.append(step)
         return real_seal(partial, run_id, step, num_processes)
 
-    monkeypatch.setattr(rsitr_hf.train, "seal_checkpoint", killed_at_step_4)
+    monkeypatch.setattr(rsitr_hf.training.checkpoints, "seal_checkpoint", killed_at_step_4)
     with pytest.raises(KeyboardInterrupt):
-        train(load_recipe(recipe, ["--output_dir", str(out)]))
+        train(load_recipe(recipe, {"output_dir": str(out)}))
     assert sealed == [2]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "step_00000002",
         "step_00000004.partial",
     ]
-    monkeypatch.setattr(rsitr_hf.train, "seal_checkpoint", real_seal)
+    monkeypatch.setattr(rsitr_hf.training.checkpoints, "seal_checkpoint", real_seal)
     # a folder named like a checkpoint but without its manifest (an older kill) is skipped as well
     shutil.copytree(out / "checkpoints" / "step_00000004.partial", out / "checkpoints" / "step_00000005")
     assert latest_checkpoint(out / "checkpoints").name == "step_00000002"
 
-    train(load_recipe(recipe, ["--output_dir", str(out)]), resume_from_checkpoint="latest")
+    train(load_recipe(recipe, {"output_dir": str(out)}), resume_from_checkpoint="latest")
     resumed, expected = final_adapter(out), final_adapter(reference)
     for key in expected:
         torch.testing.assert_close(resumed[key], expected[key], rtol=1e-5, atol=1e-6)
+
+
+def test_a_checkpoint_of_rsitr_hf_0_1_resumes_where_it_stopped(checkpointed_run, tmp_path):
+    """rsitr_hf 0.1 kept the schedule in ``trainer_state.json`` (its scheduler was not Accelerate's): such a
+    checkpoint resumes and ends with the adapter of the uninterrupted run, and is left as it was."""
+    recipe, reference = checkpointed_run
+    out = tmp_path / "out"
+    partial = out / "checkpoints" / "step_00000004.partial"
+    shutil.copytree(reference / "checkpoints" / "step_00000004", partial)
+    manifest = json.loads((partial / MANIFEST).read_text())
+    schedule = torch.load(partial / "scheduler.bin", weights_only=True)
+    for name in ("scheduler.bin", MANIFEST):
+        (partial / name).unlink()
+    trainer_state = json.loads((partial / "trainer_state.json").read_text())
+    (partial / "trainer_state.json").write_text(json.dumps({**trainer_state, "scheduler": schedule}))
+    legacy = seal_checkpoint(partial, manifest["run_id"], 4, 1)
+    files = sorted(path.name for path in legacy.iterdir())
+    assert "scheduler.bin" not in files
+
+    train(load_recipe(recipe, {"output_dir": str(out)}), resume_from_checkpoint=str(legacy))
+    resumed, expected = final_adapter(out), final_adapter(reference)
+    for key in expected:
+        torch.testing.assert_close(resumed[key], expected[key], rtol=1e-5, atol=1e-6)
+    assert sorted(path.name for path in legacy.iterdir()) == files
 
 
 def checkpoint_copy(checkpointed_run, tmp_path) -> tuple[Path, Path, Path]:
@@ -364,8 +391,8 @@ def search_model(tiny_clip_dir):
 def test_a_kill_inside_an_index_save_leaves_the_previous_index(
     image_folder, tmp_path, search_model, monkeypatch
 ):
-    monkeypatch.setattr(rsitr_hf.search, "SAVE_EVERY_SECONDS", 0)
-    real_write, writes = rsitr_hf.search.write_json, []
+    monkeypatch.setattr(rsitr_hf.search.index, "SAVE_EVERY_SECONDS", 0)
+    real_write, writes = rsitr_hf.search.index.write_json, []
 
     def killed_before_the_second_manifest(path, data, indent=2):
         writes.append(path)
@@ -373,13 +400,13 @@ def test_a_kill_inside_an_index_save_leaves_the_previous_index(
             raise KeyboardInterrupt  # the second batch's embeddings are written, its index.json is not
         real_write(path, data, indent)
 
-    monkeypatch.setattr(rsitr_hf.search, "write_json", killed_before_the_second_manifest)
+    monkeypatch.setattr(rsitr_hf.search.index, "write_json", killed_before_the_second_manifest)
     with pytest.raises(KeyboardInterrupt):
         build_index(image_folder, tmp_path / "index", search_model, batch_size=4)
     index = ImageIndex.load(tmp_path / "index")
     assert index.files == list_images(image_folder)[:4] and index.embeddings.shape[0] == 4
     assert len(list((tmp_path / "index").glob("embeddings-*.safetensors"))) == 2  # one orphan
-    monkeypatch.setattr(rsitr_hf.search, "write_json", real_write)
+    monkeypatch.setattr(rsitr_hf.search.index, "write_json", real_write)
     update = build_index(image_folder, tmp_path / "index", search_model, batch_size=4)
     assert update.total == 8 and update.added == list_images(image_folder)[4:]
     assert len(list((tmp_path / "index").glob("embeddings-*.safetensors"))) == 1
@@ -535,7 +562,7 @@ def test_the_validate_command_names_a_non_utf8_line(dataset_copy, capsys):
 def test_nothing_in_a_checkpoint_or_index_is_loaded_with_pickle(tmp_path):
     """The package never calls ``pickle.load``, ``torch.load`` without ``weights_only=True`` or
     ``torch.jit.load`` outside the trusted-TorchScript path."""
-    package = Path(rsitr_hf.train.__file__).parent
+    package = Path(rsitr_hf.__file__).parent
     offending = []
     for source in package.rglob("*.py"):
         for number, line in enumerate(source.read_text().splitlines(), start=1):

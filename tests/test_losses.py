@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from rsitr_hf.losses import hinge_triplet_loss, hmmc_loss
+from rsitr_hf.objectives import hinge_triplet_loss, hmmc_loss
 
 
 def brute_force_hinge(a, b, margin, max_violation, negative):

@@ -199,7 +199,7 @@ def galr_i2t_t2i(sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_tie_protocols_on_ucm_shaped_data_reference_is_the_fields_code_and_is_bounded():
-    from rsitr_hf.evaluation.ucm_ties import ucm_shaped_similarity
+    from rsitr_hf.tools.ucm_ties import ucm_shaped_similarity
 
     similarity, caption_image_ids = ucm_shaped_similarity(seed=0)
     assert similarity.shape == (210, 1050) and similarity.dtype == np.float32

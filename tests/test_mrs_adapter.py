@@ -6,10 +6,10 @@ from safetensors.torch import load_file
 from transformers import CLIPConfig, CLIPModel
 
 from rsitr_hf import MRSAdapterConfig
-from rsitr_hf.baselines import lora_baseline_config
-from rsitr_hf.data.synthetic import vocabulary
-from rsitr_hf.losses import hmmc_loss
-from rsitr_hf.tiny_clip import save_tiny_clip
+from rsitr_hf.demo.synthetic import vocabulary
+from rsitr_hf.demo.tiny_clip import save_tiny_clip
+from rsitr_hf.objectives import encode_views, hmmc_loss
+from rsitr_hf.tuners.baselines import lora_baseline_config
 from rsitr_hf.tuners.mrs_adapter import MRSAdapterEncoderLayer
 
 SMALL = {"bottleneck_dim": 16, "shared_dim": 8}  # tiny towers are 48 (vision) and 32 (text) wide
@@ -65,7 +65,7 @@ def test_one_step_changes_the_shared_adapter_seen_by_every_block(base):
         before_t = clip.text_model(input_ids=input_ids, output_hidden_states=True).hidden_states
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
-    views = model.base_model.encode_views(pixel_values, input_ids)
+    views = encode_views(model, pixel_values, input_ids, None, model.peft_config["default"].token_dropout)
     loss = hmmc_loss(views.image, views.text, views.image_aug, views.text_aug, margin=1.0)
     loss.backward()
     shared = model.base_model.mrs_adapter["default"].shared_up
@@ -104,7 +104,7 @@ def test_views_are_one_batched_pass_and_clean_views_match_plain_encoding(base):
     model.eval()
     calls = []
     hook = model.get_base_model().vision_model.encoder.register_forward_hook(lambda m, a, o: calls.append(1))
-    views = model.base_model.encode_views(pixel_values, input_ids)
+    views = encode_views(model, pixel_values, input_ids, None, model.peft_config["default"].token_dropout)
     hook.remove()
     assert len(calls) == 1
     image, text = clip_embeddings(model, pixel_values, input_ids)
@@ -113,7 +113,7 @@ def test_views_are_one_batched_pass_and_clean_views_match_plain_encoding(base):
     torch.testing.assert_close(views.image_aug, views.image)  # eval mode: token dropout off
     model.train()
     torch.manual_seed(0)
-    trained = model.base_model.encode_views(pixel_values, input_ids)
+    trained = encode_views(model, pixel_values, input_ids, None, model.peft_config["default"].token_dropout)
     assert not torch.allclose(trained.image_aug, trained.image) and not torch.allclose(
         trained.text_aug, trained.text
     )
@@ -208,8 +208,6 @@ def test_lora_baseline_goes_through_the_same_views_and_loss(base):
     pixel_values, input_ids = tiny_inputs(batch=4)
     model = get_peft_model(base, lora_baseline_config(r=4))
     model.train()
-    from rsitr_hf.views import encode_views
-
     views = encode_views(model, pixel_values, input_ids, None, token_dropout=0.2)
     hmmc_loss(views.image, views.text, views.image_aug, views.text_aug, margin=1.0).backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}

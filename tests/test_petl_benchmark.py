@@ -10,8 +10,8 @@ from transformers import CLIPModel, CLIPProcessor
 
 from rsitr_hf.data import load_rsitr
 from rsitr_hf.evaluation import METRIC_KEYS, evaluate_retrieval
-from rsitr_hf.petl_benchmark import main, run_benchmark
-from rsitr_hf.recipe import RecipeError
+from rsitr_hf.tools.petl import main, run_benchmark
+from rsitr_hf.training.recipe import RecipeError
 
 METHODS = {
     "zero_shot": {"method": {"name": "zero_shot"}},

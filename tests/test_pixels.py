@@ -8,10 +8,9 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import CLIPImageProcessorPil
 
-from rsitr_hf.data.augmentation import CropBox, RandomResizedCropFlip, crop_resize_flip
+from rsitr_hf.data.augmentation import CropBox, RandomResizedCropFlip, centre_crop_size, crop_resize_flip
 from rsitr_hf.data.pixels import DecodedPixels, PixelNormalizer, cached_pixels, image_keys
 
 
@@ -127,15 +126,43 @@ def test_embedded_image_bytes_are_keyed_by_content():
     assert first == third != second
 
 
-def test_crop_resize_flip_equals_interpolating_the_crop():
+def test_crop_resize_flip_of_the_whole_image_is_the_image_or_its_mirror():
+    pixels = torch.rand(2, 3, 40, 30) * 255
+    out = crop_resize_flip(pixels, [CropBox(0, 0, 40, 30, False), CropBox(0, 0, 40, 30, True)])
+    torch.testing.assert_close(out[0], pixels[0], atol=1e-3, rtol=0)
+    torch.testing.assert_close(out[1], pixels[1].flip(-1), atol=1e-3, rtol=0)
+
+
+def test_crop_resize_flip_equals_torchvisions_resized_crop_and_flip():
+    """One batched ``grid_sample`` gives what torchvision's ``resized_crop`` (bilinear, no antialiasing: the
+    crops only enlarge) then ``horizontal_flip`` give, image by image (skipped without torchvision)."""
+    functional = pytest.importorskip("torchvision.transforms.v2.functional")
+    from torchvision.transforms import InterpolationMode
+
     pixels = torch.rand(3, 3, 40, 30) * 255
     boxes = [CropBox(5, 7, 22, 18, False), CropBox(0, 0, 40, 30, True), CropBox(10, 3, 30, 27, True)]
     out = crop_resize_flip(pixels, boxes)
     for image, box, result in zip(pixels, boxes, out, strict=True):
-        crop = image[None, :, box.top : box.top + box.height, box.left : box.left + box.width]
-        expected = F.interpolate(crop, size=(40, 30), mode="bilinear", align_corners=False)[0]
-        expected = expected.flip(-1) if box.flip else expected
+        expected = functional.resized_crop(
+            image, box.top, box.left, box.height, box.width, [40, 30], InterpolationMode.BILINEAR,
+            antialias=False,
+        )  # fmt: skip
+        expected = functional.horizontal_flip(expected) if box.flip else expected
         torch.testing.assert_close(result, expected, atol=2e-3, rtol=0)
+
+
+def test_the_fallback_crop_is_torchvisions():
+    """When no drawn box fits, RandomResizedCrop falls back to a centred crop of the allowed aspect ratios:
+    torchvision's ``get_params`` with an area it can never draw gives the same box (skipped without it)."""
+    transforms = pytest.importorskip("torchvision.transforms")
+    ratio = (3 / 4, 4 / 3)
+    for height, width in [(224, 224), (100, 300), (300, 100), (120, 150)]:
+        top, left, crop_h, crop_w = transforms.RandomResizedCrop.get_params(
+            torch.zeros(3, height, width), scale=(2.0, 3.0), ratio=ratio
+        )
+        assert centre_crop_size(height, width, ratio) == (crop_h, crop_w)
+        box = RandomResizedCropFlip(scale=(2.0, 3.0), ratio=ratio).box(0, 0, height, width)
+        assert (box.top, box.left, box.height, box.width) == (top, left, crop_h, crop_w)
 
 
 def test_random_resized_crop_is_drawn_from_seed_epoch_and_index():

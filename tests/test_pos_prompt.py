@@ -8,9 +8,9 @@ from peft import PeftModel, get_peft_model
 from transformers import CLIPConfig, CLIPModel
 
 from rsitr_hf import POSPromptConfig
-from rsitr_hf.data.synthetic import vocabulary
-from rsitr_hf.losses import multi_positive_infonce, power_triplet_loss
-from rsitr_hf.tiny_clip import save_tiny_clip
+from rsitr_hf.demo.synthetic import vocabulary
+from rsitr_hf.demo.tiny_clip import save_tiny_clip
+from rsitr_hf.objectives import multi_positive_infonce, power_triplet_loss
 from rsitr_hf.tuners.pos_prompt import SideFusion
 
 SMALL = {"adapter_dim": 16, "adapter_heads": 2, "fusion_layers": [1, 2, 3, 4]}
@@ -211,7 +211,7 @@ def test_power_triplet_by_hand_and_brute_force():
 
 
 def test_posapl_loss_masks_same_image_negatives_unless_paper_mode():
-    from rsitr_hf.losses import posapl_loss
+    from rsitr_hf.objectives import posapl_loss
 
     v = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     ids = torch.tensor([7, 7, 9])

@@ -22,7 +22,7 @@ from rsitr_hf.data.pos import (
 from rsitr_hf.data.pos_tagger import caption_like_conllu, read_conllu_upos
 from rsitr_hf.data.preprocessing import RetrievalCollator, caption_pairs
 from rsitr_hf.data.seed_layout import read_lines
-from rsitr_hf.errors import InputError
+from rsitr_hf.utils.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +145,18 @@ def test_the_pos_cache_holds_the_tags_and_leaves_the_images_where_they_are(
     again = tagged_once()
     assert (folder / "dataset_dict.json").stat().st_mtime_ns == stamp
     assert again["test"]["pos_tag_ids"] == first["test"]["pos_tag_ids"]
+
+
+def test_the_pos_cache_lives_under_rsitr_cache_as_the_pixel_cache_does(
+    stanza_tagger_path, synthetic_dir, tiny_clip_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("RSITR_CACHE", str(tmp_path / "cache"))
+    dataset = load_rsitr(synthetic_dir)
+    tokenizer = CLIPProcessor.from_pretrained(tiny_clip_dir).tokenizer
+    identity = {"path": str(synthetic_dir)}
+    cached_pos_dataset(dataset, identity, tokenizer, pos_model_path=str(stanza_tagger_path))
+    (folder,) = (tmp_path / "cache" / "pos").iterdir()
+    assert (folder / "dataset_dict.json").is_file()
 
 
 def test_missing_model_says_how_to_get_it(tmp_path):

@@ -1,5 +1,6 @@
 """RandAugment(2, 7) on the device: torchvision's magnitudes, one test per operation, per-example draws."""
 
+import math
 from collections import Counter
 
 import pytest
@@ -9,6 +10,7 @@ from rsitr_hf.data.preprocessing import ImageBatchTransform
 from rsitr_hf.data.randaugment import (
     COLOUR_OPERATIONS,
     OPERATIONS,
+    SIGNED,
     RandAugment,
     apply_operations,
     inverse_affine_of,
@@ -61,18 +63,17 @@ def test_shears_keep_rows_or_columns_and_fix_the_top_left_corner(name):
 
 def test_brightness_color_contrast_sharpness_blend_as_torchvision():
     images = image()
-    factor = torch.tensor(0.21).view(1, 1, 1, 1)
-    assert torch.equal(COLOUR_OPERATIONS["Brightness"](images, factor), (1.21 * images).clamp(0, 255).floor())
+    assert torch.equal(COLOUR_OPERATIONS["Brightness"](images, 0.21), (1.21 * images).clamp(0, 255).floor())
     gray = (0.2989 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]).floor().unsqueeze(1)
-    assert torch.equal(COLOUR_OPERATIONS["Color"](images, torch.tensor(-1.0)), gray.expand_as(images))
+    assert torch.equal(COLOUR_OPERATIONS["Color"](images, -1.0), gray.expand_as(images))
     mean = gray.mean(dim=(1, 2, 3), keepdim=True).floor()
-    contrast = COLOUR_OPERATIONS["Contrast"](images, torch.tensor(-1.0))
+    contrast = COLOUR_OPERATIONS["Contrast"](images, -1.0)
     assert torch.equal(contrast, mean.expand_as(images))
     for name in ("Brightness", "Color", "Contrast", "Sharpness"):  # factor 1 changes nothing
-        assert torch.equal(COLOUR_OPERATIONS[name](images, torch.tensor(0.0)), images)
+        assert torch.equal(COLOUR_OPERATIONS[name](images, 0.0), images)
     flat = torch.full((1, 3, 6, 6), 77.0)
-    assert torch.equal(COLOUR_OPERATIONS["Sharpness"](flat, torch.tensor(0.9)), flat)
-    sharpened = COLOUR_OPERATIONS["Sharpness"](images, torch.tensor(0.21))
+    assert torch.equal(COLOUR_OPERATIONS["Sharpness"](flat, 0.9), flat)
+    sharpened = COLOUR_OPERATIONS["Sharpness"](images, 0.21)
     # the border is the image's (up to the float blend's truncation, which torchvision's uint8 cast shares)
     assert (sharpened[..., 0, :] - images[..., 0, :]).abs().max() <= 1
     assert not torch.equal(sharpened, images)
@@ -80,14 +81,14 @@ def test_brightness_color_contrast_sharpness_blend_as_torchvision():
 
 def test_posterize_solarize_autocontrast_equalize():
     images = image()
-    posterized = COLOUR_OPERATIONS["Posterize"](images, torch.tensor(7.0))
+    posterized = COLOUR_OPERATIONS["Posterize"](images, 7.0)
     assert torch.equal(posterized, images - images % 2)
-    solarized = COLOUR_OPERATIONS["Solarize"](images, torch.tensor(195.5))
+    solarized = COLOUR_OPERATIONS["Solarize"](images, 195.5)
     assert torch.equal(solarized, torch.where(images >= 196, 255 - images, images))
-    stretched = COLOUR_OPERATIONS["AutoContrast"]((images / 2).floor() + 20, torch.tensor(0.0))
+    stretched = COLOUR_OPERATIONS["AutoContrast"]((images / 2).floor() + 20, 0.0)
     assert (stretched.amin(dim=(2, 3)) == 0).all() and (stretched.amax(dim=(2, 3)) >= 254).all()
     two_levels = torch.tensor([10.0, 20.0]).repeat_interleave(512).view(1, 1, 32, 32).expand(1, 3, 32, 32)
-    equalized = COLOUR_OPERATIONS["Equalize"](two_levels.clone(), torch.tensor(0.0))
+    equalized = COLOUR_OPERATIONS["Equalize"](two_levels.clone(), 0.0)
     assert set(equalized.unique().tolist()) == {0.0, 255.0}  # torchvision's lookup table for two levels
 
 
@@ -125,30 +126,66 @@ def test_the_batch_transform_applies_randaugment_after_the_crop():
     assert torch.equal(transformed, rand(crop(pixels.float(), [0, 1, 2], 0), [0, 1, 2], 0))
 
 
-def torchvision_equalize_loop(images: torch.Tensor) -> torch.Tensor:
-    """torchvision's ``_equalize_single_image``, transcribed, one channel at a time."""
-    import torch.nn.functional as F
+def torchvision_operation(name: str, value: float, image: torch.Tensor) -> torch.Tensor:
+    """What torchvision's ``RandAugment._apply_op`` does for ``name`` with the signed magnitude ``value``
+    on a uint8 ``(3, H, W)`` image: its own functional ops, with its arguments."""
+    functional = pytest.importorskip("torchvision.transforms.v2.functional")
+    from torchvision.transforms import InterpolationMode
 
-    out = torch.empty_like(images)
-    for b in range(images.shape[0]):
-        for c in range(images.shape[1]):
-            levels = images[b, c].long()
-            histogram = torch.bincount(levels.flatten(), minlength=256)
-            nonzero = histogram[histogram != 0]
-            step = torch.div(nonzero[:-1].sum(), 255, rounding_mode="floor")
-            if step == 0:
-                out[b, c] = images[b, c]
-                continue
-            lut = torch.div(torch.cumsum(histogram, 0) + torch.div(step, 2, rounding_mode="floor"), step,
-                            rounding_mode="floor")  # fmt: skip
-            out[b, c] = F.pad(lut, [1, 0])[:-1].clamp(0, 255)[levels].float()
-    return out
+    nearest = {"interpolation": InterpolationMode.NEAREST, "fill": 0}
+    shear = math.degrees(math.atan(value))
+    calls = {
+        "Identity": lambda: image,
+        "ShearX": lambda: functional.affine(
+            image, angle=0.0, translate=[0, 0], scale=1.0, shear=[shear, 0.0], center=[0, 0], **nearest
+        ),
+        "ShearY": lambda: functional.affine(
+            image, angle=0.0, translate=[0, 0], scale=1.0, shear=[0.0, shear], center=[0, 0], **nearest
+        ),
+        "TranslateX": lambda: functional.affine(
+            image, angle=0.0, translate=[int(value), 0], scale=1.0, shear=[0.0, 0.0], **nearest
+        ),
+        "TranslateY": lambda: functional.affine(
+            image, angle=0.0, translate=[0, int(value)], scale=1.0, shear=[0.0, 0.0], **nearest
+        ),
+        "Rotate": lambda: functional.rotate(image, value, **nearest),
+        "Brightness": lambda: functional.adjust_brightness(image, 1.0 + value),
+        "Color": lambda: functional.adjust_saturation(image, 1.0 + value),
+        "Contrast": lambda: functional.adjust_contrast(image, 1.0 + value),
+        "Sharpness": lambda: functional.adjust_sharpness(image, 1.0 + value),
+        "Posterize": lambda: functional.posterize(image, int(value)),
+        "Solarize": lambda: functional.solarize(image, value),
+        "AutoContrast": lambda: functional.autocontrast(image),
+        "Equalize": lambda: functional.equalize(image),
+    }
+    return calls[name]()
 
 
-def test_batched_equalize_equals_torchvisions_channel_loop():
-    images = torch.randint(0, 256, (3, 3, 40, 40), generator=torch.Generator().manual_seed(1)).float()
-    images[0, 1] = 7.0  # a flat channel: kept
-    images[1] = (images[1] / 16).floor() * 16  # few levels
-    assert torch.equal(
-        COLOUR_OPERATIONS["Equalize"](images, torch.tensor(0.0)), torchvision_equalize_loop(images)
-    )
+@pytest.mark.parametrize("name", [name for name in OPERATIONS if name != "Identity"])
+def test_each_operation_equals_torchvisions_own_on_uint8_images(name):
+    """Magnitude bins from 0 to 30, both signs, several image sizes: exactly torchvision's result (skipped
+    where torchvision is not installed; rsitr_hf itself does not need it)."""
+    pytest.importorskip("torchvision")
+    signs = (1, -1) if name in SIGNED else (1,)
+    for seed, (height, width) in enumerate([(23, 31), (64, 64), (224, 224), (17, 40)]):
+        generator = torch.Generator().manual_seed(seed)
+        images = torch.randint(0, 256, (3, 3, height, width), generator=generator, dtype=torch.uint8)
+        for magnitude in (0, 3, 7, 12, 19, 30):
+            for sign in signs:
+                value = sign * operation_magnitude(name, magnitude, 31, height, width)
+                ours = apply_operations(images.float(), [(name, value)] * len(images))
+                theirs = torch.stack([torchvision_operation(name, value, image) for image in images])
+                assert torch.equal(ours, theirs.float()), (name, magnitude, sign, (height, width))
+
+
+def test_randaugment_draws_torchvisions_magnitudes_and_applies_its_operations():
+    """A whole RandAugment(2, 7) batch: each image's two drawn operations, applied one after the other by
+    torchvision, give our batched result (skipped without torchvision)."""
+    pytest.importorskip("torchvision")
+    augment = RandAugment(num_ops=2, magnitude=7, seed=1)
+    images = torch.randint(0, 256, (16, 3, 32, 32), generator=torch.Generator().manual_seed(3)).float()
+    ours = augment(images, list(range(16)), epoch=0)
+    for index, image in enumerate(images.to(torch.uint8)):
+        for name, value in augment.draws(index, 0, 32, 32):
+            image = torchvision_operation(name, value, image)
+        assert torch.equal(ours[index], image.float()), augment.draws(index, 0, 32, 32)

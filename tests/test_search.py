@@ -13,7 +13,9 @@ from transformers import CLIPModel
 
 from rsitr_hf import MRSAdapterConfig
 from rsitr_hf.data import load_rsitr
-from rsitr_hf.data.synthetic import vocabulary
+from rsitr_hf.demo.synthetic import vocabulary
+from rsitr_hf.demo.tiny_clip import save_tiny_clip
+from rsitr_hf.evaluation.grids import plot_retrieval_grid, split_examples
 from rsitr_hf.search import (
     ImageIndex,
     RetrievalModel,
@@ -25,9 +27,7 @@ from rsitr_hf.search import (
     search_captions,
     search_images,
 )
-from rsitr_hf.tiny_clip import save_tiny_clip
-from rsitr_hf.visualize import main as visualize_main
-from rsitr_hf.visualize import plot_retrieval_grid, split_examples
+from rsitr_hf.search.visualize import main as visualize_main
 
 
 @pytest.fixture
@@ -185,9 +185,9 @@ def test_grids_from_an_index_and_from_a_split(tmp_path, synthetic_dir, tiny_clip
 
 
 def test_an_interrupted_index_keeps_its_work(tmp_path, image_folder, tiny_clip_dir, monkeypatch):
-    import rsitr_hf.search
+    import rsitr_hf.search.index
 
-    monkeypatch.setattr(rsitr_hf.search, "SAVE_EVERY_SECONDS", 0)
+    monkeypatch.setattr(rsitr_hf.search.index, "SAVE_EVERY_SECONDS", 0)
     model = RetrievalModel(tiny_clip_dir)
     calls = []
     original = RetrievalModel.embed_images
@@ -237,4 +237,4 @@ def test_a_two_process_sharded_index_equals_the_one_process_index(tmp_path, imag
     result = sharded_build(str(tmp_path / "broken"))
     assert result.returncode != 0
     assert "error: " + str(image_folder / "zz_broken.jpg") + ": not a readable image" in result.stderr
-    assert 'rsitr_hf/search.py", line' not in result.stderr  # only the launcher's own traceback
+    assert "rsitr_hf/search/" not in result.stderr  # only the launcher's own traceback

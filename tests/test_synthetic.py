@@ -2,7 +2,7 @@ import numpy as np
 
 from rsitr_hf.data import load_rsitr
 from rsitr_hf.data.seed_layout import read_lines
-from rsitr_hf.data.synthetic import NUMBER_WORDS, SOURCE, TARGET, make_example, vocabulary, write_seed_layout
+from rsitr_hf.demo.synthetic import NUMBER_WORDS, SOURCE, TARGET, make_example, vocabulary, write_seed_layout
 
 
 def test_examples_are_deterministic_and_distinct():

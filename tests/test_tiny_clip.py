@@ -5,12 +5,12 @@ import sys
 
 from transformers import CLIPModel, CLIPProcessor
 
-from rsitr_hf.data.synthetic import vocabulary
-from rsitr_hf.tiny_clip import build_word_tokenizer
+from rsitr_hf.demo.synthetic import vocabulary
+from rsitr_hf.demo.tiny_clip import build_word_tokenizer
 
 DUMP_VOCAB = (
-    "import json; from rsitr_hf.tiny_clip import build_word_tokenizer; "
-    "from rsitr_hf.data.synthetic import vocabulary; "
+    "import json; from rsitr_hf.demo.tiny_clip import build_word_tokenizer; "
+    "from rsitr_hf.demo.synthetic import vocabulary; "
     "print(json.dumps(sorted(build_word_tokenizer(vocabulary()).get_vocab().items())))"
 )
 

@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TWO_PROCESS_LAUNCH, run_script, write_recipe
+from conftest import TWO_PROCESS_LAUNCH, cli_overrides, run_script, write_recipe
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPProcessor
 
 from rsitr_hf.data import load_rsitr
 from rsitr_hf.evaluation import evaluate_retrieval
-from rsitr_hf.hub import HubPushError, hub_base_id, model_card, push_adapter
-from rsitr_hf.recipe import RecipeError, load_recipe
-from rsitr_hf.train import main, train
+from rsitr_hf.training import main, train
+from rsitr_hf.training.hub import HubPushError, hub_base_id, model_card, push_adapter
+from rsitr_hf.training.recipe import RecipeError, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,32 +41,28 @@ def test_unknown_and_mistyped_keys_name_the_key(tmp_path):
     bad.write_text("method:\n  name: prefix_tuning\n")
     with pytest.raises(
         RecipeError,
-        match=r"method.name: expected one of \['mrs_adapter', 'pos_prompt', 'lora', 'bottleneck_adapter', "
-        r"'linear_probe', 'full'\], got 'prefix_tuning'",
+        match=r"method.name: expected one of \['mrs_adapter', 'pos_prompt', 'bottleneck_adapter', 'lora', "
+        r"'linear_probe', 'full', 'zero_shot'.*\], got 'prefix_tuning'",
     ):
         load_recipe(bad)
     bad.write_text("training:\n  epochs: three\n")
     with pytest.raises(RecipeError, match=r"training.epochs: expected an integer, got 'three'"):
         load_recipe(bad)
     with pytest.raises(RecipeError, match=r"unknown key learning_rate"):
-        load_recipe(None, ["--learning_rate", "1"])
+        load_recipe(None, {"learning_rate": 1})
 
 
 def test_overrides_reach_every_field_and_aliases_work():
     recipe = load_recipe(
         ROOT / "hub_configs" / "pe_rsitr_rsitmd.yaml",
-        [
-            "--training.epochs",
-            "3",
-            "--optimizer.lr=1e-3",
-            "--method.config",
-            "{bottleneck_dim: 32}",
-            "--push_to_hub",
-            "--hub_model_id",
-            "me/adapter",
-            "--data.path",
-            "elsewhere",
-        ],
+        {
+            "training.epochs": 3,
+            "optimizer.lr": 1e-3,
+            "method.config": {"bottleneck_dim": 32},
+            "hub.push_to_hub": True,
+            "hub.model_id": "me/adapter",
+            "data.path": "elsewhere",
+        },
     )
     assert recipe.training.epochs == 3 and recipe.optimizer.lr == 1e-3
     assert recipe.method.config == {"bottleneck_dim": 32}
@@ -155,14 +151,14 @@ def test_resumed_run_ends_with_the_same_adapter(tmp_path, tiny_clip_dir, synthet
         checkpoints_total_limit=None,
         eval_every_steps=2,
     )
-    full = train(load_recipe(recipe, ["--data.augment", "true"]))  # random crops and flips too
+    full = train(load_recipe(recipe, {"data.augment": True}))  # random crops and flips too
     # the interrupted run: only what existed at step 4 of 30 survives
     interrupted = tmp_path / "interrupted"
     shutil.copytree(
         uninterrupted / "checkpoints" / "step_00000004", interrupted / "checkpoints" / "step_00000004"
     )
     resumed = train(
-        load_recipe(recipe, ["--data.augment", "true", "--output_dir", str(interrupted)]),
+        load_recipe(recipe, {"data.augment": True, "output_dir": str(interrupted)}),
         resume_from_checkpoint="latest",
     )
     last = "checkpoints/step_00000030/adapter/adapter_model.safetensors"
@@ -270,7 +266,7 @@ def test_failed_push_is_a_clear_error_and_keeps_the_outputs(tmp_path, tiny_clip_
 
 def test_without_a_validation_split_the_latest_adapter_is_kept(tmp_path, tiny_clip_dir, synthetic_dir):
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "out", epochs=1)
-    result = train(load_recipe(recipe, ["--data.validation_fraction", "0"]))
+    result = train(load_recipe(recipe, {"data.validation_fraction": 0}))
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert result.best_step == 19 and result.best_validation_mR is None  # 30 images x 5 captions / 8
     assert metrics["best"] == {"step": 19, "validation_mR": None}
@@ -293,7 +289,7 @@ def test_bf16_with_accumulation_and_clipping(tmp_path, tiny_clip_dir, synthetic_
     assert last["base_model.mrs_adapter.shared_up.weight"].abs().sum() > 0  # optimiser steps happened
 
 
-def posapl_overrides(
+def posapl_arguments(
     tiny_clip_dir, synthetic_dir, tagger, output_dir, cache, pos_mode="sentence"
 ) -> list[str]:
     config = f"{{adapter_dim: 16, adapter_heads: 2, fusion_layers: [1, 1, 2, 2], pos_mode: {pos_mode}}}"
@@ -307,10 +303,10 @@ def posapl_overrides(
 def test_posapl_recipe_runs_through_train_accelerate(
     tmp_path, tiny_clip_dir, synthetic_dir, stanza_tagger_path
 ):
-    overrides = posapl_overrides(
+    arguments = posapl_arguments(
         tiny_clip_dir, synthetic_dir, stanza_tagger_path, tmp_path / "out", tmp_path / "pos"
     )
-    result = run_script(["--config", str(ROOT / "hub_configs" / "posapl_rsitmd.yaml"), *overrides])
+    result = run_script(["--config", str(ROOT / "hub_configs" / "posapl_rsitmd.yaml"), *arguments])
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert [e["step"] for e in metrics["evaluations"] if e["split"] == "validation"] == [0, 15]
@@ -320,14 +316,21 @@ def test_posapl_recipe_runs_through_train_accelerate(
 
 
 def test_posapl_tags_each_dataset_once(tmp_path, tiny_clip_dir, synthetic_dir, stanza_tagger_path):
-    from rsitr_hf.data.pos import pos_text_inputs
+    from rsitr_hf.data.preprocessing import pos_text_inputs
 
     cache = tmp_path / "pos"
     first = train(
         load_recipe(
             ROOT / "hub_configs" / "posapl_rsicd.yaml",
-            posapl_overrides(
-                tiny_clip_dir, synthetic_dir, stanza_tagger_path, tmp_path / "a", cache, pos_mode="aligned"
+            cli_overrides(
+                posapl_arguments(
+                    tiny_clip_dir,
+                    synthetic_dir,
+                    stanza_tagger_path,
+                    tmp_path / "a",
+                    cache,
+                    pos_mode="aligned",
+                )
             ),
         )
     )
@@ -336,8 +339,15 @@ def test_posapl_tags_each_dataset_once(tmp_path, tiny_clip_dir, synthetic_dir, s
     train(
         load_recipe(
             ROOT / "hub_configs" / "posapl_rsicd.yaml",
-            posapl_overrides(
-                tiny_clip_dir, synthetic_dir, stanza_tagger_path, tmp_path / "b", cache, pos_mode="aligned"
+            cli_overrides(
+                posapl_arguments(
+                    tiny_clip_dir,
+                    synthetic_dir,
+                    stanza_tagger_path,
+                    tmp_path / "b",
+                    cache,
+                    pos_mode="aligned",
+                )
             ),
         )
     )
@@ -363,8 +373,8 @@ def test_posapl_tags_each_dataset_once(tmp_path, tiny_clip_dir, synthetic_dir, s
 
 def test_posapl_without_a_pos_model_is_a_clear_error(tmp_path, tiny_clip_dir, synthetic_dir, capsys):
     missing = tmp_path / "no-tagger.pt"
-    overrides = posapl_overrides(tiny_clip_dir, synthetic_dir, missing, tmp_path / "out", tmp_path / "pos")
-    assert main(["--config", str(ROOT / "hub_configs" / "posapl_rsitmd.yaml"), *overrides]) == 2
+    arguments = posapl_arguments(tiny_clip_dir, synthetic_dir, missing, tmp_path / "out", tmp_path / "pos")
+    assert main(["--config", str(ROOT / "hub_configs" / "posapl_rsitmd.yaml"), *arguments]) == 2
     error = capsys.readouterr().err
     assert str(missing) in error and "stanza.download('en', processors='tokenize,pos')" in error
 
@@ -398,16 +408,16 @@ def test_a_base_model_that_cannot_be_had_is_one_line_with_what_to_do(tmp_path, c
 
 
 def test_the_demo_recipe_runs_through_the_entry_point(tmp_path, tiny_clip_dir, synthetic_dir):
-    """``train_accelerate.py --config hub_configs/demo.yaml``: synthetic_task points base_model and
-    data.path at the demo's task (prepared beforehand here, to keep the test short)."""
+    """``accelerate launch train_accelerate.py --config hub_configs/demo.yaml`` on a task laid out as
+    ``rsitr-demo`` prepares it (copied here, to keep the test short), its folders given as the demo gives
+    them: ``--base_model`` and ``--data.path``."""
     task = tmp_path / "demo"
     shutil.copytree(tiny_clip_dir, task / "base")
     target = task / "data" / "target_precomp"
     shutil.copytree(synthetic_dir, target)
     (target / "synthrs_images").rename(target / "target_images")
-    shutil.copytree(synthetic_dir, task / "data" / "source_precomp")
-    arguments = ["--config", str(ROOT / "hub_configs" / "demo.yaml"), "--synthetic_task", str(task),
-                 "--output_dir", str(task / "run"), "--training.max_steps", "2",
+    arguments = ["--config", str(ROOT / "hub_configs" / "demo.yaml"), "--base_model", str(task / "base"),
+                 "--data.path", str(target), "--output_dir", str(task / "run"), "--training.max_steps", "2",
                  "--method.config", "{bottleneck_dim: 8, shared_dim: 4}"]  # fmt: skip
     launched = run_script(
         arguments, [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1"]
@@ -417,3 +427,54 @@ def test_the_demo_recipe_runs_through_the_entry_point(tmp_path, tiny_clip_dir, s
     assert recipe["base_model"] == str(task / "base")
     assert recipe["data"]["path"] == str(target)
     assert (task / "run" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_the_deprecated_synthetic_task_names_the_folders_rsitr_demo_prepares(tmp_path):
+    """``synthetic_task: DIR`` (rsitr_hf 0.1) still loads, with a warning: it names the base model and data
+    that ``rsitr-demo`` prepares in DIR, and never prepares anything itself."""
+    from rsitr_hf.demo import prepare_demo_task
+
+    for marker in (
+        "base/config.json",
+        "data/source_precomp/test_caps.txt",
+        "data/target_precomp/test_caps.txt",
+    ):
+        (tmp_path / marker).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / marker).touch()  # prepared already: prepare_demo_task only names the folders
+    with pytest.warns(FutureWarning, match="synthetic_task is deprecated"):
+        recipe = load_recipe(ROOT / "hub_configs" / "demo.yaml", {"synthetic_task": str(tmp_path)})
+    base, target = prepare_demo_task(tmp_path)
+    assert (recipe.base_model, recipe.data.path, recipe.synthetic_task) == (str(base), str(target), None)
+
+
+def test_the_method_table_gives_the_loss_and_checks_the_method_config():
+    assert load_recipe(None, {"method.name": "pos_prompt"}).loss.name == "posapl"  # its default loss
+    assert load_recipe(None, {"method.name": "lora"}).loss.name == "hmmc"
+    with pytest.raises(
+        RecipeError, match=r"loss.name: pos_prompt \(POSAPL's .*\) trains with posapl, not hmmc"
+    ):
+        load_recipe(None, {"method.name": "pos_prompt", "loss.name": "hmmc"})
+    with pytest.raises(RecipeError, match=r"method.config: .*unexpected keyword argument 'bottleneck'"):
+        load_recipe(None, {"method.config": {"bottleneck": 8}})  # at load time, before anything runs
+    with pytest.raises(RecipeError, match="method.config: full takes no options"):
+        load_recipe(None, {"method.name": "full", "method.config": {"r": 8}})
+
+
+def test_the_card_of_a_whole_model_loads_it_with_transformers():
+    recipe = load_recipe(None, {"method.name": "full", "base_model": "openai/clip-vit-base-patch32"})
+    card = str(model_card(recipe.to_dict(), {"mR": 30.0}, "rsitmd", "me/clip-rsitmd"))
+    assert "library_name: transformers" in card and "- full-fine-tuning" in card and "- peft" not in card
+    assert 'CLIPModel.from_pretrained("me/clip-rsitmd")' in card and "PeftModel" not in card
+
+
+def test_validating_more_often_leaves_the_training_as_it_is(tmp_path, tiny_clip_dir, synthetic_dir):
+    """Evaluation draws nothing from the training's random stream (dropout, token dropout): a run that
+    validates every step trains exactly as one that validates at the end of the epoch."""
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "a", max_steps=4)
+    once = train(load_recipe(recipe))
+    often = train(load_recipe(recipe, {"output_dir": str(tmp_path / "b"), "training.eval_every_steps": 1}))
+    once_metrics, often_metrics = (
+        json.loads((r.output_dir / "metrics.json").read_text()) for r in (once, often)
+    )
+    assert len(often_metrics["evaluations"]) > len(once_metrics["evaluations"])
+    assert often_metrics["train_loss"] == once_metrics["train_loss"]

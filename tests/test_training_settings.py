@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_script, write_recipe
+from conftest import cli_overrides, run_script, write_recipe
 from safetensors.torch import load_file
 
-from rsitr_hf.recipe import RecipeError, load_recipe
-from rsitr_hf.train import resolve_num_workers, train
+from rsitr_hf.training import resolve_num_workers, train
+from rsitr_hf.training.recipe import RecipeError, load_recipe, read_yaml
 
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
 
@@ -121,15 +121,19 @@ def test_workers_and_the_uncached_path_train_exactly_like_the_cached_main_proces
     tmp_path, tiny_clip_dir, synthetic_dir
 ):
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "a", epochs=1)
-    augmented = ["--data.augment", "true"]
-    cached = train(load_recipe(recipe, [*augmented, "--training.num_workers", "0"]))
+    augmented = {"data.augment": True}
+    cached = train(load_recipe(recipe, {**augmented, "training.num_workers": 0}))
     decoded = train(
         load_recipe(
             recipe,
-            [*augmented, "--training.num_workers", "2", "--data.cache_images", "false", "--output_dir",
-             str(tmp_path / "b")],
+            {
+                **augmented,
+                "training.num_workers": 2,
+                "data.cache_images": False,
+                "output_dir": str(tmp_path / "b"),
+            },
         )
-    )  # fmt: skip
+    )
     assert (cached.cost["num_workers"], decoded.cost["num_workers"]) == (0, 2)
     assert (cached.cost["image_cache"], decoded.cost["image_cache"]) == (True, False)
     assert decoded.test_metrics == cached.test_metrics
@@ -145,17 +149,21 @@ def test_num_workers_auto_and_its_validation(tmp_path):
     assert resolve_num_workers(3, torch.device("cpu"), 1) == 3
     assert load_recipe(None).training.num_workers == "auto"
     with pytest.raises(RecipeError, match=r"training.num_workers: expected one of \['auto'\], got 'many'"):
-        load_recipe(None, ["--training.num_workers", "many"])
+        load_recipe(None, {"training.num_workers": "many"})
     defaults = load_recipe(None).training
     assert defaults.mixed_precision is None and defaults.compile is None  # the launcher decides
-    assert load_recipe(None, ["--training.mixed_precision", "no"]).training.mixed_precision == "no"
+    assert (
+        load_recipe(None, cli_overrides(["--training.mixed_precision", "no"])).training.mixed_precision
+        == "no"
+    )
+    assert read_yaml("mixed_precision: no") == {"mixed_precision": "no"}  # YAML 1.2: the word, not false
 
 
 def test_a_bfloat16_base_trains_a_float32_adapter(tmp_path, tiny_clip_dir, synthetic_dir):
     recipe = write_recipe(
         tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "out", max_steps=6
     )
-    result = train(load_recipe(recipe, ["--training.base_dtype", "bfloat16"]))
+    result = train(load_recipe(recipe, {"training.base_dtype": "bfloat16"}))
     assert result.cost["base_dtype"] == "bfloat16"
     metrics = metrics_of(tmp_path / "out")
     assert len(metrics["train_loss"]) == 6 and all(0 < p["loss"] < 100 for p in metrics["train_loss"])
@@ -164,20 +172,16 @@ def test_a_bfloat16_base_trains_a_float32_adapter(tmp_path, tiny_clip_dir, synth
     )
     assert {tensor.dtype for tensor in adapter.values()} == {torch.float32}
     assert adapter["base_model.mrs_adapter.shared_up.weight"].abs().sum() > 0
-    with pytest.raises(RecipeError, match="training.base_dtype: full fine-tuning trains the base weights"):
+    with pytest.raises(RecipeError, match=r"base_dtype: full \(full fine-tuning\) trains base weights"):
         train(
             load_recipe(
                 recipe,
-                [
-                    "--training.base_dtype",
-                    "bfloat16",
-                    "--method.name",
-                    "full",
-                    "--method.config",
-                    "{}",
-                    "--output_dir",
-                    str(tmp_path / "f"),
-                ],
+                {
+                    "training.base_dtype": "bfloat16",
+                    "method.name": "full",
+                    "method.config": {},
+                    "output_dir": str(tmp_path / "f"),
+                },
             )
         )
 
@@ -202,7 +206,7 @@ def test_randaugment_trains_and_a_malformed_setting_is_named(tmp_path, tiny_clip
     recipe = write_recipe(
         tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "out", max_steps=2
     )
-    train(load_recipe(recipe, ["--data.augment", "true", "--data.randaugment", "[2, 7]"]))
+    train(load_recipe(recipe, {"data.augment": True, "data.randaugment": [2, 7]}))
     assert len(metrics_of(tmp_path / "out")["train_loss"]) == 2
     with pytest.raises(RecipeError, match=r"data.randaugment: expected \[num_ops, magnitude\]"):
-        train(load_recipe(recipe, ["--data.randaugment", "[2, 7, 1]", "--output_dir", str(tmp_path / "bad")]))
+        train(load_recipe(recipe, {"data.randaugment": [2, 7, 1], "output_dir": str(tmp_path / "bad")}))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import datasets
 
-from ..errors import InputError
+from ..utils.errors import InputError
 from .loading import FEATURES, split_validation
 from .seed_layout import CAPTIONS_PER_IMAGE
 

@@ -32,17 +32,12 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from ..errors import InputError
-from ..files import write_json
+from ..utils.errors import InputError
+from ..utils.files import cache_root, write_json
 from .images import to_rgb
 
 CACHE_FORMAT_VERSION = 1
 PIXEL_FEATURES = datasets.Features({"pixels": datasets.Value("binary")})
-
-
-def cache_root() -> Path:
-    """Root of rsitr_hf's caches: ``$RSITR_CACHE``, else ``~/.cache/rsitr_hf``."""
-    return Path(os.environ.get("RSITR_CACHE", Path.home() / ".cache" / "rsitr_hf"))
 
 
 def input_shape(image_processor) -> tuple[int, int, int]:

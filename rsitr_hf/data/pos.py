@@ -10,7 +10,8 @@ caption, 5 per row, tagging each distinct caption once):
 - ``pos_tag_ids``: one tag id per CLIP token of the caption, every BPE piece of a word carrying its
   word's tag, ``SPECIAL_TAG_ID`` at the start/end tokens (``PAD_TAG_ID`` is for padding).
 
-Save the result with ``save_to_disk`` (``rsitr-pos-tag`` does it) so tagging happens once per dataset.
+Save the result with ``save_to_disk`` (``rsitr-pos-tag`` does it) so tagging happens once per dataset;
+training does it through :func:`cached_pos_dataset`.
 
 Stanza's English models are not on PyPI. Online: ``stanza.download("en", processors="tokenize,pos")``.
 Offline: pass a tagger file (``pos_model_path=`` or ``RSITR_POS_MODEL``) and/or a resources directory
@@ -22,15 +23,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
 
-from ..cli import command, command_parser, parse_arguments
-from ..errors import InputError
+from ..utils.errors import InputError
+from ..utils.files import cache_root
 
 UPOS_TAGS = (
     "ADJ",
@@ -223,45 +223,11 @@ def add_pos_columns(
     return dataset_dict.map(annotate, batched=True, batch_size=1000, desc="POS tagging")
 
 
-def pos_text_inputs(dataset: datasets.Dataset, tokenizer, pos_mode: str, max_length: int = 77):
-    """A ``texts -> model inputs`` builder for :func:`rsitr_hf.evaluation.encode_split` on a POSAPL model.
-
-    ``texts`` are normalised captions from ``dataset["pos_captions"]``; their POS inputs are looked up
-    in the same rows (``pos_input_ids`` of the POS sentence, or the aligned ``pos_tag_ids``).
-    """
-    from .preprocessing import pad_sequences
-
-    lookup = {}
-    for captions, sentences, tag_ids in zip(
-        dataset["pos_captions"], dataset["pos_sentences"], dataset["pos_tag_ids"], strict=True
-    ):
-        lookup.update(zip(captions, zip(sentences, tag_ids, strict=True), strict=True))
-
-    def build(texts: Sequence[str]) -> dict:
-        encoded = dict(
-            tokenizer(
-                list(texts), padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
-            )
-        )
-        if pos_mode == "sentence":
-            sentences = [lookup[text][0] for text in texts]
-            encoded["pos_input_ids"] = tokenizer(
-                sentences, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
-            )["input_ids"]
-        else:
-            encoded["pos_tag_ids"] = pad_sequences(
-                [lookup[text][1] for text in texts], PAD_TAG_ID, length=encoded["input_ids"].shape[1]
-            )
-        return encoded
-
-    return build
-
-
 def cached_pos_dataset(
     dataset_dict: datasets.DatasetDict,
     identity: dict,
     tokenizer,
-    cache_root: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
     pos_model_path: str | None = None,
     resources_dir: str | None = None,
     normalisation: str = "paper",
@@ -269,9 +235,10 @@ def cached_pos_dataset(
     """``dataset_dict`` with the POS columns of :func:`add_pos_columns` (captions normalised by
     ``normalisation``), tagged once per dataset.
 
-    The POS columns alone are saved under ``cache_root`` (default ``~/.cache/rsitr_hf/pos``) in a folder
-    named by a hash of ``identity`` (what the data is: its source and split options) and of the tokenizer
-    and tagger, and joined to ``dataset_dict``'s rows afterwards; the images stay where they are.
+    The POS columns alone are saved under ``cache_dir`` (default ``$RSITR_CACHE/pos``, i.e.
+    ``~/.cache/rsitr_hf/pos``) in a folder named by a hash of ``identity`` (what the data is: its source and
+    split options) and of the tokenizer and tagger, and joined to ``dataset_dict``'s rows afterwards; the
+    images stay where they are.
     """
     import hashlib
 
@@ -284,7 +251,7 @@ def cached_pos_dataset(
         },
         sort_keys=True,
     )
-    root = Path(cache_root or Path.home() / ".cache" / "rsitr_hf" / "pos")
+    root = Path(cache_dir) if cache_dir is not None else cache_root() / "pos"
     folder = root / hashlib.sha256(key.encode()).hexdigest()[:16]
     if not (folder / "dataset_dict.json").is_file():
         captions = dataset_dict.select_columns(["captions"])
@@ -303,57 +270,3 @@ def cached_pos_dataset(
             )
         joined[name] = datasets.concatenate_datasets([split, columns], axis=1)
     return datasets.DatasetDict(joined)
-
-
-@command
-def main(argv: list[str] | None = None) -> int:
-    from transformers import CLIPTokenizer
-
-    from .loading import load_rsitr
-
-    parser = command_parser("Tag a seed-layout dataset's captions and save the DatasetDict.")
-    parser.add_argument("data_dir", help="<root>/<name>_precomp")
-    parser.add_argument("out_dir", help="where to save_to_disk the tagged DatasetDict")
-    parser.add_argument(
-        "--tokenizer", required=True, help="base model id or folder whose CLIP tokenizer is used"
-    )
-    parser.add_argument(
-        "--pos_model", default=None, help="tagger .pt (default: $RSITR_POS_MODEL or stanza's)"
-    )
-    parser.add_argument(
-        "--stanza_dir", default=None, help="stanza resources dir (default: $RSITR_STANZA_DIR)"
-    )
-    parser.add_argument(
-        "--validation_fraction", type=float, default=0.2, help="validation carve out of train (as the recipe)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the validation carve")
-    parser.add_argument(
-        "--empty_captions",
-        default="error",
-        choices=("error", "drop", "keep"),
-        help="what to do with images whose caption is empty",
-    )
-    parser.add_argument(
-        "--normalisation",
-        default="paper",
-        choices=NORMALISATIONS,
-        help="caption normalisation: paper (the release's) or words (rsitr_hf 0.1's)",
-    )
-    args = parse_arguments(parser, argv)
-    dataset = load_rsitr(
-        args.data_dir,
-        validation_fraction=args.validation_fraction,
-        seed=args.seed,
-        empty_captions=args.empty_captions,
-    )
-    tagger = StanzaTagger(args.pos_model, args.stanza_dir)
-    tagged = add_pos_columns(
-        dataset, tagger, CLIPTokenizer.from_pretrained(args.tokenizer), normalisation=args.normalisation
-    )
-    tagged.save_to_disk(args.out_dir)
-    print(f"saved {args.out_dir}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

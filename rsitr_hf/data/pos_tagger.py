@@ -1,4 +1,5 @@
-"""Train a small stanza UPOS tagger offline (``rsitr-train-tagger``), for air-gapped machines and tests.
+"""Train a small stanza UPOS tagger offline (what ``rsitr-train-tagger`` runs), for air-gapped machines and
+tests.
 
 stanza's own trainer (``python -m stanza.models.tagger``) runs on Universal Dependencies CoNLL-U files
 prepared to look like normalised captions: lower case, punctuation tokens removed, XPOS and FEATS
@@ -13,8 +14,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-
-from ..cli import command, command_parser, parse_arguments
 
 SMALL_TAGGER_OPTIONS = (
     "--no_pretrain", "--no_char", "--word_emb_dim", "50", "--tag_emb_dim", "25", "--transformed_dim", "50",
@@ -101,18 +100,3 @@ def train_small_tagger(
     if result.returncode != 0:
         raise RuntimeError(f"stanza's tagger training failed:\n{result.stderr[-3000:]}")
     return out_dir / "tagger.pt"
-
-
-@command
-def main(argv: list[str] | None = None) -> None:
-    parser = command_parser(__doc__)
-    parser.add_argument("train_conllu", help="UD training treebank (.conllu)")
-    parser.add_argument("dev_conllu", help="UD development treebank (.conllu)")
-    parser.add_argument("out_dir", help="where tagger.pt is written")
-    parser.add_argument("--max_steps", type=int, default=600, help="stanza training steps")
-    args = parse_arguments(parser, argv)
-    print(train_small_tagger(args.train_conllu, args.dev_conllu, args.out_dir, args.max_steps))
-
-
-if __name__ == "__main__":
-    main()

@@ -24,6 +24,7 @@ import torch
 from .augmentation import RandomResizedCropFlip
 from .loading import explode_captions
 from .pixels import PixelNormalizer, PixelSource
+from .pos import PAD_TAG_ID
 from .randaugment import RandAugment
 
 PAIR_COLUMNS = ("image_row", "image_id", "pair_index", "input_ids", "pos_input_ids", "pos_tag_ids")
@@ -66,6 +67,38 @@ def pad_sequences(sequences: list[list[int]], value: int, length: int | None = N
     )
 
 
+def pos_text_inputs(dataset: datasets.Dataset, tokenizer, pos_mode: str, max_length: int = 77):
+    """A ``texts -> model inputs`` builder for :func:`rsitr_hf.evaluation.encode_split` on a POSAPL model.
+
+    ``texts`` are normalised captions from ``dataset["pos_captions"]``; their POS inputs are looked up
+    in the same rows (``pos_input_ids`` of the POS sentence, or the aligned ``pos_tag_ids``).
+    """
+    lookup = {}
+    for captions, sentences, tag_ids in zip(
+        dataset["pos_captions"], dataset["pos_sentences"], dataset["pos_tag_ids"], strict=True
+    ):
+        lookup.update(zip(captions, zip(sentences, tag_ids, strict=True), strict=True))
+
+    def build(texts: Sequence[str]) -> dict:
+        encoded = dict(
+            tokenizer(
+                list(texts), padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
+            )
+        )
+        if pos_mode == "sentence":
+            sentences = [lookup[text][0] for text in texts]
+            encoded["pos_input_ids"] = tokenizer(
+                sentences, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
+            )["input_ids"]
+        else:
+            encoded["pos_tag_ids"] = pad_sequences(
+                [lookup[text][1] for text in texts], PAD_TAG_ID, length=encoded["input_ids"].shape[1]
+            )
+        return encoded
+
+    return build
+
+
 @dataclass
 class RetrievalCollator:
     """Gather a batch of caption pairs: their images from ``pixels`` (uint8) and their captions padded to
@@ -79,8 +112,6 @@ class RetrievalCollator:
     pad_token_id: int
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        from .pos import PAD_TAG_ID
-
         input_ids = pad_sequences([example["input_ids"] for example in examples], self.pad_token_id)
         lengths = torch.tensor([len(example["input_ids"]) for example in examples])
         batch = {

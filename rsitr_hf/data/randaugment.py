@@ -6,11 +6,13 @@ with torchvision's magnitude of bin ``magnitude`` out of ``num_bins`` (31) and, 
 random sign. Images are float ``(B, 3, H, W)`` in ``[0, 255]``; as torchvision on uint8 images, each
 operation's result is an integer image (values floored, as a uint8 cast does). Geometric operations sample
 the nearest pixel and fill with 0, with torchvision's affine matrices (shears about the top-left corner,
-rotations about the centre). Magnitudes at 7 of 31: shear 0.07 (x or y, ±), translation ±14.2 % of the
-side, rotation ±7°, brightness / colour / contrast / sharpness factor 1 ± 0.21, posterize to 7 bits,
-solarize above 195.5. Differences from torchvision: pixels are rounded once before the first operation
-(the crop's bilinear resize gives fractions, where torchvision's PIL pipeline gives uint8), and a
-translation is a whole number of pixels as there, but applied to the cached image size.
+rotations about the centre) and its sampling grid; colour operations use its arithmetic, in its order.
+Every operation gives exactly what ``torchvision.transforms.v2.functional`` gives on the uint8 image
+(tested where torchvision is installed). Magnitudes at 7 of 31: shear 0.07 (x or y, ±), translation
+±14.2 % of the side, rotation ±7°, brightness / colour / contrast / sharpness factor 1 ± 0.21, posterize to
+7 bits, solarize above 195.5. Differences from torchvision's pipeline: pixels are rounded once before the
+first operation (the crop's bilinear resize gives fractions, where torchvision's PIL pipeline gives uint8),
+and a translation is a whole number of pixels as there, but applied to the cached image size.
 """
 
 from __future__ import annotations
@@ -92,18 +94,16 @@ class RandAugment:
 
 def apply_operations(images: torch.Tensor, operations: Sequence[tuple[str, float]]) -> torch.Tensor:
     """Apply ``operations[b]`` to image ``b``: one batched warp for the geometric ones, then each colour
-    operation on the images that drew it."""
+    operation on the images that drew it with the same signed magnitude (two groups at most, ``+-m``)."""
     out = images.clone()
     geometric = [b for b, (name, _) in enumerate(operations) if name in GEOMETRIC]
     if geometric:
         matrices = [inverse_affine_of(*operations[b], *images.shape[-2:]) for b in geometric]
         out[geometric] = warp_nearest(images[geometric], matrices)
-    for name in {name for name, _ in operations} - GEOMETRIC - {"Identity"}:
-        chosen = [b for b, (drawn, _) in enumerate(operations) if drawn == name]
-        magnitudes = torch.tensor(
-            [operations[b][1] for b in chosen], dtype=images.dtype, device=images.device
-        )
-        out[chosen] = COLOUR_OPERATIONS[name](images[chosen], magnitudes.view(-1, 1, 1, 1))
+    for name, value in dict.fromkeys(operations):
+        if name in COLOUR_OPERATIONS:
+            chosen = [b for b, drawn in enumerate(operations) if drawn == (name, value)]
+            out[chosen] = COLOUR_OPERATIONS[name](images[chosen], value)
     return out
 
 
@@ -146,83 +146,85 @@ def inverse_affine_of(name: str, value: float, height: int, width: int) -> list[
 
 
 def warp_nearest(images: torch.Tensor, matrices: Sequence[list[float]]) -> torch.Tensor:
-    """Each image resampled through its inverse matrix (torchvision's ``_gen_affine_grid``): output pixel
-    centres in centred coordinates, nearest input pixel, 0 outside."""
+    """Each image resampled through its inverse matrix as torchvision's ``_affine_grid`` does it (output pixel
+    centres in centred coordinates, the matrix scaled to the grid's ``[-1, 1]`` first), nearest input pixel,
+    0 outside."""
     batch, _, height, width = images.shape
     device = images.device
     theta = torch.tensor(matrices, dtype=torch.float32, device=device).view(batch, 2, 3)
-    xs = torch.arange(width, device=device, dtype=torch.float32) - (width - 1) * 0.5
-    ys = torch.arange(height, device=device, dtype=torch.float32) - (height - 1) * 0.5
-    base = torch.stack(
-        [
-            xs.expand(height, width),
-            ys[:, None].expand(height, width),
-            torch.ones(height, width, device=device),
-        ],
-        dim=-1,
-    )  # (H, W, 3)
-    points = torch.einsum("hwk,bjk->bhwj", base, theta)  # (B, H, W, 2), input points in centred coordinates
-    grid = points / torch.tensor([0.5 * width, 0.5 * height], device=device)
+    base = torch.empty(1, height, width, 3, device=device)
+    base[..., 0].copy_(torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, steps=width, device=device))
+    base[..., 1].copy_(
+        torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height, device=device).unsqueeze_(-1)
+    )
+    base[..., 2].fill_(1)
+    scaled = theta.transpose(1, 2).div(torch.tensor([0.5 * width, 0.5 * height], device=device))
+    grid = base.view(1, height * width, 3).expand(batch, -1, -1).bmm(scaled).view(batch, height, width, 2)
     return F.grid_sample(images, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
-# --- Colour operations, as torchvision's tensor functions on uint8 images ------------------------------
+# --- Colour operations, as torchvision's tensor functions on uint8 images, with its arithmetic ----------
+# (each takes the images that drew it with one signed magnitude, a float, as torchvision takes one factor)
 
 
 def grayscale(images: torch.Tensor) -> torch.Tensor:
-    """``(B, 1, H, W)``: ITU-R 601-2 luma, floored as torchvision's uint8 ``rgb_to_grayscale``."""
+    """``(B, 1, H, W)``: ITU-R 601-2 luma, floored as torchvision's uint8 ``rgb_to_grayscale`` (computed with
+    its operations, in its order)."""
     red, green, blue = images.unbind(dim=1)
-    return (0.2989 * red + 0.587 * green + 0.114 * blue).floor().unsqueeze(1)
+    return red.mul(0.2989).add_(green, alpha=0.587).add_(blue, alpha=0.114).floor_().unsqueeze(1)
 
 
-def blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (factor * images + (1.0 - factor) * other).clamp(0, 255).floor()
+def blend(images: torch.Tensor, other: torch.Tensor, factor: float) -> torch.Tensor:
+    """torchvision's ``_blend``: ``images * factor + other * (1 - factor)``, clamped, floored."""
+    return images.mul(factor).add_(other, alpha=1.0 - factor).clamp_(0, 255).floor_()
 
 
-def brightness(images: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    return blend(images, torch.zeros_like(images), 1.0 + value)
+def brightness(images: torch.Tensor, value: float) -> torch.Tensor:
+    return images.mul(1.0 + value).clamp_(0, 255).floor_()
 
 
-def color(images: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+def color(images: torch.Tensor, value: float) -> torch.Tensor:
     return blend(images, grayscale(images), 1.0 + value)
 
 
-def contrast(images: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+def contrast(images: torch.Tensor, value: float) -> torch.Tensor:
     mean = grayscale(images).mean(dim=(-3, -2, -1), keepdim=True)
     return blend(images, mean, 1.0 + value)
 
 
-def sharpness(images: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Blend with the image smoothed by torchvision's 3x3 kernel (centre 5, others 1, /13, rounded),
-    whose border pixels stay the image's."""
-    kernel = torch.ones(3, 1, 3, 3, dtype=images.dtype, device=images.device)
-    kernel[:, :, 1, 1] = 5.0
-    smoothed = F.conv2d(images, kernel / 13.0, groups=3).round().clamp(0, 255)
-    degenerate = images.clone()
-    degenerate[..., 1:-1, 1:-1] = smoothed
-    return blend(images, degenerate, 1.0 + value)
+def sharpness(images: torch.Tensor, value: float) -> torch.Tensor:
+    """torchvision's sharpness: inside the 1-pixel border, ``x + (1 - factor) * (blur - x)`` with ``blur`` the
+    image smoothed by its 3x3 kernel (centre 5, others 1, /13) and rounded; the border stays the image's."""
+    kernel = torch.full((3, 1, 3, 3), 1.0 / 13.0, dtype=images.dtype, device=images.device)
+    kernel[:, :, 1, 1] = 5.0 / 13.0
+    smoothed = F.conv2d(images, kernel, groups=3).round_()
+    out = images.clone()
+    inner = out[..., 1:-1, 1:-1]
+    inner.add_(smoothed.sub_(inner), alpha=1.0 - (1.0 + value))
+    return out.clamp_(0, 255).floor_()
 
 
-def posterize(images: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+def posterize(images: torch.Tensor, value: float) -> torch.Tensor:
     step = 2.0 ** (8 - value)
     return (images / step).floor() * step
 
 
-def solarize(images: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+def solarize(images: torch.Tensor, value: float) -> torch.Tensor:
     return torch.where(images >= value, 255.0 - images, images)
 
 
-def autocontrast(images: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Each channel stretched from its minimum and maximum to 0 and 255 (a flat channel is kept)."""
+def autocontrast(images: torch.Tensor, value: float) -> torch.Tensor:
+    """Each channel stretched from its minimum and maximum to 0 and 255, divided by ``(max - min) / 255`` as
+    torchvision does (a flat channel is kept)."""
     low = images.amin(dim=(-2, -1), keepdim=True)
     high = images.amax(dim=(-2, -1), keepdim=True)
     flat = high == low
-    scale = torch.where(flat, torch.ones_like(high), 255.0 / (high - low))
+    inverse_scale = torch.where(flat, torch.ones_like(high), (high - low) * (1.0 / 255))
     low = torch.where(flat, torch.zeros_like(low), low)
-    return ((images - low) * scale).clamp(0, 255).floor()
+    return ((images - low) / inverse_scale).clamp(0, 255).floor()
 
 
-def equalize(images: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+def equalize(images: torch.Tensor, value: float) -> torch.Tensor:
     """torchvision's per-channel histogram equalisation (``_equalize_single_image``), for every channel of
     the batch at once: ``step`` is the pixel count without the last used level, over 255; a channel with
     ``step`` 0 is kept."""

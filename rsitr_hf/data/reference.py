@@ -17,7 +17,7 @@ import os
 import uuid
 from pathlib import Path
 
-from .pixels import cache_root
+from ..utils.files import cache_root
 
 PACKAGED = Path(__file__).parent / "reference"
 STANDARD_DATASETS = ("rsicd", "rsitmd", "ucm")

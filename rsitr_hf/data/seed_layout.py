@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError
+from ..utils.errors import InputError
 
 CAPTIONS_PER_IMAGE = 5
 SPLITS = ("train", "test")

@@ -1,16 +1,14 @@
-"""List every problem of a seed-layout dataset at once (``rsitr-validate DATA_DIR``), and, for RSICD, RSITMD
-and UCM-Captions, say whether its split files are the published ones (packaged with rsitr_hf) or how they
+"""Every problem of a seed-layout dataset at once (what ``rsitr-validate DATA_DIR`` prints), and, for RSICD,
+RSITMD and UCM-Captions, whether its split files are the published ones (packaged with rsitr_hf) or how they
 differ."""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-from ..cli import command, command_parser, parse_arguments
 from .loading import scan_images
-from .reference import STANDARD_DATASETS, splits_dir
+from .reference import splits_dir
 from .seed_layout import SPLITS, Problem, duplicate_file_names, infer_name, read_split_listing
 
 
@@ -87,26 +85,3 @@ def describe_standard_split(data_dir: str | os.PathLike, name: str) -> str:
             counts.append(f"{split} {len(listing.filenames):,} images")
         return f"this is the standard {name} split ({', '.join(counts)}, five captions each)"
     return "\n".join([f"differs from the standard {name} split:", *(f"  {d}" for d in differences)])
-
-
-@command
-def main(argv: list[str] | None = None) -> int:
-    parser = command_parser(__doc__)
-    parser.add_argument("data_dir", help="<root>/<name>_precomp")
-    parser.add_argument("--name", default=None, help="dataset name (default: inferred from the folder)")
-    parser.add_argument(
-        "--headers_only", action="store_true", help="open image headers, do not decode pixels"
-    )
-    args = parse_arguments(parser, argv)
-    problems = validate_rsitr(args.data_dir, args.name, decode_images=not args.headers_only)
-    for problem in problems:
-        print(problem)
-    print(f"{len(problems)} problem(s) found in {args.data_dir}", file=sys.stderr)
-    name = args.name or infer_name(Path(args.data_dir))
-    if name in STANDARD_DATASETS:
-        print(describe_standard_split(args.data_dir, name))
-    return 1 if problems else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,8 +7,10 @@ normalised on the model's device; see :mod:`rsitr_hf.data.pixels`.
 ``get_text_features(input_ids=..., attention_mask=...)`` returning either a tensor or an output whose
 ``pooler_output`` is the projected embedding: ``transformers.CLIPModel``, and any ``PeftModel`` on it.
 
-Under several processes (``accelerate launch``), each process embeds a contiguous shard and the
-shards are gathered in order, so no sample is duplicated or dropped whatever the batch sizes.
+Under several processes (``accelerate launch``), each process embeds a contiguous share of the batches
+and the shares are gathered in order (:func:`rsitr_hf.utils.distributed.embed_batches`, the helper the
+search index uses too), so no sample is duplicated or dropped, and every row comes from the same batch as
+in a one-process run.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.pixels import DecodedPixels, PixelNormalizer, PixelSource, resize_and_crop
+from ..utils.distributed import Shards, embed_batches
 from .metrics import TIE_PROTOCOLS, retrieval_metrics
 
 
@@ -89,20 +92,7 @@ class PixelRows:
         return torch.from_numpy(self.source.take(rows))
 
 
-class LoadedBatches(torch.utils.data.Dataset):
-    """Batch ``i`` of a list of row ranges, loaded by ``load`` (in a worker when the loader has some)."""
-
-    def __init__(self, ranges: list[range], load: Callable[[range], object]):
-        self.ranges, self.load = ranges, load
-
-    def __len__(self) -> int:
-        return len(self.ranges)
-
-    def __getitem__(self, index: int):
-        return self.load(self.ranges[index])
-
-
-def embed_in_shards(
+def embed_in_order(
     count: int,
     batch_size: int,
     load_batch: Callable[[range], object],
@@ -110,41 +100,21 @@ def embed_in_shards(
     accelerator=None,
     desc: str = "",
     num_workers: int = 0,
-    device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Embed items ``0..count-1`` in batches, each process a contiguous shard; rows in item order.
+    """``(count, D)`` float32 embeddings of items ``0..count-1`` on the CPU, in item order.
 
-    ``load_batch(rows)`` prepares a batch's inputs on the CPU (in ``num_workers`` ``DataLoader`` workers when
-    there are some, so it must then be picklable); ``embed_batch(inputs)`` embeds them. Embeddings stay on
-    the device until the shard is done (no synchronisation per batch) and come back as float32 on the CPU.
+    The items are embedded in batches of ``batch_size`` (``load_batch(rows)`` prepares a batch's inputs on
+    the CPU, in ``num_workers`` data-loader workers when there are some; ``embed_batch`` embeds them), each
+    process of ``accelerator`` taking a contiguous share of the batches (:func:`~rsitr_hf.utils.distributed.
+    embed_batches`), and every process gets them all.
     """
-    from tqdm.auto import tqdm
-
-    indices = list(range(count))
-    if accelerator is None or accelerator.num_processes == 1:
-        shard, disable = indices, False
-    else:
-        with accelerator.split_between_processes(indices) as local:
-            shard = list(local)
-        disable = not accelerator.is_main_process
-    ranges = [
-        range(shard[start], shard[min(start + batch_size, len(shard)) - 1] + 1)
-        for start in range(0, len(shard), batch_size)
-    ]
-    loader = torch.utils.data.DataLoader(
-        LoadedBatches(ranges, load_batch),
-        batch_size=None,
-        num_workers=num_workers,
-        pin_memory=device is not None and device.type == "cuda",
+    shards = Shards.single() if accelerator is None else Shards.of(accelerator)
+    batches = [range(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+    rounds = embed_batches(
+        batches, embed_batch, shards, load=load_batch, num_workers=num_workers, desc=desc, leave=False
     )
-    pieces = [embed_batch(inputs).float() for inputs in tqdm(loader, desc=desc, disable=disable, leave=False)]
-    local_embeds = torch.cat(pieces).cpu() if pieces else torch.empty(0)
-    if accelerator is None or accelerator.num_processes == 1:
-        return local_embeds
-    from accelerate.utils import gather_object
-
-    gathered = [piece for piece in gather_object([local_embeds]) if piece.numel()]
-    return torch.cat(gathered)
+    pieces = [piece for gathered in rounds for piece in gathered]
+    return torch.cat(pieces) if pieces else torch.empty(0)
 
 
 @torch.no_grad()
@@ -178,7 +148,6 @@ def encode_split(
     """
     was_training = model.training
     model.eval()
-    device = model_device(model)
     rows = list(dataset[caption_column])
     captions = [caption for row in rows for caption in row]
     caption_image_ids = torch.tensor(
@@ -204,19 +173,12 @@ def encode_split(
         return pixel_embeddings(model, normalizer, batch)
 
     try:
-        image_embeds = embed_in_shards(
-            len(dataset),
-            batch_size,
-            PixelRows(pixels),
-            embed_images,
-            accelerator,
-            "images",
-            num_workers,
-            device,
+        image_embeds = embed_in_order(
+            len(dataset), batch_size, PixelRows(pixels), embed_images, accelerator, "images", num_workers
         )
-        sorted_text = embed_in_shards(
-            len(distinct), batch_size, tokenize, lambda inputs: text_embeddings(model, inputs),
-            accelerator, "captions", 0, device,
+        sorted_text = embed_in_order(
+            len(distinct), batch_size, tokenize, lambda inputs: text_embeddings(model, inputs), accelerator,
+            "captions",
         )  # fmt: skip
     finally:
         model.train(was_training)

@@ -1,17 +1,27 @@
-"""PEFT tuners of rsitr_hf; importing this package registers them with peft."""
+"""PEFT tuners of rsitr_hf and the method table; importing this package registers the tuners with peft and
+every method (the tuners and the baselines) in :mod:`rsitr_hf.tuners.methods`."""
 
-from .bottleneck_adapter import BOTTLENECK_ADAPTER, BottleneckAdapterConfig, BottleneckAdapterModel
-from .mrs_adapter import MRS_ADAPTER, MRSAdapterConfig, MRSAdapterModel
+# the papers' methods first: the method table (and --help) lists methods in the order they register
+from .mrs_adapter import MRS_ADAPTER, MRSAdapterConfig, MRSAdapterModel  # noqa: I001
 from .pos_prompt import POS_PROMPT, POSPromptConfig, POSPromptModel
+from .bottleneck_adapter import BOTTLENECK_ADAPTER, BottleneckAdapterConfig, BottleneckAdapterModel
+from .baselines import lora_baseline_config
+from .methods import METHODS, MethodSpec, get_method, method_of_config, register_method
 
 __all__ = [
     "BOTTLENECK_ADAPTER",
     "BottleneckAdapterConfig",
     "BottleneckAdapterModel",
+    "METHODS",
     "MRS_ADAPTER",
-    "POS_PROMPT",
     "MRSAdapterConfig",
     "MRSAdapterModel",
+    "MethodSpec",
+    "POS_PROMPT",
     "POSPromptConfig",
     "POSPromptModel",
+    "get_method",
+    "lora_baseline_config",
+    "method_of_config",
+    "register_method",
 ]

@@ -1,5 +1,6 @@
 """What the rsitr_hf tuners share: their layers wrap whole CLIP modules (blocks or towers) and add
-non-linear branches, where peft's defaults assume Linear-like targets and mergeable weight deltas."""
+non-linear branches, where peft's defaults assume Linear-like targets and mergeable weight deltas; and the
+names of CLIP's towers and blocks they target."""
 
 from __future__ import annotations
 
@@ -7,6 +8,13 @@ import re
 
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
+
+TOWERS = ("vision", "text")
+
+
+def encoder_layer_pattern(towers: list[str]) -> str:
+    """Regex (peft full-match) of the CLIP encoder blocks of ``towers``."""
+    return rf"(.*\.)?({'|'.join(towers)})_model\.encoder\.layers\.\d+"
 
 
 def reset_output_capturing(model: nn.Module) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..mrs_adapter.config import TOWERS, encoder_layer_pattern
+from ..base import TOWERS, encoder_layer_pattern
 from ..registration import ExternalPeftConfig
 
 PEFT_TYPE_NAME = "BOTTLENECK_ADAPTER"

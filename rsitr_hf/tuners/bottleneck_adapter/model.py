@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ..base import WrappingTuner
-from ..mrs_adapter.config import TOWERS, encoder_layer_pattern
+from ..base import TOWERS, WrappingTuner, encoder_layer_pattern
 from .layer import BottleneckAdapterEncoderLayer
 
 PREFIX = "bottleneck_"

@@ -1,18 +1,13 @@
-"""Configuration of the MRS-Adapter (PE-RSITR, METHODS.md §2)."""
+"""Configuration of the MRS-Adapter (PE-RSITR, docs/methods.md)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..base import TOWERS, encoder_layer_pattern
 from ..registration import ExternalPeftConfig
 
 PEFT_TYPE_NAME = "MRS_ADAPTER"
-TOWERS = ("vision", "text")
-
-
-def encoder_layer_pattern(towers: list[str]) -> str:
-    """Regex (peft full-match) of the CLIP encoder blocks of ``towers``."""
-    return rf"(.*\.)?({'|'.join(towers)})_model\.encoder\.layers\.\d+"
 
 
 @dataclass
@@ -31,7 +26,7 @@ class MRSAdapterConfig(ExternalPeftConfig):
         shared_dim: channels written by the cross-modal shared up-projection (paper: 64).
         adapter_dropout: dropout on the bottleneck activation while training (paper: 0.5).
         token_dropout: dropout on the token embeddings entering each tower for the augmented views of
-            HMMC (paper: 0.2); see ``MRSAdapterModel.encode_views``.
+            HMMC (paper: 0.2); see :func:`rsitr_hf.objectives.encode_views`.
         towers: which towers to adapt, a subset of ``["vision", "text"]`` (paper: both).
         vision_width, text_width: residual widths of the base model's towers, recorded when the adapter is
             created and checked when it is loaded onto a base model.

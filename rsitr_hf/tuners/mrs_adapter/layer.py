@@ -14,7 +14,7 @@ from ..base import WrappingLayer
 
 
 class MRSAdapter(nn.Module):
-    """The one adapter of the whole model (METHODS.md §2).
+    """The one adapter of the whole model (docs/methods.md, PE-RSITR).
 
     ``forward(h, tower)`` maps ``(B, N, D_tower)`` to ``(B, N, D_tower)``:
     ``z = dropout(relu(down[tower](h)))`` then ``concat(up[tower](z), shared_up(z))``, the shared

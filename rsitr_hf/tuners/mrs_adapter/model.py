@@ -7,9 +7,8 @@ import re
 import torch
 from torch import nn
 
-from ...views import ViewEmbeddings, encode_views
-from ..base import WrappingTuner
-from .config import TOWERS, MRSAdapterConfig, encoder_layer_pattern
+from ..base import TOWERS, WrappingTuner, encoder_layer_pattern
+from .config import MRSAdapterConfig
 from .layer import MRSAdapter, MRSAdapterEncoderLayer
 
 PREFIX = "mrs_"
@@ -108,13 +107,3 @@ class MRSAdapterModel(WrappingTuner):
         self._replace_module(
             parent, target_name, MRSAdapterEncoderLayer(target, adapter_name, tower, self.mrs_adapter), target
         )
-
-    def encode_views(
-        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> ViewEmbeddings:
-        """Clean and augmented embeddings of a batch, with the active adapter's ``token_dropout``.
-
-        See :func:`rsitr_hf.views.encode_views`; each tower runs one forward over ``2B`` inputs.
-        """
-        token_dropout = self.peft_config[self.active_adapters[0]].token_dropout
-        return encode_views(self.model, pixel_values, input_ids, attention_mask, token_dropout)

@@ -1,4 +1,4 @@
-"""Configuration of POSAPL's part-of-speech-aware prompt tuner (METHODS.md §3)."""
+"""Configuration of POSAPL's part-of-speech-aware prompt tuner (docs/methods.md, POSAPL)."""
 
 from __future__ import annotations
 

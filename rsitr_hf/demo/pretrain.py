@@ -1,0 +1,96 @@
+"""CLIP-style contrastive pretraining of a small CLIP on a source-domain dataset (for the offline demo).
+
+The demo needs a base model that already knows *something* about aerial scenes, as
+``openai/clip-vit-base-patch32`` does, but cannot download one. This trains every weight of a tiny
+``CLIPModel`` with the symmetric InfoNCE loss of CLIP (learned temperature) on the synthetic *source*
+domain, then saves it as an ordinary model directory (config, safetensors, tokenizer, processor).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import CLIPModel, CLIPProcessor
+
+from ..data import load_rsitr
+from ..data.pixels import PixelNormalizer, cached_pixels
+from ..data.preprocessing import RetrievalCollator, caption_pairs
+
+logger = logging.getLogger(__name__)
+
+
+def clip_contrastive_loss(model: CLIPModel, pixel_values: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Symmetric InfoNCE over the batch; pairs of the same image are not counted as negatives."""
+    output = model(
+        pixel_values=pixel_values,
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        return_dict=True,
+    )
+    logits = output.logits_per_image
+    same_image = batch["image_ids"][:, None] == batch["image_ids"][None, :]
+    logits = logits.masked_fill(same_image & ~torch.eye(len(logits), dtype=torch.bool), float("-inf"))
+    targets = torch.arange(len(logits))
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def pretrain_clip(
+    base_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> Path:
+    """Train all weights of the CLIP in ``base_dir`` on the seed-layout dataset ``data_dir``.
+
+    Saves model and processor to ``out_dir`` and returns it. Uses the train split only.
+    """
+    torch.manual_seed(seed)
+    model = CLIPModel.from_pretrained(base_dir)
+    processor = CLIPProcessor.from_pretrained(base_dir)
+    train = load_rsitr(data_dir, validation_fraction=0.0, seed=seed)["train"]
+    pixels = cached_pixels(train, processor.image_processor)
+    normalize = PixelNormalizer.from_processor(processor.image_processor)
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(
+        caption_pairs(train, processor.tokenizer),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        collate_fn=RetrievalCollator(pixels, processor.tokenizer.pad_token_id),
+        drop_last=True,
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    total = epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=0.1)
+    model.train()
+    started = time.perf_counter()
+    with tqdm(total=total, desc="pretraining the base on the source domain") as progress:
+        for _ in range(epochs):
+            for batch in loader:
+                loss = clip_contrastive_loss(model, normalize(batch["pixels"]), batch)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                scheduler.step()
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss.item():.3f}")
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    logger.info(
+        "pretrained %s parameters in %.0f s -> %s",
+        f"{sum(p.numel() for p in model.parameters()):,}",
+        time.perf_counter() - started,
+        out_dir,
+    )
+    return out_dir

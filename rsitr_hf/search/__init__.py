@@ -1,0 +1,39 @@
+"""Retrieval in practice: an image index of a folder (embeddings, incremental updates, FAISS at archive
+scale), searched by text or by image from the command line (``rsitr-search``), a web page (``rsitr-app``)
+and result grids (``rsitr-visualize``)."""
+
+from .ann import ANNConfig, ANNIndex
+from .cli import main
+from .index import (
+    ImageIndex,
+    IndexUpdate,
+    build_index,
+    list_images,
+    model_mismatch,
+    open_index,
+    read_image,
+)
+from .model import ModelIdentity, RetrievalModel, SearchError, load_adapter
+from .query import Hit, nearest_images, search_captions, search_images, similar_images
+
+__all__ = [
+    "ANNConfig",
+    "ANNIndex",
+    "Hit",
+    "ImageIndex",
+    "IndexUpdate",
+    "ModelIdentity",
+    "RetrievalModel",
+    "SearchError",
+    "build_index",
+    "list_images",
+    "load_adapter",
+    "main",
+    "model_mismatch",
+    "nearest_images",
+    "open_index",
+    "read_image",
+    "search_captions",
+    "search_images",
+    "similar_images",
+]

@@ -1,0 +1,141 @@
+"""Retrieval in practice: index a folder of images once, then search it by text (``rsitr-search``).
+
+    rsitr-search index IMAGE_DIR --index INDEX_DIR --model BASE [--adapter ADAPTER] [--batch_size 32]
+        [--ann auto|exact|flat|ivf|hnsw]
+    rsitr-search query --index INDEX_DIR --text "many planes parked at the airport" [--text ...] [--top_k 5]
+    rsitr-search query --index INDEX_DIR --image PATH [--captions CAPTIONS.txt] [--top_k 5]
+        [--model BASE --adapter ADAPTER] [--json FILE|-]
+
+``index`` embeds every ``.jpg/.jpeg/.png/.tif/.tiff`` image under IMAGE_DIR (recursively) with the base
+CLIP model (a folder or Hub id) and optional PEFT adapter (a folder or Hub id), and saves INDEX_DIR:
+``embeddings-<id>.safetensors`` (``image_embeds``: ``(N, D)`` unit vectors, float32) and ``index.json`` (the
+image folder, the files relative to it in row order, the model's identity and the embeddings file's name).
+Run again on the same folder, it embeds only the images that are new and drops the ones that are gone.
+
+Above 100,000 images (``--ann auto``), or whenever ``--ann flat|ivf|hnsw`` asks, a FAISS index over the
+embeddings (:mod:`rsitr_hf.search.ann`) is made at the end of the run and saved as ``ann-<id>.faiss``,
+named in ``index.json``; queries then go through it. ``--ann exact`` never uses FAISS. A run that only
+adds images extends the FAISS index (IVF keeps its trained lists); one that drops images, or whose size
+calls for another index type (``auto`` crossing 100,000; IVF's list count doubling when the size
+quadruples), rebuilds it.
+
+Embedding can be spread over processes (GPUs or nodes) with ``accelerate launch -m rsitr_hf.search index
+...``: batches are dealt out in turn, the main process gathers them in order and saves one index, equal to
+a one-process build. The embeddings so far are saved every ``SAVE_EVERY_SECONDS`` (5 minutes), so an
+interrupted run keeps its work (the FAISS index is made again by the next run).
+
+Saves are atomic: a new embeddings file is written first, then ``index.json`` is replaced by a rename, and
+only then is the old embeddings file deleted, so a kill at any point leaves the previous index or the new
+one. One indexer at a time updates an index (a file lock, ``INDEX_DIR/.lock``; a second one waits). An index
+lists only paths inside its image folder; a damaged or crafted ``index.json`` is refused with what to do.
+
+The model identity is the base and adapter names plus a fingerprint: the embeddings of a fixed probe
+image and caption. An index is only ever extended or queried with the model that built it: a different
+base, adapter or weights (even under the same names) is refused with an error naming both.
+
+``query`` ranks the indexed images for each ``--text`` (text -> image) or for an ``--image`` (image -> image),
+or the captions of a caption file (one per line) for an ``--image`` with ``--captions`` (image -> text), and
+prints a table; ``--json`` writes the results too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..utils.cli import HelpFormatter, command, command_parser, parse_arguments
+from ..utils.distributed import Shards
+from .ann import ANN_KINDS, ANNConfig
+from .index import build_index, open_index, read_image
+from .model import RetrievalModel, SearchError
+from .query import format_table, read_captions, search_captions, search_images, similar_images
+
+
+@command
+def main(argv: list[str] | None = None) -> int:
+    parser = command_parser(__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    index_help, query_help = (
+        "embed a folder of images (only the new ones)",
+        "text -> images, image -> images, or image -> captions",
+    )
+    index_parser = commands.add_parser(
+        "index", help=index_help, description=index_help, formatter_class=HelpFormatter
+    )
+    index_parser.add_argument("image_dir", help="the folder of images (searched recursively)")
+    index_parser.add_argument("--index", required=True, help="the index folder to create or update")
+    index_parser.add_argument("--model", required=True, help="base CLIP model (folder or Hub id)")
+    index_parser.add_argument("--adapter", help="PEFT adapter (folder or Hub id)")
+    index_parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
+    index_parser.add_argument(
+        "--ann",
+        default="auto",
+        choices=ANN_KINDS,
+        help="search backend: auto (exact below 100,000 images, else FAISS IVF), exact, or a FAISS index "
+        "(flat, ivf, hnsw; needs faiss-cpu)",
+    )
+    query_parser = commands.add_parser(
+        "query", help=query_help, description=query_help, formatter_class=HelpFormatter
+    )
+    query_parser.add_argument("--index", required=True, help="the index folder built by rsitr-search index")
+    query_parser.add_argument("--text", action="append", help="a text query (repeatable)")
+    query_parser.add_argument(
+        "--image", help="an image query: the nearest indexed images (or, with --captions, captions)"
+    )
+    query_parser.add_argument(
+        "--captions", help="caption file, one caption per line: --image ranks these instead"
+    )
+    query_parser.add_argument("--top_k", type=int, default=5, help="results per query")
+    query_parser.add_argument("--model", help="checked against the index's model (default: that model)")
+    query_parser.add_argument("--adapter", help="checked against the index's adapter")
+    query_parser.add_argument("--json", help="also write the results as JSON to this file ('-': stdout only)")
+    args = parse_arguments(parser, argv)
+    if args.command == "index":
+        shards = Shards.from_launcher()
+        model = RetrievalModel(args.model, args.adapter, device=shards.device)
+        update = build_index(
+            args.image_dir, args.index, model, args.batch_size, ANNConfig(kind=args.ann), shards
+        )
+        if shards.is_main:
+            print(
+                f"{args.index}: {update.total} images ({len(update.added)} embedded now, "
+                f"{len(update.removed)} gone; FAISS index: {update.ann})"
+            )
+        return 0
+    return run_query(args)
+
+
+def run_query(args) -> int:
+    if bool(args.text) == bool(args.image) or (args.captions and not args.image):
+        raise SearchError("give --text QUERY (repeatable), or --image PATH (with --captions FILE: captions)")
+    index, model = open_index(args.index, args.model, args.adapter)
+    if args.captions:
+        key, queries, prefix, print_prefix = "caption", [str(args.image)], None, ""
+        found = [search_captions(model, args.image, read_captions(args.captions), args.top_k)]
+    else:  # the table shows paths relative to the indexed folder, the JSON full paths
+        key, prefix, print_prefix = "path", Path(index.root), f" (images under {index.root})"
+        if args.text:
+            queries, found = args.text, search_images(index, model, args.text, args.top_k)
+        else:
+            queries = [str(args.image)]
+            found = [similar_images(index, model, read_image(Path(args.image)), args.top_k)]
+    if args.json != "-":
+        for query, hits in zip(queries, found, strict=True):
+            print(format_table(query + print_prefix, hits))
+    if args.json:
+        results = [
+            {
+                "query": query,
+                "hits": [
+                    {"rank": h.rank, "score": h.score, key: str(prefix / h.item) if prefix else h.item}
+                    for h in hits
+                ],
+            }
+            for query, hits in zip(queries, found, strict=True)
+        ]
+        text = json.dumps(results, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text, encoding="utf-8")
+    return 0

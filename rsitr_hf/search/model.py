@@ -1,0 +1,125 @@
+"""The model that embeds an image index and its queries: a CLIP base with an optional PEFT adapter, and its
+identity (names, and a fingerprint of its weights), which an index records and every later use checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+from ..evaluation.encoding import image_embeddings, text_embeddings
+from ..tuners import method_of_config
+from ..utils.errors import AdapterFileError, InputError, first_line
+
+PROBE_CAPTION = "an aerial image of a river next to green fields and a road"
+FINGERPRINT_TOLERANCE = 1e-3  # identical weights on another device or library version stay within this
+
+
+class SearchError(InputError, ValueError):
+    """A search input is unusable (wrong model for an index, unreadable image, empty caption file ...)."""
+
+
+@dataclass
+class ModelIdentity:
+    """Which model embedded an index: names, and the embeddings of a fixed probe image and caption."""
+
+    base_model: str
+    adapter: str | None
+    fingerprint: list[float] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return f"{self.base_model}" + (f" + adapter {self.adapter}" if self.adapter else " (no adapter)")
+
+    def matches(self, other: ModelIdentity) -> bool:
+        if (self.base_model, self.adapter) != (other.base_model, other.adapter):
+            return False
+        mine, theirs = np.asarray(self.fingerprint), np.asarray(other.fingerprint)
+        return mine.shape == theirs.shape and bool(np.abs(mine - theirs).max() <= FINGERPRINT_TOLERANCE)
+
+
+def model_name(name_or_path: str | os.PathLike) -> str:
+    """A local folder as its absolute path; a Hub id as it is."""
+    return str(Path(name_or_path).resolve()) if Path(name_or_path).exists() else str(name_or_path)
+
+
+class RetrievalModel:
+    """A CLIP base model with an optional PEFT adapter, embedding images and captions as unit vectors."""
+
+    def __init__(
+        self,
+        base_model: str | os.PathLike,
+        adapter: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+    ):
+        from transformers import CLIPModel, CLIPProcessor
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            model = CLIPModel.from_pretrained(base_model)
+        except OSError as error:  # no such folder or Hub id, or not a model
+            raise SearchError(f"--model {base_model}: {first_line(error)}") from None
+        if adapter is not None:
+            with warnings.catch_warnings():  # transformers' deprecation notice, triggered inside peft
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+                model = load_adapter(model, adapter)
+        self.model = model.to(device).eval()
+        self.processor = CLIPProcessor.from_pretrained(base_model)
+        self.max_length = self.model.config.text_config.max_position_embeddings
+        self.identity = ModelIdentity(model_name(base_model), model_name(adapter) if adapter else None)
+        self.identity.fingerprint = self.probe_fingerprint()
+
+    def uses_pos_inputs(self) -> bool:
+        """Whether the adapter's method takes POS inputs in its text tower (the method table says)."""
+        config = getattr(self.model, "peft_config", {}).get("default")
+        method = method_of_config(config) if config is not None else None
+        return method is not None and method.pos_inputs
+
+    @torch.no_grad()
+    def embed_images(self, images: list[PIL.Image.Image]) -> torch.Tensor:
+        """``(N, D)`` unit-norm float32 embeddings of ``images``."""
+        return image_embeddings(self.model, self.processor.image_processor, images).cpu()
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """``(N, D)`` unit-norm float32 embeddings of ``texts``."""
+        if self.uses_pos_inputs():
+            method = method_of_config(self.model.peft_config["default"])
+            raise SearchError(
+                f"this adapter is {method.name}'s ({method.summary}): its text tower needs POS-tagged "
+                "captions, which rsitr-search does not produce; search with an adapter taking plain captions "
+                "(MRS-Adapter, LoRA ...)"
+            )
+        inputs = self.processor.tokenizer(
+            texts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return text_embeddings(self.model, inputs).cpu()
+
+    def probe_fingerprint(self) -> list[float]:
+        """Embeddings of a fixed colour-ramp image and of ``PROBE_CAPTION`` (image only for POSAPL)."""
+        size = self.processor.image_processor.crop_size["height"]
+        ramp = np.linspace(0, 255, size * size * 3).reshape(size, size, 3).astype(np.uint8)
+        probes = [self.embed_images([PIL.Image.fromarray(ramp)])[0]]
+        if not self.uses_pos_inputs():
+            probes.append(self.embed_texts([PROBE_CAPTION])[0])
+        return [round(value, 6) for value in torch.cat(probes).tolist()]
+
+
+def load_adapter(model, adapter: str | os.PathLike):
+    """``PeftModel.from_pretrained(model, adapter)``, with an :class:`AdapterFileError` naming the adapter
+    when its config or weights cannot be read (not an adapter, another method, a damaged weights file)."""
+    from peft import PeftModel
+    from safetensors import SafetensorError
+
+    try:
+        return PeftModel.from_pretrained(model, adapter)
+    except (OSError, ValueError, KeyError, SafetensorError, json.JSONDecodeError) as error:
+        hint = " (a PEFT type rsitr_hf and peft do not know)" if isinstance(error, KeyError) else ""
+        raise AdapterFileError(
+            f"--adapter {adapter}: not a loadable adapter{hint}: {first_line(error)}"
+        ) from None

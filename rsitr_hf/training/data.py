@@ -1,0 +1,128 @@
+"""The data of a training run: the recipe's splits (with POS columns for a method that takes POS inputs),
+each split's images as uint8 pixels (cached or decoded), the training caption pairs and their loader, and
+the on-device image transform (augmentation, then CLIP's normalisation)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from ..data import load_rsitr, load_rsitr_hub
+from ..data.augmentation import RandomResizedCropFlip
+from ..data.pixels import DecodedPixels, PixelNormalizer, PixelSource, cached_pixels
+from ..data.pos import cached_pos_dataset
+from ..data.preprocessing import ImageBatchTransform, RetrievalCollator, caption_pairs
+from ..data.randaugment import RandAugment
+from .recipe import Recipe, RecipeError
+
+MAX_AUTO_WORKERS = 8
+
+
+@dataclass
+class RunData:
+    """The splits of a run, each split's images as uint8 pixels (cached or decoded), the training caption
+    pairs (tokenised, one row per caption), the data-loader workers, and the POS inputs the method takes
+    (``"sentence"``/``"aligned"``, or ``None``)."""
+
+    dataset: datasets.DatasetDict
+    pixels: dict[str, PixelSource]
+    pairs: datasets.Dataset
+    num_workers: int
+    pos_mode: str | None
+
+
+def resolve_num_workers(value: int | str, device: torch.device, local_processes: int) -> int:
+    """``training.num_workers``: a number as given; ``auto`` is 0 on the CPU (the cores are training the
+    model, and the cached pipeline keeps up in the main process), else the CPUs per local process minus
+    one (the process itself), at most ``MAX_AUTO_WORKERS``."""
+    if value != "auto":
+        return int(value)
+    if device.type == "cpu":
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_AUTO_WORKERS, cpus // max(1, local_processes) - 1))
+
+
+def load_data(recipe: Recipe, tokenizer, pos_mode: str | None) -> datasets.DatasetDict:
+    """The DatasetDict of the recipe; with POS columns (tagged once, then cached) when ``pos_mode`` is set."""
+    data = recipe.data
+    if not data.path:
+        raise RecipeError("data.path: give the dataset folder or Hub dataset id")
+    if data.format == "seed":
+        dataset = load_rsitr(
+            data.path, data.name, data.validation_fraction, data.split_seed, data.empty_captions
+        )
+    else:
+        dataset = load_rsitr_hub(data.path, data.validation_fraction, data.split_seed)
+    if pos_mode is None:
+        return dataset
+    keys = ("format", "path", "name", "validation_fraction", "split_seed", "empty_captions")
+    identity = {key: getattr(data, key) for key in keys}
+    if data.format != "hub":
+        identity["path"] = str(Path(data.path).resolve())
+    return cached_pos_dataset(
+        dataset,
+        identity,
+        tokenizer,
+        data.pos_cache,
+        data.pos_model,
+        data.stanza_dir,
+        data.caption_normalisation,
+    )
+
+
+def prepare_data(recipe: Recipe, processor, pos_mode: str | None, accelerator: Accelerator) -> RunData:
+    """Load the splits and their pixels; the main process builds the caches first, the others reuse them."""
+    with accelerator.main_process_first():
+        dataset = load_data(recipe, processor.tokenizer, pos_mode)
+        pixels = {}
+        for split, rows in dataset.items():
+            if recipe.data.cache_images and len(rows):
+                pixels[split] = cached_pixels(
+                    rows, processor.image_processor, recipe.data.image_cache, split_name=split
+                )
+            else:
+                pixels[split] = DecodedPixels(rows, processor.image_processor, split)
+    pairs = caption_pairs(dataset["train"], processor.tokenizer, pos_mode)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    num_workers = resolve_num_workers(recipe.training.num_workers, accelerator.device, local_processes)
+    return RunData(dataset, pixels, pairs, num_workers, pos_mode)
+
+
+def training_loader(recipe: Recipe, data: RunData, pad_token_id: int, device: torch.device) -> DataLoader:
+    """Shuffled batches of caption pairs with their images as uint8 pixels (see ``RetrievalCollator``)."""
+    return DataLoader(
+        data.pairs,
+        batch_size=recipe.training.batch_size,
+        shuffle=True,
+        collate_fn=RetrievalCollator(data.pixels["train"], pad_token_id),
+        num_workers=data.num_workers,
+        persistent_workers=data.num_workers > 0,
+        pin_memory=device.type == "cuda",
+        # its own generator: a new iterator must not draw from the global RNG that checkpoints restore
+        generator=torch.Generator().manual_seed(recipe.training.seed),
+    )
+
+
+def image_transform(recipe: Recipe, processor) -> ImageBatchTransform:
+    """uint8 pixels -> ``pixel_values`` on the device: the crop and flip (``data.augment``), then RandAugment
+    (``data.randaugment``), each drawn per example, then CLIP's normalisation."""
+    data, seed = recipe.data, recipe.training.seed
+    rand_augment = None
+    if data.randaugment is not None:
+        if len(data.randaugment) != 2 or data.randaugment[1] > 30:
+            raise RecipeError(
+                f"data.randaugment: expected [num_ops, magnitude] with magnitude 0-30, got {data.randaugment}"
+            )
+        rand_augment = RandAugment(num_ops=data.randaugment[0], magnitude=data.randaugment[1], seed=seed)
+    return ImageBatchTransform(
+        PixelNormalizer.from_processor(processor.image_processor),
+        RandomResizedCropFlip(seed=seed) if data.augment else None,
+        rand_augment,
+    )

@@ -1,0 +1,132 @@
+"""The outputs of a training run: the best adapter evaluated once on test, ``adapter/``, ``metrics.json``, the
+plots and the retrieval examples, and the push to the Hub."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from ..evaluation import TIE_PROTOCOLS, test_results
+from ..evaluation.grids import plot_retrieval_grid, split_examples
+from ..utils.files import write_json
+from .checkpoints import TrainerState, load_best, replace_folder
+from .hub import HubPushError, push_adapter
+from .plots import plot_recalls, plot_training_curve
+from .recipe import Recipe
+from .validation import Evaluator
+
+
+@dataclass
+class TrainResult:
+    """What :func:`~rsitr_hf.training.train` returns: where the run wrote, its test metrics, the selected
+    step and its validation mR, the cost (``metrics.json``'s ``cost``) and the Hub URL when it was pushed."""
+
+    output_dir: Path
+    test_metrics: dict
+    best_step: int
+    best_validation_mR: float | None
+    cost: dict = field(default_factory=dict)
+    pushed_to: str | None = None
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float | None, str | None]:
+    """Peak memory of this process so far: CUDA's peak allocation, else the peak resident set size
+    (``None`` where the ``resource`` module does not exist, i.e. on Windows)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    try:
+        import resource
+    except ImportError:
+        return None, None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_rss"
+
+
+def finish(
+    recipe: Recipe,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    evaluator: Evaluator,
+    state: TrainerState,
+    cost: dict,
+    seconds_per_step: list[float],
+) -> TrainResult:
+    """Evaluate the best adapter once on test (under every tie protocol), write the outputs (main process)
+    and push them to the Hub if the recipe asks."""
+    output_dir = Path(recipe.output_dir)
+    load_best(model, output_dir)
+    test_by_ties = evaluator.metrics(model, "test", TIE_PROTOCOLS)
+    test_metrics = test_by_ties[recipe.evaluation.ties]
+    state.evaluations.append({"step": state.best_step, "epoch": None, "split": "test", **test_metrics})
+    accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state.global_step)
+    memory_mb, memory_kind = peak_memory_mb(accelerator.device)
+    cost = {
+        **cost,
+        "seconds_per_step": statistics.median(seconds_per_step) if seconds_per_step else None,
+        "steps_timed": len(state.train_loss),
+        "batch_size": recipe.training.batch_size * recipe.training.gradient_accumulation_steps,
+        "peak_memory_mb": memory_mb,
+        "memory_kind": memory_kind,
+        "device": str(accelerator.device),
+        "num_processes": accelerator.num_processes,
+    }
+    result = TrainResult(output_dir, test_metrics, state.best_step, state.best_mR, cost)
+    push_error = None
+    if accelerator.is_main_process:
+        write_outputs(recipe, evaluator.processor, state, test_by_ties, cost)
+        if len(evaluator.data.dataset["validation"]):
+            plot_examples(model, evaluator, output_dir / "retrieval_examples.png")
+        if recipe.hub.push_to_hub:
+            try:
+                result.pushed_to = push_adapter(
+                    output_dir / "adapter",
+                    recipe.hub.model_id,
+                    recipe.to_dict(),
+                    test_metrics,
+                    dataset_name=Path(recipe.data.path).name or recipe.data.path,
+                    private=recipe.hub.private,
+                )
+            except HubPushError as error:  # raised after the other processes have finished too
+                push_error = error
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if push_error is not None:
+        raise push_error
+    return result
+
+
+def write_outputs(recipe: Recipe, processor, state: TrainerState, test_by_ties: dict, cost: dict) -> None:
+    """Main process only: the final adapter folder (the best adapter and the processor), ``metrics.json`` and
+    the training plots."""
+    output_dir = Path(recipe.output_dir)
+
+    def write_adapter(folder: Path) -> None:
+        shutil.copytree(output_dir / "best_adapter", folder)
+        processor.save_pretrained(folder)
+
+    replace_folder(output_dir / "adapter", write_adapter)
+    metrics = {
+        "best": {"step": state.best_step, "validation_mR": state.best_mR},
+        **test_results(test_by_ties, recipe.evaluation.ties),
+        "cost": cost,
+        "evaluations": state.evaluations,
+        "train_loss": state.train_loss,
+    }
+    write_json(output_dir / "metrics.json", metrics)
+    plot_training_curve(state.train_loss, state.evaluations, output_dir / "training_curve.png")
+    plot_recalls(state.evaluations, output_dir / "recall.png")
+
+
+def plot_examples(model: torch.nn.Module, evaluator: Evaluator, path: Path) -> None:
+    """The top-5 validation images of a few validation captions, with the best adapter."""
+    with evaluator.accelerator.autocast():
+        examples = split_examples(
+            model, evaluator.data.dataset["validation"], evaluator.processor,
+            batch_size=evaluator.batch_size, pixels=evaluator.data.pixels["validation"],
+            **evaluator.text_options("validation"),
+        )  # fmt: skip
+    plot_retrieval_grid(examples, path, "validation queries, best adapter")
