@@ -111,6 +111,10 @@ def main() -> int:
     finally:
         driver.quit()
         blocks.close()
+    if args.index:  # a screenshot of one query: nothing to time
+        shown = args.screenshot or "no screenshot asked"
+        print(f"{shown}: {queries[0]!r} answered in {browser_seconds[0]:.3f} s")
+        return 0
     p95 = {
         name: statistics.quantiles(values, n=20)[18]
         for name, values in (("browser", browser_seconds), ("server", server_ms))
