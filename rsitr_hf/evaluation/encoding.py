@@ -105,8 +105,8 @@ def embed_in_order(
 
     The items are embedded in batches of ``batch_size`` (``load_batch(rows)`` prepares a batch's inputs on
     the CPU, in ``num_workers`` data-loader workers when there are some; ``embed_batch`` embeds them), each
-    process of ``accelerator`` taking a contiguous share of the batches (:func:`~rsitr_hf.utils.distributed.
-    embed_batches`), and every process gets them all.
+    process of ``accelerator`` taking a contiguous share of the batches
+    (:func:`~rsitr_hf.utils.distributed.embed_batches`), and every process gets them all.
     """
     shards = Shards.single() if accelerator is None else Shards.of(accelerator)
     batches = [range(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]

@@ -135,15 +135,17 @@ def run_recipes(
         if not isinstance(partial, dict):
             raise RecipeError(f"methods.{label}: expected a partial recipe (a mapping), got {partial!r}")
         values = merge_sections(shared, partial)
-        try:
-            method = get_method(build(Recipe, values).method.name)
-            runs[label] = [
-                (seed, build(Recipe, {**merge_sections(values, {"training": {"seed": seed}}),
-                                      "output_dir": str(output_dir / label / f"seed_{seed}")}))
-                for seed in (seeds if method.trains else seeds[:1])
-            ]  # fmt: skip
-        except RecipeError as error:
-            raise RecipeError(f"methods.{label}: {error}") from None
+        runs[label] = []
+        for seed in seeds:
+            run = merge_sections(values, {"training": {"seed": seed}})
+            run["output_dir"] = str(output_dir / label / f"seed_{seed}")
+            try:
+                recipe = build(Recipe, run)
+            except RecipeError as error:
+                raise RecipeError(f"methods.{label}: {error}") from None
+            runs[label].append((seed, recipe))
+            if not get_method(recipe.method.name).trains:
+                break  # evaluated once: it does not depend on the seed
     return runs
 
 
