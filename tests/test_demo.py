@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from rsitr_hf.demo import run_demo
+from rsitr_hf.demo import main, run_demo
 from rsitr_hf.evaluation import METRIC_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +26,16 @@ def test_demo_runs_offline_end_to_end_and_caches_its_base(tmp_path, capsys):
     again = run_demo(tmp_path, ROOT / "hub_configs" / "demo.yaml", overrides=overrides, **SMALL)
     assert (tmp_path / "base" / "model.safetensors").stat().st_mtime_ns == stamp  # base reused
     assert again["zero-shot"] == rows["zero-shot"] and again["adapted"] == pytest.approx(rows["adapted"])
+
+    # --prepare_only names the task's folders (prepared already here) and trains nothing
+    capsys.readouterr()
+    adapter = tmp_path / "run" / "adapter" / "adapter_model.safetensors"
+    trained = adapter.stat().st_mtime_ns
+    assert main(["--prepare_only", "--output_dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert f"base model: {tmp_path / 'base'}" in printed
+    assert f"data: {tmp_path / 'data' / 'target_precomp'}" in printed
+    assert adapter.stat().st_mtime_ns == trained
 
 
 def test_the_demo_checks_the_readme_table_and_can_rewrite_it(tmp_path, monkeypatch):
