@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import PIL.Image
 import pytest
 import torch
 from conftest import TWO_PROCESS_LAUNCH, subprocess_env
@@ -161,6 +162,21 @@ def test_unreadable_image_is_named(tmp_path, image_folder, tiny_clip_dir):
     (image_folder / "broken.png").write_bytes(b"not a png")
     with pytest.raises(SearchError, match="broken.png: not a readable image"):
         build_index(image_folder, tmp_path / "index", RetrievalModel(tiny_clip_dir))
+
+
+def test_a_method_with_pos_inputs_indexes_images_but_refuses_text_queries(tmp_path, tiny_clip_dir):
+    """The method table says which adapters take POS inputs (POSAPL): their images embed, their text
+    queries are refused with the method named (rsitr-search makes no POS tags)."""
+    from rsitr_hf import POSPromptConfig
+
+    config = POSPromptConfig(adapter_dim=16, adapter_heads=2, fusion_layers=[1, 1, 2, 2])
+    get_peft_model(CLIPModel.from_pretrained(tiny_clip_dir), config).save_pretrained(tmp_path / "posapl")
+    model = RetrievalModel(tiny_clip_dir, tmp_path / "posapl")
+    assert model.method.name == "pos_prompt" and model.uses_pos_inputs()
+    assert model.embed_images([PIL.Image.new("RGB", (32, 32))]).shape == (1, 24)
+    with pytest.raises(SearchError, match=r"adapter is pos_prompt's \(POSAPL.*needs POS-tagged captions"):
+        model.embed_texts(["a river"])
+    assert RetrievalModel(tiny_clip_dir).method is None  # the base alone takes plain captions
 
 
 def test_grids_from_an_index_and_from_a_split(tmp_path, synthetic_dir, tiny_clip_dir, image_folder):

@@ -69,6 +69,8 @@ class RetrievalModel:
                 warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
                 model = load_adapter(model, adapter)
         self.model = model.to(device).eval()
+        config = getattr(self.model, "peft_config", {}).get("default")
+        self.method = method_of_config(config) if config is not None else None  # None: the base alone
         self.processor = CLIPProcessor.from_pretrained(base_model)
         self.max_length = self.model.config.text_config.max_position_embeddings
         self.identity = ModelIdentity(model_name(base_model), model_name(adapter) if adapter else None)
@@ -76,9 +78,7 @@ class RetrievalModel:
 
     def uses_pos_inputs(self) -> bool:
         """Whether the adapter's method takes POS inputs in its text tower (the method table says)."""
-        config = getattr(self.model, "peft_config", {}).get("default")
-        method = method_of_config(config) if config is not None else None
-        return method is not None and method.pos_inputs
+        return self.method is not None and self.method.pos_inputs
 
     @torch.no_grad()
     def embed_images(self, images: list[PIL.Image.Image]) -> torch.Tensor:
@@ -89,11 +89,10 @@ class RetrievalModel:
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         """``(N, D)`` unit-norm float32 embeddings of ``texts``."""
         if self.uses_pos_inputs():
-            method = method_of_config(self.model.peft_config["default"])
             raise SearchError(
-                f"this adapter is {method.name}'s ({method.summary}): its text tower needs POS-tagged "
-                "captions, which rsitr-search does not produce; search with an adapter taking plain captions "
-                "(MRS-Adapter, LoRA ...)"
+                f"this adapter is {self.method.name}'s ({self.method.summary}): its text tower needs "
+                "POS-tagged captions, which rsitr-search does not produce; search with an adapter "
+                "taking plain captions (MRS-Adapter, LoRA ...)"
             )
         inputs = self.processor.tokenizer(
             texts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
