@@ -142,3 +142,23 @@ def clip_embeddings(model, pixel_values, input_ids):
             model.get_image_features(pixel_values=pixel_values).pooler_output,
             model.get_text_features(input_ids=input_ids).pooler_output,
         )
+
+
+@pytest.fixture
+def base(tiny_clip_dir):
+    """A fresh tiny ``CLIPModel`` (from ``tiny_clip_dir``) for a test to adapt."""
+    from transformers import CLIPModel
+
+    return CLIPModel.from_pretrained(tiny_clip_dir)
+
+
+def randomise_parameters(model, marker: str, seed: int = 0, skip: str | None = None) -> None:
+    """Random (0.1-scaled normal) values for the parameters whose name contains ``marker`` (and not ``skip``):
+    fresh adapters start as the identity, which tests of what they compute must leave."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if marker in name and (skip is None or skip not in name):
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import clip_embeddings, tiny_inputs
+from conftest import clip_embeddings, randomise_parameters, tiny_inputs
 from peft import PeftModel, get_peft_model
 from transformers import CLIPConfig, CLIPModel
 
@@ -10,17 +10,8 @@ from rsitr_hf.tuners.bottleneck_adapter import BottleneckAdapterEncoderLayer
 SMALL = {"bottleneck_dim": 8}
 
 
-@pytest.fixture
-def base(tiny_clip_dir):
-    return CLIPModel.from_pretrained(tiny_clip_dir)
-
-
 def randomise(model, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "bottleneck_" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    randomise_parameters(model, "bottleneck_", seed)
 
 
 def test_houlsby_parameter_count_on_vit_b32_widths():

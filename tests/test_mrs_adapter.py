@@ -15,11 +15,6 @@ from rsitr_hf.tuners.mrs_adapter import MRSAdapterEncoderLayer
 SMALL = {"bottleneck_dim": 16, "shared_dim": 8}  # tiny towers are 48 (vision) and 32 (text) wide
 
 
-@pytest.fixture
-def base(tiny_clip_dir):
-    return CLIPModel.from_pretrained(tiny_clip_dir)
-
-
 def randomise_adapter(peft_model, seed=0):
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -8,7 +8,7 @@ from conftest import tiny_inputs
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict, inject_adapter_in_model
 from transformers import CLIPModel
 
-from rsitr_hf import BottleneckAdapterConfig, MRSAdapterConfig, POSPromptConfig
+from rsitr_hf import BottleneckAdapterConfig, HarMAConfig, MRSAdapterConfig, POSPromptConfig
 
 CONFIGS = {
     "mrs_adapter": lambda: MRSAdapterConfig(bottleneck_dim=16, shared_dim=8),
@@ -16,8 +16,23 @@ CONFIGS = {
     "pos_prompt": lambda: POSPromptConfig(
         adapter_dim=16, adapter_heads=2, pos_adapter_dim=8, fusion_layers=[1, 1, 2, 2]
     ),
+    "harma": lambda: HarMAConfig(bottleneck_dim=16, heads=2, mini_dim=8, mini_heads=2),
+    "harma_shared_masked": lambda: HarMAConfig(
+        bottleneck_dim=16,
+        heads=2,
+        mini_dim=8,
+        mini_heads=2,
+        share_across_modalities=True,
+        text_padding="masked",
+    ),
 }
-PREFIXES = {"mrs_adapter": "mrs_", "bottleneck_adapter": "bottleneck_", "pos_prompt": "posapl_"}
+PREFIXES = {
+    "mrs_adapter": "mrs_",
+    "bottleneck_adapter": "bottleneck_",
+    "pos_prompt": "posapl_",
+    "harma": "harma_",
+    "harma_shared_masked": "harma_",
+}
 
 pytestmark = pytest.mark.parametrize("method", list(CONFIGS))
 
@@ -50,7 +65,7 @@ def adapter_parameters(model, method: str, adapter_name: str | None = None) -> d
     return {
         name: parameter
         for name, parameter in model.named_parameters()
-        if PREFIXES[method] in name and marker in name
+        if PREFIXES[method] in name and marker in name + "."  # a ParameterDict's key ends with the name
     }
 
 
@@ -179,7 +194,12 @@ def test_gradient_checkpointing_recomputes_with_the_same_gradients(base, method)
                 + model.get_text_features(**text).pooler_output.square().sum()
             )
         loss.backward()
-        return {name: p.grad.clone() for name, p in adapter_parameters(model, method).items()}, kept
+        parameters = adapter_parameters(model, method)
+        # HarMA's ITC temperature is the loss's, not the encoders': the only parameter without a gradient here
+        assert {name for name, p in parameters.items() if p.grad is None} <= {
+            name for name in parameters if "temperature" in name
+        }
+        return {name: p.grad.clone() for name, p in parameters.items() if p.grad is not None}, kept
 
     plain_gradients, plain_kept = step()
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable

@@ -41,8 +41,8 @@ def test_unknown_and_mistyped_keys_name_the_key(tmp_path):
     bad.write_text("method:\n  name: prefix_tuning\n")
     with pytest.raises(
         RecipeError,
-        match=r"method.name: expected one of \['mrs_adapter', 'pos_prompt', 'bottleneck_adapter', 'lora', "
-        r"'linear_probe', 'full', 'zero_shot'.*\], got 'prefix_tuning'",
+        match=r"method.name: expected one of \['mrs_adapter', 'pos_prompt', 'harma', 'bottleneck_adapter', "
+        r"'lora', 'linear_probe', 'full', 'zero_shot'.*\], got 'prefix_tuning'",
     ):
         load_recipe(bad)
     bad.write_text("training:\n  epochs: three\n")

@@ -17,6 +17,7 @@ Both are :class:`PixelSource`\\ s: ``take(rows)`` gives ``(N, 3, H, W)`` uint8.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -105,6 +106,18 @@ def resize_and_crop(image_processor, images: Sequence) -> np.ndarray:
         images=[to_rgb(image) for image in images], do_rescale=False, do_normalize=False, return_tensors="np"
     )["pixel_values"]
     return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+
+
+def resized_without_crop(image_processor):
+    """A copy of ``image_processor`` that resizes images straight to its input size (bicubic, no centre crop),
+    the HarMA and POSAPL releases' ``Resize((224, 224))``; it equals the original on square images, up to
+    resampling."""
+    height, width = input_shape(image_processor)[1:]
+    resized = copy.deepcopy(image_processor)
+    resized.do_center_crop = False
+    resized.size = {"height": height, "width": width}
+    resized.resample = 3  # PIL's BICUBIC, as the releases
+    return resized
 
 
 class PixelSource(Protocol):

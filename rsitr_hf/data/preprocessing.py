@@ -26,6 +26,7 @@ from .loading import explode_captions
 from .pixels import PixelNormalizer, PixelSource
 from .pos import PAD_TAG_ID
 from .randaugment import RandAugment
+from .release_augment import ReleaseRandomAugment
 
 PAIR_COLUMNS = ("image_row", "image_id", "pair_index", "input_ids", "pos_input_ids", "pos_tag_ids")
 
@@ -150,7 +151,7 @@ class ImageBatchTransform:
 
     normalizer: PixelNormalizer
     augmentation: RandomResizedCropFlip | None = None
-    rand_augment: RandAugment | None = None  # after the crop and flip, as POSAPL's release
+    rand_augment: ReleaseRandomAugment | RandAugment | None = None  # after the crop and flip, as the releases
 
     def __call__(
         self, pixels: torch.Tensor, indices: Sequence[int] | None = None, epoch: int = 0

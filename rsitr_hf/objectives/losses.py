@@ -5,6 +5,8 @@
 - :func:`hmmc_loss`: PE-RSITR's hybrid multi-modal contrastive loss (docs/methods.md, PE-RSITR).
 - :func:`multi_positive_infonce` and :func:`power_triplet_loss`: POSAPL's ``L_MA`` and ``L_PST``
   (docs/methods.md, POSAPL), summed by :func:`posapl_loss`.
+- :func:`weighted_triplet_loss`: HarMA's focal-weighted triplet, added to the multi-positive ITC with its
+  trainable temperature by :func:`harma_loss` (docs/methods.md, HarMA).
 """
 
 from __future__ import annotations
@@ -135,3 +137,44 @@ def posapl_loss(
     return multi_positive_infonce(
         image, text, image_ids, logit_scale, exponentiate_scale
     ) + power_triplet_loss(image, text, negatives_ids, margin, power)
+
+
+def weighted_triplet_loss(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    image_ids: torch.Tensor | None = None,
+    margin: float = 0.2,
+    gamma: float = 2.0,
+) -> torch.Tensor:
+    """HarMA's triplet: every violation ``c = (m + S[i, j] - S[i, i])_+`` (image ``i`` against caption ``j``)
+    and ``c = (m + S[i, j] - S[j, j])_+`` (caption ``j`` against image ``i``) is weighted by
+    ``(1 - exp(-c)) ** gamma`` (the weight is differentiated too), summed over the ``B x B`` pairs and
+    halved. ``S = image @ text.T`` of ``(B, D)`` L2-normalised embeddings, no temperature. The positives are
+    the diagonal only; with ``image_ids``, items of the same image are not negatives either."""
+    scores = image @ text.T
+    negatives = negatives_mask(scores.shape[0], image_ids, scores.device)
+    diagonal = scores.diagonal()
+    total = scores.new_zeros(())
+    for positives in (diagonal[:, None], diagonal[None, :]):
+        violation = (margin + scores - positives).clamp(min=0).masked_fill(~negatives, 0)
+        total = total + ((1 - torch.exp(-violation)).pow(gamma) * violation).sum()
+    return total / 2
+
+
+def harma_loss(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    image_ids: torch.Tensor,
+    temperature: torch.Tensor,
+    margin: float = 0.2,
+    gamma: float = 2.0,
+    mask_same_image: bool = False,
+) -> torch.Tensor:
+    """HarMA's loss, 1:1: the multi-positive ITC with logits ``image @ text.T / temperature`` (the adapter's
+    trainable temperature, not CLIP's ``logit_scale``) plus :func:`weighted_triplet_loss`. Callers pass the
+    batch gathered from every process (:func:`rsitr_hf.utils.distributed.gather_with_gradient`), as the
+    release does. ``mask_same_image=True`` keeps captions of the same image out of the triplet's negatives
+    (the release counts them as negatives; the ITC always treats them as positives)."""
+    itc = multi_positive_infonce(image, text, image_ids, 1 / temperature, exponentiate_scale=False)
+    negatives_ids = image_ids if mask_same_image else None
+    return itc + weighted_triplet_loss(image, text, negatives_ids, margin, gamma)

@@ -48,6 +48,19 @@ def model_name(name_or_path: str | os.PathLike) -> str:
     return str(Path(name_or_path).resolve()) if Path(name_or_path).exists() else str(name_or_path)
 
 
+def adapter_or_base_processor(base_model: str | os.PathLike, adapter: str | os.PathLike | None):
+    """The processor saved beside the adapter (a training run saves its own, e.g. the releases' plain resize
+    of ``data.image_preprocessing: paper``), else the base model's."""
+    from transformers import CLIPProcessor
+
+    if adapter is not None:
+        try:
+            return CLIPProcessor.from_pretrained(adapter)
+        except (OSError, ValueError, TypeError):  # no processor there: an adapter saved on its own
+            pass
+    return CLIPProcessor.from_pretrained(base_model)
+
+
 class RetrievalModel:
     """A CLIP base model with an optional PEFT adapter, embedding images and captions as unit vectors."""
 
@@ -57,7 +70,7 @@ class RetrievalModel:
         adapter: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
     ):
-        from transformers import CLIPModel, CLIPProcessor
+        from transformers import CLIPModel
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
@@ -71,7 +84,7 @@ class RetrievalModel:
         self.model = model.to(device).eval()
         config = getattr(self.model, "peft_config", {}).get("default")
         self.method = method_of_config(config) if config is not None else None  # None: the base alone
-        self.processor = CLIPProcessor.from_pretrained(base_model)
+        self.processor = adapter_or_base_processor(base_model, adapter)
         self.max_length = self.model.config.text_config.max_position_embeddings
         self.identity = ModelIdentity(model_name(base_model), model_name(adapter) if adapter else None)
         self.identity.fingerprint = self.probe_fingerprint()

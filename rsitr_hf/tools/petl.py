@@ -40,6 +40,7 @@ from ..demo.task import prepare_demo_task
 from ..evaluation import METRIC_KEYS, TIE_PROTOCOLS, evaluate_by_ties, test_results
 from ..training import load_data, parameter_counts
 from ..training.checkpoints import complete_checkpoints
+from ..training.data import load_processor
 from ..training.recipe import (
     Recipe,
     RecipeError,
@@ -187,13 +188,13 @@ def train_run(recipe: Recipe, launcher: list[str]) -> dict:
 def zero_shot_run(recipe: Recipe) -> dict:
     """Test metrics of the untouched base model, in the shape of a training run's metrics.json."""
     import torch
-    from transformers import CLIPModel, CLIPProcessor
+    from transformers import CLIPModel
 
     metrics_file = Path(recipe.output_dir) / "metrics.json"
     if not metrics_file.is_file():
         model = CLIPModel.from_pretrained(recipe.base_model).requires_grad_(False)
         model.to("cuda" if torch.cuda.is_available() else "cpu")
-        processor = CLIPProcessor.from_pretrained(recipe.base_model)
+        processor = load_processor(recipe)
         test = load_data(recipe, processor.tokenizer, pos_mode=None)["test"]
         by_ties = evaluate_by_ties(
             model, test, processor, TIE_PROTOCOLS, batch_size=recipe.training.eval_batch_size

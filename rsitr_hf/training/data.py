@@ -1,6 +1,7 @@
 """The data of a training run: the recipe's splits (with POS columns for a method that takes POS inputs),
 each split's images as uint8 pixels (cached or decoded), the training caption pairs and their loader, and
-the on-device image transform (augmentation, then CLIP's normalisation)."""
+the on-device image transform (augmentation, then CLIP's normalisation), and the processor that gives
+the images their size."""
 
 from __future__ import annotations
 
@@ -12,16 +13,19 @@ import datasets
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
+from transformers import CLIPProcessor
 
 from ..data import load_rsitr, load_rsitr_hub
 from ..data.augmentation import RandomResizedCropFlip
-from ..data.pixels import DecodedPixels, PixelNormalizer, PixelSource, cached_pixels
+from ..data.pixels import DecodedPixels, PixelNormalizer, PixelSource, cached_pixels, resized_without_crop
 from ..data.pos import cached_pos_dataset
 from ..data.preprocessing import ImageBatchTransform, RetrievalCollator, caption_pairs
 from ..data.randaugment import RandAugment
+from ..data.release_augment import MAX_LEVEL, ReleaseRandomAugment
 from .recipe import Recipe, RecipeError
 
 MAX_AUTO_WORKERS = 8
+RANDAUGMENT = {"release": (ReleaseRandomAugment, MAX_LEVEL), "torchvision": (RandAugment, 30)}
 
 
 @dataclass
@@ -110,17 +114,29 @@ def training_loader(recipe: Recipe, data: RunData, pad_token_id: int, device: to
     )
 
 
+def load_processor(recipe: Recipe) -> CLIPProcessor:
+    """The base model's processor; with ``data.image_preprocessing: paper``, its images plain-resized to the
+    input size without a centre crop, as the HarMA and POSAPL releases evaluate (saved with the adapter, so
+    search and evaluation of the adapter see images the same way)."""
+    processor = CLIPProcessor.from_pretrained(recipe.base_model)
+    if recipe.data.image_preprocessing == "paper":
+        processor.image_processor = resized_without_crop(processor.image_processor)
+    return processor
+
+
 def image_transform(recipe: Recipe, processor) -> ImageBatchTransform:
     """uint8 pixels -> ``pixel_values`` on the device: the crop and flip (``data.augment``), then RandAugment
-    (``data.randaugment``), each drawn per example, then CLIP's normalisation."""
+    (``data.randaugment`` of ``data.randaugment_kind``), each drawn per example, then CLIP's normalisation."""
     data, seed = recipe.data, recipe.training.seed
     rand_augment = None
     if data.randaugment is not None:
-        if len(data.randaugment) != 2 or data.randaugment[1] > 30:
+        kind, most = RANDAUGMENT[data.randaugment_kind]
+        if len(data.randaugment) != 2 or data.randaugment[1] > most:
             raise RecipeError(
-                f"data.randaugment: expected [num_ops, magnitude] with magnitude 0-30, got {data.randaugment}"
+                f"data.randaugment: expected [num_ops, magnitude] with magnitude 0-{most} "
+                f"({data.randaugment_kind}), got {data.randaugment}"
             )
-        rand_augment = RandAugment(num_ops=data.randaugment[0], magnitude=data.randaugment[1], seed=seed)
+        rand_augment = kind(num_ops=data.randaugment[0], magnitude=data.randaugment[1], seed=seed)
     return ImageBatchTransform(
         PixelNormalizer.from_processor(processor.image_processor),
         RandomResizedCropFlip(seed=seed) if data.augment else None,

@@ -22,7 +22,6 @@ from pathlib import Path
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import CLIPProcessor
 
 from ..tuners.methods import get_method
 from .checkpoints import (
@@ -33,7 +32,7 @@ from .checkpoints import (
     resume,
     save_checkpoint,
 )
-from .data import image_transform, prepare_data, training_loader
+from .data import image_transform, load_processor, prepare_data, training_loader
 from .outputs import TrainResult, finish
 from .recipe import Recipe, RecipeError, save_recipe
 from .setup import (
@@ -75,7 +74,7 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
     set_seed(training.seed)
     model = build_model(recipe, method)
     trainable_parameters, base_parameters = parameter_counts(model)
-    processor = CLIPProcessor.from_pretrained(recipe.base_model)
+    processor = load_processor(recipe)
 
     # --- Data: the splits and their pixels (cached once), the training batches -----------------------------
     data = prepare_data(recipe, processor, method.pos_mode(method_config(model)), accelerator)
@@ -142,7 +141,7 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
                 loss = step(batch, state.epoch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and training.max_grad_norm:
-                    accelerator.clip_grad_norm_(optimizer.param_groups[0]["params"], training.max_grad_norm)
+                    accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()

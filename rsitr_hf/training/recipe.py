@@ -97,17 +97,22 @@ class MethodRecipe:
 class LossRecipe:
     """The training loss."""
 
-    name: Literal["hmmc", "posapl"] | None = option(
+    name: Literal["hmmc", "posapl", "harma"] | None = option(
         None,
-        "hmmc (PE-RSITR) | posapl (multi-positive InfoNCE + power-scaled triplet); unset: the method's "
-        "default",
+        "hmmc (PE-RSITR) | posapl (multi-positive InfoNCE + power-scaled triplet) | harma (multi-positive "
+        "ITC with the adapter's temperature + weighted triplet, over every process's batch); unset: the "
+        "method's default",
     )
-    margin: float = option(0.2, "hinge margin (HMMC 0.2, POSAPL 0.1)", valid=NON_NEGATIVE)
+    margin: float = option(0.2, "hinge margin (HMMC 0.2, POSAPL 0.1, HarMA 0.2)", valid=NON_NEGATIVE)
     max_violation: bool = option(True, "HMMC: hardest negative only (false: sum over negatives)")
     mask_same_image: bool = option(
         True, "pairs of the same image are never negatives (false: the releases' behaviour)"
     )
-    power: float = option(2.0, "POSAPL: exponent of the triplet hinge", valid=POSITIVE)
+    power: float = option(
+        2.0,
+        "POSAPL: exponent of the triplet hinge; HarMA: exponent of its weight (1 - exp(-c))",
+        valid=POSITIVE,
+    )
     exponentiate_scale: bool = option(
         True, "POSAPL: InfoNCE scale exp(logit_scale) as in CLIP (false: the release's raw logit_scale)"
     )
@@ -132,9 +137,20 @@ class DataRecipe:
     )
     randaugment: list[int] | None = option(
         None,
-        "[num_ops, magnitude]: torchvision's RandAugment after the crop and flip, on the device, drawn per "
-        "example (POSAPL: [2, 7])",
+        "[num_ops, magnitude]: RandAugment after the crop and flip, on the device, drawn per example "
+        "(HarMA, POSAPL: [2, 7])",
         NON_NEGATIVE,
+    )
+    randaugment_kind: Literal["release", "torchvision"] = option(
+        "release",
+        "release (the HarMA and POSAPL releases' RandomAugment: 10 operations drawn with replacement, each "
+        "applied with probability 0.5, magnitude out of 10, grey fill) | torchvision (torchvision's "
+        "RandAugment: 14 operations, magnitude out of 30, black fill)",
+    )
+    image_preprocessing: Literal["processor", "paper"] = option(
+        "processor",
+        "processor (the base model's image processor: shorter side resized, centre crop) | paper (plain "
+        "bicubic resize to the input size, no crop: the HarMA and POSAPL releases' transform)",
     )
     cache_images: bool = option(
         True,
@@ -164,14 +180,22 @@ class OptimizerRecipe:
     lr: float = option(2e-4, "learning rate", valid=POSITIVE)
     weight_decay: float = option(0.0, "weight decay", valid=NON_NEGATIVE)
     betas: list[float] = option(help_text="Adam betas", valid=FRACTION, default_factory=lambda: [0.9, 0.999])
+    decay_biases: bool = option(
+        True, "weight decay on every trainable parameter (false: none on those named bias, HarMA's release)"
+    )
 
 
 @dataclass
 class ScheduleRecipe:
     """The learning-rate schedule."""
 
-    name: Literal["step", "cosine", "constant"] = option(
-        "step", "step (times gamma every step_epochs epochs) | cosine (per step, no warm-up) | constant"
+    name: Literal["step", "cosine", "linear", "constant"] = option(
+        "step",
+        "step (times gamma every step_epochs epochs) | cosine (per step) | linear (per step, down to 0 at "
+        "the end) | constant",
+    )
+    warmup_fraction: float = option(
+        0.0, "cosine and linear: share of the steps warming up linearly from 0 (HarMA: 0.1)", valid=FRACTION
     )
     step_epochs: int = option(20, "step: epochs between decays", valid=AT_LEAST_ONE)
     gamma: float = option(0.7, "step: decay factor", valid=POSITIVE)

@@ -15,7 +15,7 @@ from accelerate.utils import (
     is_tensorboard_available,
 )
 from peft import PeftModel, get_peft_model
-from transformers import CLIPModel, get_cosine_schedule_with_warmup
+from transformers import CLIPModel, get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from ..tuners.methods import MethodSpec
 from ..utils.distributed import has_accelerator
@@ -146,13 +146,16 @@ def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def build_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
-    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer_class = torch.optim.AdamW if recipe.optimizer.name == "adamw" else torch.optim.Adam
+    """Adam or AdamW over the trainable parameters; with ``optimizer.decay_biases: false``, the parameters
+    named ``bias`` (``in_proj_bias`` included) form a second group without weight decay."""
+    options = recipe.optimizer
+    trainable = [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
+    undecayed = [parameter for name, parameter in trainable if not options.decay_biases and "bias" in name]
+    decayed = [parameter for name, parameter in trainable if options.decay_biases or "bias" not in name]
+    groups = [{"params": decayed}] + ([{"params": undecayed, "weight_decay": 0.0}] if undecayed else [])
+    optimizer_class = torch.optim.AdamW if options.name == "adamw" else torch.optim.Adam
     return optimizer_class(
-        trainable,
-        lr=recipe.optimizer.lr,
-        betas=tuple(recipe.optimizer.betas),
-        weight_decay=recipe.optimizer.weight_decay,
+        groups, lr=options.lr, betas=tuple(options.betas), weight_decay=options.weight_decay
     )
 
 
@@ -170,8 +173,12 @@ def build_scheduler(
     at each optimiser step (Accelerate's convention, as in its examples), so the schedule counts
     ``num_processes`` steps per optimiser step."""
     schedule = recipe.schedule
-    if schedule.name == "cosine":
-        return get_cosine_schedule_with_warmup(optimizer, 0, max(total_steps, 1) * num_processes)
+    if schedule.name in ("cosine", "linear"):
+        warmup = int(schedule.warmup_fraction * total_steps)  # the HarMA release's int(0.1 * T)
+        build = (
+            get_cosine_schedule_with_warmup if schedule.name == "cosine" else get_linear_schedule_with_warmup
+        )
+        return build(optimizer, warmup * num_processes, max(total_steps, 1) * num_processes)
     if schedule.name == "step":
         steps_per_decay = steps_per_epoch * schedule.step_epochs * num_processes
         return torch.optim.lr_scheduler.LambdaLR(

@@ -1,5 +1,6 @@
-"""One training step: the loss of a batch (HMMC over clean and augmented views, or POSAPL's loss over one view
-with its POS inputs), and the log of the losses, read from the device every few steps."""
+"""One training step: the loss of a batch (HMMC over clean and augmented views; POSAPL's loss over one view
+with its POS inputs; HarMA's over one view gathered from every process, with the adapter's temperature), and
+the log of the losses, read from the device every few steps."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import torch
 from accelerate import Accelerator
 
 from ..data.preprocessing import ImageBatchTransform
-from ..objectives import encode_views, hmmc_loss, posapl_loss, unwrap_clip
+from ..objectives import encode_views, harma_loss, hmmc_loss, posapl_loss, unwrap_clip
+from ..tuners.harma import trainable_temperature
+from ..utils.distributed import gather_with_gradient
 from .checkpoints import TrainerState
 from .recipe import LossRecipe
 
@@ -24,7 +27,7 @@ class TrainingStep:
 
     The uint8 pixels become ``pixel_values`` on the device (augmentation drawn from ``(seed, epoch,
     pair_index)``, then normalisation); HMMC encodes clean and token-dropout views of both towers, POSAPL
-    one view with its POS inputs.
+    one view with its POS inputs, HarMA one view.
     """
 
     model: torch.nn.Module
@@ -49,9 +52,15 @@ class TrainingStep:
             pixel_values=pixel_values, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
             return_dict=True, **pos_inputs,
         )  # fmt: skip
+        image, text = output.image_embeds.float(), output.text_embeds.float()
+        if options.name == "harma":  # over the batch of every process, as the release
+            image_ids = gather_with_gradient(batch["image_ids"])
+            return harma_loss(
+                gather_with_gradient(image), gather_with_gradient(text), image_ids,
+                trainable_temperature(self.model), options.margin, options.power, options.mask_same_image,
+            )  # fmt: skip
         return posapl_loss(
-            output.image_embeds.float(), output.text_embeds.float(), batch["image_ids"],
-            unwrap_clip(self.model).logit_scale, options.exponentiate_scale,
+            image, text, batch["image_ids"], unwrap_clip(self.model).logit_scale, options.exponentiate_scale,
             options.margin, options.power, options.mask_same_image,
         )  # fmt: skip
 

@@ -1,20 +1,37 @@
 """What the rsitr_hf tuners share: their layers wrap whole CLIP modules (blocks or towers) and add
-non-linear branches, where peft's defaults assume Linear-like targets and mergeable weight deltas; and the
-names of CLIP's towers and blocks they target."""
+non-linear branches, where peft's defaults assume Linear-like targets and mergeable weight deltas; state
+that many layers share (kept on the tuner, saved once); the names of CLIP's towers and blocks they target;
+and where CLIP's text tower pools."""
 
 from __future__ import annotations
 
 import re
 
+import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
 TOWERS = ("vision", "text")
 
 
+def checked_towers(towers: list[str]) -> list[str]:
+    """A config's ``towers``: a non-empty subset of :data:`TOWERS`, in their order (else a ``ValueError``)."""
+    if not towers or set(towers) - set(TOWERS):
+        raise ValueError(f"towers must be a non-empty subset of {list(TOWERS)}, got {towers}")
+    return [tower for tower in TOWERS if tower in towers]
+
+
 def encoder_layer_pattern(towers: list[str]) -> str:
     """Regex (peft full-match) of the CLIP encoder blocks of ``towers``."""
     return rf"(.*\.)?({'|'.join(towers)})_model\.encoder\.layers\.\d+"
+
+
+def end_of_text_positions(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """``(B,)``: where ``CLIPTextModel`` pools each row of ``(B, L)`` ids: the first end-of-text token, or the
+    highest id for transformers' legacy configs (``eos_token_id == 2``); a row without one pools at 0."""
+    if eos_token_id == 2:
+        return input_ids.to(torch.int).argmax(dim=-1)
+    return (input_ids == eos_token_id).int().argmax(dim=-1)
 
 
 def reset_output_capturing(model: nn.Module) -> None:
@@ -80,3 +97,53 @@ class WrappingTuner(BaseTuner):
             f"merge_and_unload() is not possible for {type(self).__name__}: {self.merge_refusal} "
             "Keep the PeftModel, or use unload() to get the plain base model back."
         )
+
+
+def aliases(state_dict: dict[str, torch.Tensor]) -> dict[tuple, list[str]]:
+    """The keys of ``state_dict`` grouped by the tensor they name (same storage, offset and shape)."""
+    groups: dict[tuple, list[str]] = {}
+    for key, tensor in state_dict.items():
+        identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        groups.setdefault(identity, []).append(key)
+    return groups
+
+
+class SharedStateTuner(WrappingTuner):
+    """A tuner whose state shared by many layers lives on the tuner, keyed by adapter name (as VB-LoRA's
+    vector bank): ``shared_layer_names`` are its attributes, each a ``ModuleDict``/``ParameterDict`` that
+    every layer references (the same object) and declares in ``adapter_layer_names``, so that peft's
+    set/delete/trainable bookkeeping sees it.
+
+    The state dict then lists each shared tensor under every layer and under the tuner; a checkpoint keeps
+    one copy (the shortest key, ``base_model.<attribute>.<name>.…`` on a ``PeftModel``) and loading gives
+    that copy back under every other name, so that peft finds no adapter key missing.
+    """
+
+    shared_layer_names: tuple[str, ...] = ()
+
+    @classmethod
+    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        selected = super()._get_adapter_state_dict(
+            model, config, adapter_name, state_dict, unwanted_adapter_names
+        )
+        kept = {min(keys, key=lambda key: (len(key), key)) for keys in aliases(selected).values()}
+        return {key: selected[key] for key in sorted(kept)}
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        shared = re.compile(
+            rf"({'|'.join(map(re.escape, cls.shared_layer_names))})\.{re.escape(adapter_name)}(\.|$)"
+        )
+        own = {key: value for key, value in model.state_dict().items() if shared.search(key)}
+        for keys in aliases(own).values():
+            given = next((key for key in keys if key in remapped), None)
+            if given is not None:
+                remapped.update({key: remapped[given] for key in keys})
+        return remapped
+
+    def shared_state(self, attribute: str, kind: type[nn.Module] = nn.ModuleDict) -> nn.Module:
+        """The tuner's ``attribute`` (a ``kind``, created empty on first use), which the layers reference."""
+        if not hasattr(self, attribute):
+            setattr(self, attribute, kind())
+        return getattr(self, attribute)

@@ -26,7 +26,7 @@ from typing import Any
 from peft import PeftConfig
 from torch import nn
 
-LOSSES = ("hmmc", "posapl")
+LOSSES = ("hmmc", "posapl", "harma")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,23 @@ def has_accelerator() -> bool:
     return torch.cuda.is_available()
 
 
+def gather_with_gradient(tensor: torch.Tensor) -> torch.Tensor:
+    """``(B, ...)`` of this process -> ``(P * B, ...)``: every process's, in process order (each process
+    gives the same ``B``, as Accelerate's even batches do); the tensor itself without a process group.
+
+    Gradients flow back to each process's own rows, summed over the processes, so that DDP's average of the
+    parameters' gradients is the gradient of a loss computed on the gathered batch, whatever the number of
+    processes (the HarMA release's own gather passed back only the local part, a gradient ``P`` times
+    smaller, which Adam all but ignores)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor), dim=0)
+
+
 class Shards:
     """This process's place in a job: ``rank`` of ``count`` processes, on ``device``.
 

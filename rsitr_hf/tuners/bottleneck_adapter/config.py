@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..base import TOWERS, encoder_layer_pattern
+from ..base import TOWERS, checked_towers, encoder_layer_pattern
 from ..registration import ExternalPeftConfig
 
 PEFT_TYPE_NAME = "BOTTLENECK_ADAPTER"
@@ -42,8 +42,7 @@ class BottleneckAdapterConfig(ExternalPeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.towers or set(self.towers) - set(TOWERS):
-            raise ValueError(f"towers must be a non-empty subset of {list(TOWERS)}, got {self.towers}")
+        self.towers = checked_towers(self.towers)
         if not self.positions or set(self.positions) - set(POSITIONS):
             raise ValueError(
                 f"positions must be a non-empty subset of {list(POSITIONS)}, got {self.positions}"
@@ -52,6 +51,5 @@ class BottleneckAdapterConfig(ExternalPeftConfig):
             raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {self.activation!r}")
         if self.bottleneck_dim < 1 or not 0.0 <= self.adapter_dropout < 1.0:
             raise ValueError("bottleneck_dim must be >= 1 and adapter_dropout in [0, 1)")
-        self.towers = [tower for tower in TOWERS if tower in self.towers]
         self.positions = [position for position in POSITIONS if position in self.positions]
         self.target_modules = encoder_layer_pattern(self.towers)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..base import TOWERS, encoder_layer_pattern
+from ..base import TOWERS, checked_towers, encoder_layer_pattern
 from ..registration import ExternalPeftConfig
 
 PEFT_TYPE_NAME = "MRS_ADAPTER"
@@ -46,10 +46,7 @@ class MRSAdapterConfig(ExternalPeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        unknown = sorted(set(self.towers) - set(TOWERS))
-        if unknown or not self.towers:
-            raise ValueError(f"towers must be a non-empty subset of {list(TOWERS)}, got {self.towers}")
-        self.towers = [tower for tower in TOWERS if tower in self.towers]
+        self.towers = checked_towers(self.towers)
         if self.bottleneck_dim < 1 or self.shared_dim < 0:
             raise ValueError("bottleneck_dim must be >= 1 and shared_dim >= 0")
         if not 0.0 <= self.adapter_dropout < 1.0 or not 0.0 <= self.token_dropout < 1.0:

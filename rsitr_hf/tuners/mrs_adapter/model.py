@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 
-import torch
 from torch import nn
 
-from ..base import TOWERS, WrappingTuner, encoder_layer_pattern
+from ..base import TOWERS, SharedStateTuner, encoder_layer_pattern
 from .config import MRSAdapterConfig
 from .layer import MRSAdapter, MRSAdapterEncoderLayer
 
@@ -20,23 +19,15 @@ def tower_widths(model: nn.Module) -> dict[str, int]:
     return {tower: getattr(config, f"{tower}_config").hidden_size for tower in TOWERS}
 
 
-def aliases(state_dict: dict[str, torch.Tensor]) -> dict[tuple, list[str]]:
-    """The keys of ``state_dict`` grouped by the tensor they name (same storage, offset and shape)."""
-    groups: dict[tuple, list[str]] = {}
-    for key, tensor in state_dict.items():
-        identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        groups.setdefault(identity, []).append(key)
-    return groups
-
-
-class MRSAdapterModel(WrappingTuner):
+class MRSAdapterModel(SharedStateTuner):
     """PEFT tuner of PE-RSITR: one :class:`MRSAdapter` per adapter name, shared by every adapted block.
 
-    The adapter lives here as ``mrs_adapter[adapter_name]`` and is saved once. Use through
-    ``peft.get_peft_model(clip_model, MRSAdapterConfig())`` after ``import rsitr_hf``.
+    The adapter lives here as ``mrs_adapter[adapter_name]`` and is saved once (:class:`SharedStateTuner`).
+    Use through ``peft.get_peft_model(clip_model, MRSAdapterConfig())`` after ``import rsitr_hf``.
     """
 
     prefix = PREFIX
+    shared_layer_names = ("mrs_adapter",)
     tuner_layer_cls = MRSAdapterEncoderLayer
     target_module_mapping = {"clip": encoder_layer_pattern(list(TOWERS))}
     merge_refusal = (
@@ -51,30 +42,6 @@ class MRSAdapterModel(WrappingTuner):
         self.create_shared_adapter(model, self.peft_config[adapter_name], adapter_name)
         super().inject_adapter(model, adapter_name, **kwargs)
 
-    @classmethod
-    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
-        """peft's selection, with each shared tensor once: every layer references the same adapter, so the
-        state dict lists it under every block and under the tuner; the shortest key is kept
-        (``base_model.mrs_adapter.<name>.…`` on a ``PeftModel``)."""
-        selected = super()._get_adapter_state_dict(
-            model, config, adapter_name, state_dict, unwanted_adapter_names
-        )
-        kept = {min(keys, key=lambda key: (len(key), key)) for keys in aliases(selected).values()}
-        return {key: selected[key] for key in sorted(kept)}
-
-    @classmethod
-    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
-        """peft's remapping, with the one saved copy of each shared tensor also given under its other names
-        (every block's reference), so that peft finds no adapter key missing."""
-        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
-        marker = f"mrs_adapter.{adapter_name}."
-        own = {key: value for key, value in model.state_dict().items() if marker in key}
-        for keys in aliases(own).values():
-            given = next((key for key in keys if key in remapped), None)
-            if given is not None:
-                remapped.update({key: remapped[given] for key in keys})
-        return remapped
-
     def create_shared_adapter(self, model: nn.Module, config: MRSAdapterConfig, adapter_name: str) -> None:
         """Check or record the base widths in ``config`` and add ``mrs_adapter[adapter_name]``."""
         widths = tower_widths(model)
@@ -88,10 +55,8 @@ class MRSAdapterModel(WrappingTuner):
                     "load it onto the base model it was trained with"
                 )
             setattr(config, f"{tower}_width", widths[tower])
-        if not hasattr(self, "mrs_adapter"):
-            self.mrs_adapter = nn.ModuleDict()
         device = next(model.parameters()).device
-        self.mrs_adapter[adapter_name] = MRSAdapter(
+        self.shared_state("mrs_adapter")[adapter_name] = MRSAdapter(
             {tower: widths[tower] for tower in config.towers},
             config.bottleneck_dim,
             config.shared_dim,

@@ -14,7 +14,7 @@ from torch import nn
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..base import WrappingLayer
+from ..base import WrappingLayer, end_of_text_positions
 from .config import POSPromptConfig
 
 
@@ -329,14 +329,8 @@ class POSPromptTextTower(POSPromptTower):
         return BaseModelOutputWithPooling(
             last_hidden_state=tokens,
             pooler_output=tokens[
-                torch.arange(len(tokens), device=tokens.device), self.eos_positions(input_ids)
+                torch.arange(len(tokens), device=tokens.device),
+                end_of_text_positions(input_ids, base.eos_token_id),
             ],
             hidden_states=tuple(states) if output_hidden_states else None,
         )
-
-    def eos_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Where CLIPTextModel pools: the first end-of-text token (the highest id for legacy configs)."""
-        eos_token_id = self.base_layer.eos_token_id
-        if eos_token_id == 2:
-            return input_ids.to(torch.int).argmax(dim=-1)
-        return (input_ids == eos_token_id).int().argmax(dim=-1)
