@@ -1,11 +1,12 @@
-"""rsitr-convert: OpenAI-format CLIP state dicts -> HF CLIPModel folders, checked against an independent
-forward of the OpenAI format written here (OpenAI's model.py, reduced to what ViT CLIP uses)."""
+"""rsitr-convert: OpenAI-format CLIP state dicts -> HF CLIPModel folders, checked against CLIP's forward
+computed straight from the state dict (rsitr_hf.tools.openai_forward, OpenAI's model.py reduced to ViT CLIP),
+and the source a converted base remembers."""
 
 import gzip
+import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import CLIPModel, CLIPProcessor
 
 from rsitr_hf.demo.tiny_clip import save_tiny_clip
@@ -20,6 +21,8 @@ from rsitr_hf.tools.convert import (
     infer_architecture,
     main,
 )
+from rsitr_hf.tools.openai_forward import encode_image, encode_text
+from rsitr_hf.training.hub import model_card
 
 SMALL = {"vision_width": 128, "vision_layers": 2, "patch_size": 8, "image_size": 32, "text_width": 64,
          "text_layers": 2, "context_length": 16, "projection_dim": 32}  # fmt: skip
@@ -36,64 +39,6 @@ def random_openai_state_dict(vocab_size: int, seed: int = 0, **sizes) -> dict[st
         state[key] = tensor
     state["logit_scale"] = torch.tensor(4.6052)
     return state
-
-
-# --- an independent forward of the OpenAI format -------------------------------------------------------
-
-
-def quick_gelu(x):
-    return x * torch.sigmoid(1.702 * x)
-
-
-def residual_block(state, prefix, x, heads, mask, activation):
-    """OpenAI's ResidualAttentionBlock on (L, N, D) with nn.MultiheadAttention's fused projections."""
-    width = x.shape[-1]
-    y = F.layer_norm(x, (width,), state[prefix + "ln_1.weight"], state[prefix + "ln_1.bias"], eps=1e-5)
-    attended, _ = F.multi_head_attention_forward(
-        y, y, y, width, heads,
-        state[prefix + "attn.in_proj_weight"], state[prefix + "attn.in_proj_bias"],
-        None, None, False, 0.0,
-        state[prefix + "attn.out_proj.weight"], state[prefix + "attn.out_proj.bias"],
-        need_weights=False, attn_mask=mask,
-    )  # fmt: skip
-    x = x + attended
-    y = F.layer_norm(x, (width,), state[prefix + "ln_2.weight"], state[prefix + "ln_2.bias"], eps=1e-5)
-    y = F.linear(y, state[prefix + "mlp.c_fc.weight"], state[prefix + "mlp.c_fc.bias"])
-    y = quick_gelu(y) if activation == "quick_gelu" else F.gelu(y)
-    return x + F.linear(y, state[prefix + "mlp.c_proj.weight"], state[prefix + "mlp.c_proj.bias"])
-
-
-def openai_encode_image(state, images, layers, activation):
-    width = state["visual.conv1.weight"].shape[0]
-    x = F.conv2d(images, state["visual.conv1.weight"], stride=state["visual.conv1.weight"].shape[-1])
-    x = x.reshape(x.shape[0], width, -1).permute(0, 2, 1)
-    cls = state["visual.class_embedding"].expand(x.shape[0], 1, width)
-    x = torch.cat([cls, x], dim=1) + state["visual.positional_embedding"]
-    x = F.layer_norm(x, (width,), state["visual.ln_pre.weight"], state["visual.ln_pre.bias"], eps=1e-5)
-    x = x.permute(1, 0, 2)
-    for index in range(layers):
-        x = residual_block(state, f"visual.transformer.resblocks.{index}.", x, width // 64, None, activation)
-    x = x.permute(1, 0, 2)
-    x = F.layer_norm(
-        x[:, 0], (width,), state["visual.ln_post.weight"], state["visual.ln_post.bias"], eps=1e-5
-    )
-    return x @ state["visual.proj"]
-
-
-def openai_encode_text(state, tokens, layers, activation):
-    width = state["token_embedding.weight"].shape[1]
-    length = tokens.shape[1]
-    x = state["token_embedding.weight"][tokens] + state["positional_embedding"][:length]
-    mask = torch.full((length, length), float("-inf")).triu(1)
-    x = x.permute(1, 0, 2)
-    for index in range(layers):
-        x = residual_block(state, f"transformer.resblocks.{index}.", x, width // 64, mask, activation)
-    x = x.permute(1, 0, 2)
-    x = F.layer_norm(x, (width,), state["ln_final.weight"], state["ln_final.bias"], eps=1e-5)
-    return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ state["text_projection"]
-
-
-# -------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -120,15 +65,15 @@ def test_converted_model_matches_the_openai_forward(tmp_path, tokenizer_dir, act
     with torch.no_grad():
         hf_image = model.get_image_features(pixel_values=images).pooler_output
         hf_text = model.get_text_features(input_ids=tokens).pooler_output
-        reference_image = openai_encode_image(state, images, 2, activation)
-        reference_text = openai_encode_text(state, tokens, 2, activation)
+        reference_image = encode_image(state, images, activation)
+        reference_text = encode_text(state, tokens, activation)
     torch.testing.assert_close(hf_image, reference_image, rtol=0, atol=1e-5)
     torch.testing.assert_close(hf_text, reference_text, rtol=0, atol=1e-5)
     assert reference_image.abs().max() > 0.05 and reference_text.abs().max() > 0.05  # not trivially zero
     torch.testing.assert_close(model.logit_scale, state["logit_scale"])
     other = "gelu" if activation == "quick_gelu" else "quick_gelu"
     with torch.no_grad():
-        assert not torch.allclose(openai_encode_image(state, images, 2, other), hf_image, atol=1e-4)
+        assert not torch.allclose(encode_image(state, images, other), hf_image, atol=1e-4)
 
 
 def test_architecture_is_read_from_shapes_for_the_published_sizes():
@@ -191,3 +136,48 @@ def test_tokenizer_built_from_an_open_clip_bpe_file(tmp_path):
     assert ids == [vocab_size - 2, 512 + merges.index("plan e</w>"), vocab_size - 1]  # SOT, "plane</w>", EOT
     assert tokenizer.convert_ids_to_tokens(alphabet.index("!")) == "!"
     assert tokenizer.convert_ids_to_tokens(256 + alphabet.index("a")) == "a</w>"
+
+
+def test_a_converted_base_remembers_its_source_and_its_check(tmp_path, tokenizer_dir, capsys):
+    vocab_size = len(CLIPProcessor.from_pretrained(tokenizer_dir).tokenizer)
+    torch.save(random_openai_state_dict(vocab_size, seed=3), tmp_path / "RS5M_ViT-B-32_RET-2.pt")
+    arguments = [str(tmp_path / "RS5M_ViT-B-32_RET-2.pt"), str(tmp_path / "hf"), "--tokenizer",
+                 str(tokenizer_dir), "--activation", "gelu", "--source", "Zilun/GeoRSCLIP"]  # fmt: skip
+    assert main(arguments) == 0
+    recorded = json.loads((tmp_path / "hf" / "config.json").read_text())["rsitr_source"]
+    assert recorded["checkpoint"] == "RS5M_ViT-B-32_RET-2.pt" and recorded["source"] == "Zilun/GeoRSCLIP"
+    assert recorded["activation"] == "gelu" and len(recorded["sha256"]) == 64
+    assert min(recorded["lowest_cosine"].values()) >= 0.9999
+    assert f"image {recorded['lowest_cosine']['image']:.6f}" in capsys.readouterr().out
+    assert CLIPModel.from_pretrained(tmp_path / "hf").config.rsitr_source == recorded
+    card = str(
+        model_card({"base_model": str(tmp_path / "hf"), "method": {"name": "harma"}}, {}, "rsicd", "me/a")
+    )
+    assert (
+        "converted to transformers with `rsitr-convert` from `RS5M_ViT-B-32_RET-2.pt` of `Zilun/GeoRSCLIP`"
+        in card
+    )
+    assert f"SHA-256 `{recorded['sha256'][:16]}" in card and "gelu" in card
+
+
+def test_a_conversion_whose_embeddings_differ_is_refused(tmp_path, tokenizer_dir, monkeypatch):
+    """A mapping mistake (here: the query and key projections of one block swapped) fails the check and
+    writes nothing."""
+    import rsitr_hf.tools.convert as convert
+
+    vocab_size = len(CLIPProcessor.from_pretrained(tokenizer_dir).tokenizer)
+    torch.save(random_openai_state_dict(vocab_size, seed=4), tmp_path / "clip.pt")
+    right = convert.convert_state_dict
+
+    def swapped(state, arch):
+        converted = right(state, arch)
+        block = "vision_model.encoder.layers.0.self_attn."
+        for suffix in ("weight", "bias"):
+            query, key = converted[f"{block}q_proj.{suffix}"], converted[f"{block}k_proj.{suffix}"]
+            converted[f"{block}q_proj.{suffix}"], converted[f"{block}k_proj.{suffix}"] = key, query
+        return converted
+
+    monkeypatch.setattr(convert, "convert_state_dict", swapped)
+    with pytest.raises(ConversionError, match=r"differ from the source's \(lowest cosine: image 0\.\d+"):
+        convert_checkpoint(tmp_path / "clip.pt", tmp_path / "hf", tokenizer=str(tokenizer_dir))
+    assert not (tmp_path / "hf").exists()

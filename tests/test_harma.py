@@ -355,6 +355,19 @@ def test_release_recipes_train_on_the_demo_data(tmp_path, tiny_clip_dir, synthet
     result = train(recipe)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert [point["step"] for point in metrics["train_loss"]] == [1, 2]
+    monitored = [entry for entry in metrics["evaluations"] if entry["split"] == "test_monitor"]
+    assert [entry["step"] for entry in monitored] == [0, 2]  # every validation, never for selection
+    assert metrics["test_last"] == monitored[-1]
+    best = metrics["test_selected_on_test"]
+    assert (
+        best["mR"] == max(entry["mR"] for entry in monitored)
+        and "selected on the test split" in best["selection"]
+    )
+    assert metrics["best"]["step"] in (0, 2) and set(metrics["test"]) == set(monitored[0]) - {
+        "step",
+        "epoch",
+        "split",
+    }
     assert all(math.isfinite(point["loss"]) for point in metrics["train_loss"])
     assert result.cost["trainable_parameters"] == sum(
         p.numel()

@@ -144,3 +144,18 @@ def test_runs_finished_before_test_ties_still_give_the_main_table(benchmark_run,
     assert [s.mean for s in rerun] == [s.mean for s in summaries]
     assert not (out / "results_reference_ties.md").exists()
     assert "predate test_ties" in caplog.text
+
+
+def test_the_benchmark_files_plan_every_method_harma_included():
+    from rsitr_hf.tools.petl import load_benchmark, run_recipes
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("petl_rsicd", "petl_rsitmd", "petl_ucm", "petl_synthetic"):
+        benchmark, shared = load_benchmark(root / "benchmarks" / f"{name}.yaml")
+        if name == "petl_synthetic":  # its base and data are the demo's, prepared when it runs
+            shared["base_model"] = "openai/clip-vit-base-patch32"
+        planned = run_recipes(benchmark, shared, [0, 1])
+        assert {"zero_shot", "mrs_adapter_hmmc", "posapl", "harma"} <= set(planned), name
+        harma = planned["harma"][0][1]
+        assert (harma.method.name, harma.loss.name, harma.optimizer.decay_biases) == ("harma", "harma", False)
+        assert [seed for seed, _ in planned["harma"]] == [0, 1] and len(planned["zero_shot"]) == 1

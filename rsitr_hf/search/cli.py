@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.index}: {update.total} images ({len(update.added)} embedded now, "
                 f"{len(update.removed)} gone; FAISS index: {update.ann})"
             )
+        shards.close()
         return 0
     return run_query(args)
 

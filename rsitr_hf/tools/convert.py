@@ -2,7 +2,7 @@
 folders (``rsitr-convert``).
 
     rsitr-convert CHECKPOINT OUT_DIR (--tokenizer openai/clip-vit-base-patch32 | --bpe FILE.txt.gz)
-        [--activation quick_gelu|gelu]
+        [--activation quick_gelu|gelu] [--source Zilun/GeoRSCLIP]
 
 The checkpoint is a ``.pt``/``.bin``/``.safetensors`` state dict with OpenAI's key names
 (``visual.conv1.weight``, ``visual.transformer.resblocks.N.attn.in_proj_weight``, ``token_embedding.weight``,
@@ -22,11 +22,18 @@ resize + centre crop at the model's resolution) and the tokenizer (copied from `
 from open_clip's/OpenAI's ``bpe_simple_vocab_16e6.txt.gz`` with ``--bpe``), so
 ``CLIPModel.from_pretrained(OUT_DIR)`` and ``CLIPProcessor.from_pretrained(OUT_DIR)`` work and recipes
 take it as ``base_model``.
+
+Every conversion is checked: the converted model embeds 4 random images and 4 random captions, and so does
+CLIP's forward computed straight from the source state dict (:mod:`rsitr_hf.tools.openai_forward`); every
+cosine similarity between the two must reach 0.9999, or nothing is written. ``config.json`` remembers the
+source under ``rsitr_source``: the checkpoint's file name and SHA-256, where it came from (``--source``),
+the activation and the check's lowest cosines. Model cards of adapters trained on the base name it.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import re
 import sys
@@ -35,15 +42,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from ..utils.cli import command, command_parser, parse_arguments
 from ..utils.errors import InputError, first_line
+from .openai_forward import HEAD_WIDTH, encode_image, encode_text
 
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
-HEAD_WIDTH = 64  # every OpenAI/open_clip ViT CLIP has 64-wide attention heads
+CHECK_COSINE = 0.9999  # lowest cosine between the converted model's and the source's embeddings
 # not weights: metadata of OpenAI's TorchScript archives, and the causal mask older open_clip versions saved
 IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 ACTIVATIONS = ("quick_gelu", "gelu")
@@ -310,6 +319,49 @@ def tokenizer_from_bpe(path: str | os.PathLike, context_length: int) -> CLIPToke
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=context_length)
 
 
+def check_conversion(
+    state: dict[str, torch.Tensor], model: CLIPModel, arch: OpenAIArchitecture, activation: str, seed: int = 0
+) -> dict[str, float]:
+    """The lowest cosine similarity between ``model``'s embeddings and those CLIP's forward gives straight
+    from ``state`` (``{"image": ..., "text": ...}``) on 4 random images and 4 random captions; a
+    :class:`ConversionError` when one is below ``CHECK_COSINE``."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(4, 3, arch.image_size, arch.image_size, generator=generator)
+    tokens = torch.randint(1, arch.vocab_size - 2, (4, arch.context_length), generator=generator)
+    tokens[:, 0] = arch.vocab_size - 2  # start of text
+    for row, end in enumerate(torch.randint(2, arch.context_length, (4,), generator=generator).tolist()):
+        tokens[row, end], tokens[row, end + 1 :] = arch.vocab_size - 1, 0  # end of text, then open_clip's 0s
+    source = {key: value.float() for key, value in state.items()}
+    model = model.float().eval()
+    with torch.no_grad():
+        pairs = {
+            "image": (
+                model.get_image_features(pixel_values=images).pooler_output,
+                encode_image(source, images, activation),
+            ),
+            "text": (
+                model.get_text_features(input_ids=tokens).pooler_output,
+                encode_text(source, tokens, activation),
+            ),
+        }
+    lowest = {name: F.cosine_similarity(*pair, dim=-1).min().item() for name, pair in pairs.items()}
+    if min(lowest.values()) < CHECK_COSINE:
+        raise ConversionError(
+            "the converted model's embeddings differ from the source's (lowest cosine: image "
+            f"{lowest['image']:.6f}, text {lowest['text']:.6f}; expected >= {CHECK_COSINE}): the "
+            "checkpoint's layout is not the one read"
+        )
+    return lowest
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def convert_checkpoint(
     checkpoint: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -317,9 +369,11 @@ def convert_checkpoint(
     bpe: str | os.PathLike | None = None,
     activation: str = "quick_gelu",
     trust_torchscript: bool = False,
+    source: str | None = None,
 ) -> Path:
-    """Convert ``checkpoint`` into an HF CLIP folder ``out_dir`` (model, processor, tokenizer); see above.
-    ``trust_torchscript`` allows a TorchScript archive, whose loading runs code from the file."""
+    """Convert ``checkpoint`` into an HF CLIP folder ``out_dir`` (model, processor, tokenizer) and check it
+    against the source's own forward; see above. ``trust_torchscript`` allows a TorchScript archive, whose
+    loading runs code from the file; ``source`` (where the checkpoint came from) is recorded."""
     if activation not in ACTIVATIONS:
         raise ConversionError(f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
     if (tokenizer is None) == (bpe is None):
@@ -342,6 +396,15 @@ def convert_checkpoint(
         )
     model = CLIPModel(hf_config(arch, activation))
     model.load_state_dict(convert_state_dict(state, arch), strict=True)
+    lowest = check_conversion(state, model, arch, activation)
+    model.config.rsitr_source = {
+        "checkpoint": Path(checkpoint).name,
+        "sha256": file_sha256(Path(checkpoint)),
+        "source": source,
+        "activation": activation,
+        "converted_with": "rsitr-convert",
+        "lowest_cosine": {name: round(value, 6) for name, value in lowest.items()},
+    }
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     image_processor = CLIPImageProcessorPil(
@@ -368,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the MLP activation: quick_gelu (OpenAI models) or gelu (most open_clip models)",
     )
     parser.add_argument(
+        "--source", help="where the checkpoint came from (a Hub repo or URL), recorded in config.json"
+    )
+    parser.add_argument(
         "--trust_torchscript",
         action="store_true",
         help="read a TorchScript archive (OpenAI's released .pt files); loading one RUNS CODE stored in the "
@@ -375,14 +441,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parse_arguments(parser, argv)
     out = convert_checkpoint(
-        args.checkpoint, args.out_dir, args.tokenizer, args.bpe, args.activation, args.trust_torchscript
-    )
+        args.checkpoint, args.out_dir, args.tokenizer, args.bpe, args.activation, args.trust_torchscript,
+        args.source,
+    )  # fmt: skip
     config = CLIPConfig.from_pretrained(out)
     vision, text = config.vision_config, config.text_config
+    lowest = config.rsitr_source["lowest_cosine"]
     print(
         f"wrote {out}: vision {vision.hidden_size} wide x {vision.num_hidden_layers} layers, patch "
         f"{vision.patch_size}, {vision.image_size} px; text {text.hidden_size} x {text.num_hidden_layers}, "
-        f"{text.max_position_embeddings} tokens; projection {config.projection_dim}; {args.activation}"
+        f"{text.max_position_embeddings} tokens; projection {config.projection_dim}; {args.activation}; "
+        f"embeddings equal the source's (lowest cosine: image {lowest['image']:.6f}, text "
+        f"{lowest['text']:.6f})"
     )
     return 0
 

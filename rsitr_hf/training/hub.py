@@ -1,7 +1,8 @@
 """Pushing a trained adapter folder to the Hugging Face Hub with a model card.
 
 ``push_adapter`` writes ``README.md`` (model card with ``library_name`` (``peft`` for an adapter,
-``transformers`` for a whole model), ``base_model``, the method's tags and text from the method table,
+``transformers`` for a whole model), ``base_model`` (and, for a base converted by ``rsitr-convert``, the
+checkpoint it came from), the method's tags and text from the method table,
 datasets and a ``model-index`` holding the test metrics), then calls ``create_repo`` and
 ``upload_folder`` on an ``huggingface_hub.HfApi``. The api object can be injected, which is how the
 tests exercise the upload offline; with the real ``HfApi`` this needs the network and a token.
@@ -61,6 +62,28 @@ def hub_base_id(base_model: str) -> str | None:
     return None
 
 
+def base_source(base_model: str) -> dict | None:
+    """What ``rsitr-convert`` recorded about a converted base (its ``config.json``'s ``rsitr_source``), or
+    ``None`` for a base that was not converted (or is not a local folder)."""
+    config = Path(base_model) / "config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text(encoding="utf-8")).get("rsitr_source")
+
+
+def source_sentence(source: dict) -> str:
+    """The card's sentence naming the checkpoint a converted base came from."""
+    origin = f" of `{source['source']}`" if source.get("source") else ""
+    lowest = min(source.get("lowest_cosine", {}).values(), default=None)
+    check = (
+        f"; its embeddings equal the checkpoint's (lowest cosine {lowest:.6f})" if lowest is not None else ""
+    )
+    return (
+        f" The base model was converted to transformers with `rsitr-convert` from `{source['checkpoint']}`"
+        f"{origin} (SHA-256 `{source['sha256'][:16]}…`, {source['activation']}){check}."
+    )
+
+
 def loading_snippet(method: MethodSpec, base_id: str | None, repo_id: str) -> str:
     """How the card says to load the model: an adapter onto its base, or a whole model."""
     if not method.is_peft:
@@ -113,6 +136,8 @@ def model_card(recipe: dict, test_metrics: dict[str, float], dataset_name: str, 
             f"a local base model (`{recipe['base_model']}` on the machine that trained it; it is not on the "
             f"Hub under a known id). Load the {what} onto the same base weights"
         )
+    source = base_source(recipe["base_model"])
+    converted = source_sentence(source) if source else ""
     content = f"""---
 {card_data.to_yaml()}
 ---
@@ -120,7 +145,7 @@ def model_card(recipe: dict, test_metrics: dict[str, float], dataset_name: str, 
 # {repo_id.split("/")[-1]}
 
 A `{method.name}` {what} for remote sensing image-text retrieval on top of {base_sentence}, trained
-with `rsitr_hf` (`accelerate launch train_accelerate.py`). {method.card_text}
+with `rsitr_hf` (`accelerate launch train_accelerate.py`).{converted} {method.card_text}
 
 ## How to load it
 

@@ -93,6 +93,7 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
     evaluator = Evaluator(
         accelerator, processor, data, training.eval_batch_size,
         num_workers=0 if recipe.data.cache_images else data.num_workers, ties=recipe.evaluation.ties,
+        test_every_validation=recipe.evaluation.test_every_validation,
     )  # fmt: skip
     cost = {
         "trainable_parameters": trainable_parameters,

@@ -257,6 +257,12 @@ class EvaluationRecipe:
         "exact ties with the correct item: pessimistic (counted against the query) | optimistic (for it) | "
         "reference (the papers' code: numpy argsort, reversed); metrics.json has the test under all three",
     )
+    test_every_validation: bool = option(
+        False,
+        "also score test at every validation, never for selection: metrics.json then records the last "
+        "validation's test figures (test_last) and the best of them (test_selected_on_test, the HarMA "
+        "release's protocol, labelled as such)",
+    )
 
 
 @dataclass

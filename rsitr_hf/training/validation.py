@@ -1,5 +1,6 @@
 """Evaluation inside a training run: retrieval metrics of the current model on a split of the run's data
-(sharded over the processes), and validation, which keeps the best adapter so far."""
+(sharded over the processes), and validation, which keeps the best adapter so far (and, when asked, scores
+test beside it without using it)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class Evaluator:
     batch_size: int
     num_workers: int
     ties: str
+    test_every_validation: bool = False
 
     def text_options(self, split: str) -> dict:
         """The caption column and text inputs of ``split`` for a method with POS inputs (else none)."""
@@ -60,7 +62,9 @@ class Evaluator:
 
 def validate(model: torch.nn.Module, evaluator: Evaluator, state: TrainerState, output_dir: Path) -> None:
     """Validation metrics of the current step, recorded in ``state`` and the trackers; a better adapter than
-    the best so far (or any, without a validation split) is saved to ``best_adapter/``."""
+    the best so far (or any, without a validation split) is saved to ``best_adapter/``. With
+    ``test_every_validation``, the test metrics of the same step are recorded too (split ``test_monitor``),
+    for the figures of a release that selected on test; they never choose the adapter."""
     accelerator = evaluator.accelerator
     has_validation = len(evaluator.data.dataset["validation"]) > 0
     metrics = evaluator.metrics(model, "validation")[evaluator.ties] if has_validation else {}
@@ -68,6 +72,12 @@ def validate(model: torch.nn.Module, evaluator: Evaluator, state: TrainerState, 
         {"step": state.global_step, "epoch": state.epoch, "split": "validation", **metrics}
     )
     accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=state.global_step)
+    if evaluator.test_every_validation:
+        monitored = evaluator.metrics(model, "test")[evaluator.ties]
+        state.evaluations.append(
+            {"step": state.global_step, "epoch": state.epoch, "split": "test_monitor", **monitored}
+        )
+        accelerator.log({f"test_monitor/{k}": v for k, v in monitored.items()}, step=state.global_step)
     if "mR" not in metrics or state.best_mR is None or metrics["mR"] > state.best_mR:
         state.best_mR, state.best_step = metrics.get("mR"), state.global_step
         if accelerator.is_main_process:

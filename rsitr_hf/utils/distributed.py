@@ -78,6 +78,18 @@ class Shards:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def close(self) -> None:
+        """End the job: every process waits for the others, then leaves the process group (as
+        ``Accelerator.end_training`` does), so that none exits while another still talks to it (gloo's
+        threads then abort the early one: "terminate called without an active exception")."""
+        if self.count == 1:
+            return
+        from accelerate import PartialState
+
+        state = PartialState()
+        state.wait_for_everyone()
+        state.destroy_process_group()
+
     def from_main(self, value: Any = None, error: BaseException | None = None) -> Any:
         """``value`` as the main process has it, on every process. The main process passes ``error``
         instead when it cannot go on (and then raises it): the others raise :class:`ShardFailed`."""
