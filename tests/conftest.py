@@ -162,3 +162,43 @@ def randomise_parameters(model, marker: str, seed: int = 0, skip: str | None = N
         for name, parameter in model.named_parameters():
             if marker in name and (skip is None or skip not in name):
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+
+
+RELOAD = """
+import sys, torch, rsitr_hf
+from peft import PeftModel, get_peft_model_state_dict
+from transformers import CLIPModel
+base = CLIPModel.from_pretrained(sys.argv[1])
+model = PeftModel.from_pretrained(base, sys.argv[2], adapter_name=sys.argv[5]).eval()
+data = torch.load(sys.argv[3])
+with torch.no_grad():
+    out = model(**data, return_dict=True)
+adapter = get_peft_model_state_dict(model, adapter_name=sys.argv[5])
+torch.save({"image": out.image_embeds, "text": out.text_embeds, "adapter": adapter}, sys.argv[4])
+"""
+
+
+def reloaded_in_fresh_process(
+    tmp_path: Path, model, base_dir: Path, inputs: dict, adapter_name: str = "default"
+):
+    """Save ``model``'s adapter to ``tmp_path / "adapter"``, load it onto ``base_dir`` as ``adapter_name``
+    in a new Python process and run ``model(**inputs)`` there; returns ``(expected, reloaded)``: this
+    process's output and ``{"image", "text", "adapter"}`` (the embeddings and the adapter's state dict)
+    from the new one."""
+    import torch
+
+    with torch.no_grad():
+        expected = model(**inputs, return_dict=True)
+    model.save_pretrained(tmp_path / "adapter")
+    torch.save(inputs, tmp_path / "inputs.pt")
+    result = run_in_fresh_process(
+        tmp_path,
+        RELOAD,
+        base_dir,
+        tmp_path / "adapter",
+        tmp_path / "inputs.pt",
+        tmp_path / "out.pt",
+        adapter_name,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return expected, torch.load(tmp_path / "out.pt")

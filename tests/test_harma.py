@@ -15,7 +15,7 @@ from conftest import (
     cli_overrides,
     clip_embeddings,
     randomise_parameters,
-    run_in_fresh_process,
+    reloaded_in_fresh_process,
     run_script,
     tiny_inputs,
 )
@@ -181,21 +181,6 @@ def test_trainable_temperature_is_the_adapters_and_clip_logit_scale_stays_frozen
         trainable_temperature(base.__class__(base.config))
 
 
-RELOAD = """
-import sys, torch, rsitr_hf
-from peft import PeftModel
-from transformers import CLIPModel
-from rsitr_hf.tuners.harma import trainable_temperature
-base = CLIPModel.from_pretrained(sys.argv[1])
-model = PeftModel.from_pretrained(base, sys.argv[2], adapter_name="other").eval()
-data = torch.load(sys.argv[3])
-with torch.no_grad():
-    out = model(**data, return_dict=True)
-temperature = trainable_temperature(model)
-torch.save({"image": out.image_embeds, "text": out.text_embeds, "temperature": temperature}, sys.argv[4])
-"""
-
-
 @pytest.mark.parametrize("options", [{}, {"share_across_modalities": True}], ids=["release", "shared"])
 def test_save_and_reload_in_a_fresh_process(base, tiny_clip_dir, tmp_path, options):
     model = get_peft_model(base, HarMAConfig(**options, **SMALL))
@@ -205,17 +190,9 @@ def test_save_and_reload_in_a_fresh_process(base, tiny_clip_dir, tmp_path, optio
     model.eval()
     pixel_values, input_ids = tiny_inputs()
     inputs = {"pixel_values": pixel_values, "input_ids": input_ids}
-    with torch.no_grad():
-        expected = model(**inputs, return_dict=True)
-    model.save_pretrained(tmp_path / "adapter")
-    torch.save(inputs, tmp_path / "inputs.pt")
-    result = run_in_fresh_process(
-        tmp_path, RELOAD, tiny_clip_dir, tmp_path / "adapter", tmp_path / "inputs.pt", tmp_path / "out.pt"
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = torch.load(tmp_path / "out.pt")
+    expected, out = reloaded_in_fresh_process(tmp_path, model, tiny_clip_dir, inputs, adapter_name="other")
     assert torch.equal(out["image"], expected.image_embeds) and torch.equal(out["text"], expected.text_embeds)
-    assert out["temperature"].item() == pytest.approx(0.05)
+    assert out["adapter"]["base_model.harma_temperature"].item() == pytest.approx(0.05)
     loaded = PeftModel.from_pretrained(CLIPModel.from_pretrained(tiny_clip_dir), tmp_path / "adapter")
     plain = loaded.unload()
     assert not any(hasattr(module, "harma_padding_hook") for module in plain.modules())

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_in_fresh_process
+from conftest import reloaded_in_fresh_process
 from peft import PeftModel, get_peft_model
 from transformers import CLIPConfig, CLIPModel
 
@@ -132,18 +132,6 @@ def test_padding_does_not_leak_into_the_text_feature(four_layer_dir):
     torch.testing.assert_close(in_batch.pooler_output, alone.pooler_output, atol=1e-5, rtol=0)
 
 
-RELOAD = """
-import sys, torch, rsitr_hf
-from peft import PeftModel
-from transformers import CLIPModel
-model = PeftModel.from_pretrained(CLIPModel.from_pretrained(sys.argv[1]), sys.argv[2]).eval()
-data = torch.load(sys.argv[3])
-with torch.no_grad():
-    out = model(**data, return_dict=True)
-torch.save({"image": out.image_embeds, "text": out.text_embeds}, sys.argv[4])
-"""
-
-
 def test_save_and_reload_in_a_fresh_process(four_layer_dir, tmp_path):
     input_ids, attention_mask, pos_input_ids, _, pixel_values = batch()
     model = get_peft_model(
@@ -157,15 +145,7 @@ def test_save_and_reload_in_a_fresh_process(four_layer_dir, tmp_path):
         "pos_input_ids": pos_input_ids,
         "pixel_values": pixel_values,
     }
-    with torch.no_grad():
-        expected = model(**inputs, return_dict=True)
-    model.save_pretrained(tmp_path / "adapter")
-    torch.save(inputs, tmp_path / "inputs.pt")
-    result = run_in_fresh_process(
-        tmp_path, RELOAD, four_layer_dir, tmp_path / "adapter", tmp_path / "inputs.pt", tmp_path / "out.pt"
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = torch.load(tmp_path / "out.pt")
+    expected, out = reloaded_in_fresh_process(tmp_path, model, four_layer_dir, inputs)
     assert torch.equal(out["image"], expected.image_embeds) and torch.equal(out["text"], expected.text_embeds)
     loaded = PeftModel.from_pretrained(CLIPModel.from_pretrained(four_layer_dir), tmp_path / "adapter")
     assert type(loaded.unload().text_model).__name__ == "CLIPTextModel"
