@@ -210,3 +210,41 @@ def test_gradient_checkpointing_recomputes_with_the_same_gradients(base, method)
     for name, gradient in plain_gradients.items():
         assert gradient.abs().sum() > 0, name
         torch.testing.assert_close(checkpointed_gradients[name], gradient, rtol=1e-5, atol=1e-7)
+
+
+def test_low_cpu_mem_usage_loads_the_same_adapter(base, method, tiny_clip_dir, tmp_path):
+    """``PeftModel.from_pretrained(..., low_cpu_mem_usage=True)`` creates the adapter on the meta device and
+    fills it from the checkpoint; ``inject_adapter_in_model(..., low_cpu_mem_usage=True)`` leaves it there."""
+    model = get_peft_model(base, CONFIGS[method]())
+    randomise(model, method, "default")
+    expected = embeddings(model.eval(), method)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(
+        CLIPModel.from_pretrained(tiny_clip_dir), tmp_path, low_cpu_mem_usage=True
+    )
+    assert not any(parameter.is_meta for parameter in loaded.parameters())
+    torch.testing.assert_close(embeddings(loaded.eval(), method), expected, rtol=0, atol=0)
+    empty = inject_adapter_in_model(
+        CONFIGS[method](), CLIPModel.from_pretrained(tiny_clip_dir), low_cpu_mem_usage=True
+    )
+    assert adapter_parameters(empty, method) and all(
+        p.is_meta for p in adapter_parameters(empty, method).values()
+    )
+
+
+@pytest.mark.parametrize("autocast", [True, False])
+def test_autocast_adapter_dtype_decides_the_adapters_dtype_on_a_half_base(tiny_clip_dir, method, autocast):
+    half_base = CLIPModel.from_pretrained(tiny_clip_dir, dtype=torch.bfloat16)
+    model = get_peft_model(half_base, CONFIGS[method](), autocast_adapter_dtype=autocast).eval()
+    expected = torch.float32 if autocast else torch.bfloat16
+    assert {p.dtype for p in adapter_parameters(model, method).values()} == {expected}
+    assert torch.isfinite(embeddings(model, method, torch.bfloat16)).all()
+
+
+def test_with_every_adapter_deleted_the_base_model_runs(base, method):
+    plain = embeddings(base.eval(), method)
+    model = get_peft_model(base, CONFIGS[method]())
+    randomise(model, method, "default")
+    model.base_model.delete_adapter("default")
+    assert not adapter_parameters(model, method)
+    torch.testing.assert_close(embeddings(model.eval(), method), plain)

@@ -6,9 +6,11 @@ and where CLIP's text tower pools."""
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils.integrations import init_empty_weights
 from torch import nn
 
 TOWERS = ("vision", "text")
@@ -48,6 +50,19 @@ def reset_output_capturing(model: nn.Module) -> None:
             module._output_capturing_hooks_installed = False
 
 
+def place_like(adapter: nn.Module | torch.Tensor, reference: torch.Tensor) -> nn.Module | torch.Tensor:
+    """``adapter`` (a module or a parameter) on ``reference``'s device and, for a floating ``reference``, in
+    its dtype, as peft places a new adapter beside its base layer; peft then upcasts half-precision
+    adapters to float32 unless ``autocast_adapter_dtype=False``. An adapter created on the meta device
+    (``low_cpu_mem_usage=True``) stays there: its weights come with the checkpoint."""
+    tensors = [adapter] if isinstance(adapter, torch.Tensor) else list(adapter.parameters())
+    if reference.is_meta or any(tensor.is_meta for tensor in tensors):
+        return adapter
+    return adapter.to(
+        device=reference.device, dtype=reference.dtype if reference.is_floating_point() else None
+    )
+
+
 class WrappingLayer(BaseTunerLayer):
     """Tuner-layer state of the rsitr_hf wrappers. They are never merged (``WrappingTuner`` refuses before
     peft reaches a layer), so there is nothing to unmerge either."""
@@ -59,6 +74,14 @@ class WrappingLayer(BaseTunerLayer):
 
     def unmerge(self) -> None:
         return None
+
+    def place_adapter(self, adapter_name: str, reference: torch.Tensor) -> None:
+        """Put the entries of ``adapter_name`` in the ``adapter_layer_names`` dicts beside the base layer
+        (:func:`place_like`)."""
+        for attribute in self.adapter_layer_names:
+            entries = getattr(self, attribute, None)
+            if isinstance(entries, nn.ModuleDict | nn.ParameterDict) and adapter_name in entries:
+                entries[adapter_name] = place_like(entries[adapter_name], reference)
 
 
 class WrappingTuner(BaseTuner):
@@ -94,8 +117,8 @@ class WrappingTuner(BaseTuner):
 
     def _check_merge_allowed(self) -> None:
         raise ValueError(
-            f"merge_and_unload() is not possible for {type(self).__name__}: {self.merge_refusal} "
-            "Keep the PeftModel, or use unload() to get the plain base model back."
+            f"merging (merge_adapter(), merge_and_unload()) is not possible for {type(self).__name__}: "
+            f"{self.merge_refusal} Keep the PeftModel, or use unload() to get the plain base model back."
         )
 
 
@@ -121,6 +144,18 @@ class SharedStateTuner(WrappingTuner):
 
     shared_layer_names: tuple[str, ...] = ()
 
+    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
+        """Create the adapter's shared state (:meth:`create_shared_state`; on the meta device with
+        ``low_cpu_mem_usage=True``, as peft creates every adapter weight then), then wrap the targets."""
+        empty = init_empty_weights if kwargs.get("low_cpu_mem_usage") else nullcontext
+        with empty():
+            self.create_shared_state(model, self.peft_config[adapter_name], adapter_name)
+        super().inject_adapter(model, adapter_name, **kwargs)
+
+    def create_shared_state(self, model: nn.Module, config, adapter_name: str) -> None:
+        """Add ``adapter_name``'s entries to the ``shared_layer_names`` dicts (see :meth:`shared_state`)."""
+        raise NotImplementedError
+
     @classmethod
     def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
         selected = super()._get_adapter_state_dict(
@@ -135,8 +170,13 @@ class SharedStateTuner(WrappingTuner):
         shared = re.compile(
             rf"({'|'.join(map(re.escape, cls.shared_layer_names))})\.{re.escape(adapter_name)}(\.|$)"
         )
-        own = {key: value for key, value in model.state_dict().items() if shared.search(key)}
-        for keys in aliases(own).values():
+        groups: dict[
+            int, list[str]
+        ] = {}  # by parameter object: meta tensors (low_cpu_mem_usage) share no storage
+        for key, parameter in model.named_parameters(remove_duplicate=False):
+            if shared.search(key):
+                groups.setdefault(id(parameter), []).append(key)
+        for keys in groups.values():
             given = next((key for key in keys if key in remapped), None)
             if given is not None:
                 remapped.update({key: remapped[given] for key in keys})

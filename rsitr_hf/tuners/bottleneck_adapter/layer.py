@@ -55,12 +55,12 @@ class BottleneckAdapterEncoderLayer(CLIPEncoderLayer, WrappingLayer):
     def update_layer(self, adapter_name: str, config) -> None:
         """Add the adapters of ``adapter_name`` at ``config.positions``."""
         width = self.base_layer.embed_dim
-        device = self.base_layer.layer_norm1.weight.device
         for position, adapters in (("attention", self.bottleneck_attention), ("mlp", self.bottleneck_mlp)):
             if position in config.positions:
                 adapters[adapter_name] = BottleneckAdapter(
                     width, config.bottleneck_dim, config.activation, config.adapter_dropout
-                ).to(device)
+                )
+        self.place_adapter(adapter_name, self.base_layer.layer_norm1.weight)
         self.set_adapter(self.active_adapters)
 
     def adapted(self, output: torch.Tensor, adapters: nn.ModuleDict) -> torch.Tensor:

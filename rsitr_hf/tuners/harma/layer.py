@@ -144,7 +144,8 @@ class HarMAEncoderLayer(CLIPEncoderLayer, WrappingLayer):
         """Add the block's adapter of ``adapter_name`` (the tuner has created its mini adapters)."""
         self.harma_adapter[adapter_name] = GatedMultimodalAdapter(
             self.base_layer.embed_dim, config.bottleneck_dim, config.heads, config.gate_init
-        ).to(self.base_layer.layer_norm1.weight.device)
+        )
+        self.place_adapter(adapter_name, self.base_layer.layer_norm1.weight)
         self.harma_uses_mini[adapter_name] = self.tower == "text" or config.share_across_modalities
         self.harma_text_padding[adapter_name] = config.text_padding
         self.set_adapter(self.active_adapters)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers.models.clip.modeling_clip import CLIPTextModel
 
-from ..base import TOWERS, SharedStateTuner, encoder_layer_pattern, end_of_text_positions
+from ..base import TOWERS, SharedStateTuner, encoder_layer_pattern, end_of_text_positions, place_like
 from .config import HarMAConfig
 from .layer import HarMAEncoderLayer, MiniAdapter
 
@@ -31,11 +31,9 @@ class HarMAModel(SharedStateTuner):
     target_module_mapping = {"clip": encoder_layer_pattern(list(TOWERS))}
     merge_refusal = "its adapters hold attention and gates, not a change of CLIP's weights."
 
-    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
-        """Create the adapter's mini adapters and temperature, wrap the blocks, and pad captions as the
-        release did where ``text_padding="release"``."""
-        config: HarMAConfig = self.peft_config[adapter_name]
-        device = next(model.parameters()).device
+    def create_shared_state(self, model: nn.Module, config: HarMAConfig, adapter_name: str) -> None:
+        """Add the adapter's mini adapters and temperature."""
+        reference = next(model.parameters())
         minis, temperatures = (
             self.shared_state("harma_mini"),
             self.shared_state("harma_temperature", nn.ParameterDict),
@@ -45,8 +43,14 @@ class HarMAModel(SharedStateTuner):
             minis[adapter_name] = nn.ModuleList(
                 MiniAdapter(config.bottleneck_dim, config.mini_dim, config.mini_heads, config.gate_init)
                 for _ in range(blocks)
-            ).to(device)
-        temperatures[adapter_name] = nn.Parameter(torch.tensor(config.temperature_init, device=device))
+            )
+            minis[adapter_name] = place_like(minis[adapter_name], reference)
+        temperature = nn.Parameter(torch.tensor(config.temperature_init))
+        temperatures[adapter_name] = place_like(temperature, reference)
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
+        """Create the shared state, wrap the blocks, and pad captions as the release did where
+        ``text_padding="release"``."""
         super().inject_adapter(model, adapter_name, **kwargs)
         for module in model.modules():
             if isinstance(module, CLIPTextModel) and not hasattr(module, "harma_padding_hook"):

@@ -6,7 +6,7 @@ import re
 
 from torch import nn
 
-from ..base import TOWERS, SharedStateTuner, encoder_layer_pattern
+from ..base import TOWERS, SharedStateTuner, encoder_layer_pattern, place_like
 from .config import MRSAdapterConfig
 from .layer import MRSAdapter, MRSAdapterEncoderLayer
 
@@ -34,16 +34,9 @@ class MRSAdapterModel(SharedStateTuner):
         "the adapter is a non-linear (ReLU) branch parallel to each MLP, not a change of CLIP's weights."
     )
 
-    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
-        """Create the shared adapter and wrap the blocks (each references the tuner's ``mrs_adapter``).
-
-        ``get_peft_model``, ``load_adapter``/``add_adapter`` and ``inject_adapter_in_model`` come here.
-        """
-        self.create_shared_adapter(model, self.peft_config[adapter_name], adapter_name)
-        super().inject_adapter(model, adapter_name, **kwargs)
-
-    def create_shared_adapter(self, model: nn.Module, config: MRSAdapterConfig, adapter_name: str) -> None:
-        """Check or record the base widths in ``config`` and add ``mrs_adapter[adapter_name]``."""
+    def create_shared_state(self, model: nn.Module, config: MRSAdapterConfig, adapter_name: str) -> None:
+        """Check or record the base widths in ``config`` and add ``mrs_adapter[adapter_name]`` (every wrapped
+        block references the tuner's ``mrs_adapter``)."""
         widths = tower_widths(model)
         for tower in config.towers:
             recorded = getattr(config, f"{tower}_width")
@@ -55,13 +48,13 @@ class MRSAdapterModel(SharedStateTuner):
                     "load it onto the base model it was trained with"
                 )
             setattr(config, f"{tower}_width", widths[tower])
-        device = next(model.parameters()).device
-        self.shared_state("mrs_adapter")[adapter_name] = MRSAdapter(
+        adapter = MRSAdapter(
             {tower: widths[tower] for tower in config.towers},
             config.bottleneck_dim,
             config.shared_dim,
             config.adapter_dropout,
-        ).to(device)
+        )
+        self.shared_state("mrs_adapter")[adapter_name] = place_like(adapter, next(model.parameters()))
 
     def _create_and_replace(
         self, peft_config, adapter_name, target, target_name, parent, current_key, **optional_kwargs

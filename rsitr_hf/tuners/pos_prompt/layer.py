@@ -7,6 +7,7 @@ so a freshly created adapter leaves CLIP's embeddings unchanged.
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
 
 import torch
@@ -16,6 +17,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..base import WrappingLayer, end_of_text_positions
 from .config import POSPromptConfig
+
+# transformers renamed create_causal_mask's `past_key_values` to `cache` (the old name warns, then goes)
+CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 
 
 def zero_linear(in_features: int, out_features: int) -> nn.Linear:
@@ -140,14 +144,16 @@ class POSPromptTower(nn.Module, WrappingLayer):
         )
         self.posapl_fusion[adapter_name] = SideFusion(self.width, config.fusion, pool=self.pools_fusion)
         self.posapl_fusion_layers[adapter_name] = list(config.fusion_layers)
-        device = next(self.base_layer.parameters()).device
-        self.to(device)
+        self.place_adapter(adapter_name, next(self.base_layer.parameters()))
 
-    def active_name(self) -> str:
-        names = [name for name in self.active_adapters if name in self.posapl_sa_adapters]
-        if len(names) != 1:
+    def active_name(self) -> str | None:
+        """The active adapter, or ``None`` when adapters are disabled or none is left (the base then runs)."""
+        names = (
+            [] if self.disable_adapters else [n for n in self.active_adapters if n in self.posapl_sa_adapters]
+        )
+        if len(names) > 1:
             raise ValueError(f"POSAPL runs exactly one active adapter at a time, got {names}")
-        return names[0]
+        return names[0] if names else None
 
     def run_block(
         self, layer, hidden, attention_mask, sa_adapter, padding, pos_update=None, **attention_kwargs
@@ -185,14 +191,13 @@ class POSPromptVisionTower(POSPromptTower):
     pools_fusion = True
 
     def forward(self, pixel_values=None, interpolate_pos_encoding=False, output_hidden_states=None, **kwargs):
-        base = self.base_layer
-        if self.disable_adapters:
+        base, name = self.base_layer, self.active_name()
+        if name is None:
             return base(
                 pixel_values=pixel_values,
                 interpolate_pos_encoding=interpolate_pos_encoding,
                 output_hidden_states=output_hidden_states,
             )
-        name = self.active_name()
         hidden = base.pre_layrnorm(
             base.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         )
@@ -298,21 +303,20 @@ class POSPromptTextTower(POSPromptTower):
         output_hidden_states=None,
         **kwargs,
     ):
-        base = self.base_layer
-        if self.disable_adapters:
+        base, name = self.base_layer, self.active_name()
+        if name is None:
             return base(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
                 output_hidden_states=output_hidden_states,
             )
-        name = self.active_name()
         embeddings = base.embeddings(input_ids=input_ids, position_ids=position_ids)
         prior = self.pos_prior(name, input_ids, pos_input_ids, pos_tag_ids)
         prompt = self.posapl_connector[name](prior).to(embeddings.dtype)
         hidden = embeddings + prompt
         causal_mask = create_causal_mask(
-            config=base.config, inputs_embeds=hidden, attention_mask=attention_mask, past_key_values=None
+            config=base.config, inputs_embeds=hidden, attention_mask=attention_mask, **{CACHE_ARGUMENT: None}
         )
         padding = None if attention_mask is None else attention_mask == 0
         pos_adapters = self.posapl_pos_adapters[name] if name in self.posapl_pos_adapters else None
