@@ -170,9 +170,8 @@ class SharedStateTuner(WrappingTuner):
         shared = re.compile(
             rf"({'|'.join(map(re.escape, cls.shared_layer_names))})\.{re.escape(adapter_name)}(\.|$)"
         )
-        groups: dict[
-            int, list[str]
-        ] = {}  # by parameter object: meta tensors (low_cpu_mem_usage) share no storage
+        # one tensor is one parameter object (meta tensors, under low_cpu_mem_usage, share no storage)
+        groups: dict[int, list[str]] = {}
         for key, parameter in model.named_parameters(remove_duplicate=False):
             if shared.search(key):
                 groups.setdefault(id(parameter), []).append(key)
