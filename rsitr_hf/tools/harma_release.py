@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 
 from ..utils.cli import command, command_parser, parse_arguments
-from ..utils.errors import InputError, first_line
+from ..utils.errors import InputError
+from .convert import read_checkpoint
 
 RELEASE_BLOCK = re.compile(r"^(visual\.)?transformer\.resblocks\.(\d+)\.(.+)$")
 ADAPTER_PARTS = {
@@ -74,18 +75,9 @@ def adapter_key(release_key: str) -> str | None:
 
 
 def read_release_state(path: Path) -> dict[str, torch.Tensor]:
-    """The release checkpoint's model state dict, keys without their ``model.``/``clip.`` prefix (read as
-    weights only: nothing in the file runs)."""
-    if not path.is_file():
-        raise ReleaseImportError(f"{path}: no such checkpoint file")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a damaged file, or a pickle holding more than plain data
-        raise ReleaseImportError(f"{path}: cannot read it as weights only ({first_line(error)})") from None
-    state = saved.get("model", saved) if isinstance(saved, dict) else None
-    if not isinstance(state, dict):
-        raise ReleaseImportError(f"{path}: expected the release's {{'model': state_dict}}")
-    return {re.sub(r"^(model|clip)\.", "", key): value for key, value in state.items()}
+    """The release checkpoint's model state dict (``rsitr-convert``'s reader: weights only, nothing in the
+    file runs; the ``{"model": ...}`` wrapper unwrapped), keys without their ``model.``/``clip.`` prefix."""
+    return {re.sub(r"^(model|clip)\.", "", key): value for key, value in read_checkpoint(path).items()}
 
 
 def import_release(checkpoint: str | Path, out_dir: str | Path, base_model: str) -> Path:
