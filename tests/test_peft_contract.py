@@ -10,20 +10,21 @@ from transformers import CLIPModel
 
 from rsitr_hf import BottleneckAdapterConfig, HarMAConfig, MRSAdapterConfig, POSPromptConfig
 
-CONFIGS = {
-    "mrs_adapter": lambda: MRSAdapterConfig(bottleneck_dim=16, shared_dim=8),
-    "bottleneck_adapter": lambda: BottleneckAdapterConfig(bottleneck_dim=8),
-    "pos_prompt": lambda: POSPromptConfig(
-        adapter_dim=16, adapter_heads=2, pos_adapter_dim=8, fusion_layers=[1, 1, 2, 2]
+CONFIGS = {  # each takes further config fields as keyword arguments
+    "mrs_adapter": lambda **fields: MRSAdapterConfig(bottleneck_dim=16, shared_dim=8, **fields),
+    "bottleneck_adapter": lambda **fields: BottleneckAdapterConfig(bottleneck_dim=8, **fields),
+    "pos_prompt": lambda **fields: POSPromptConfig(
+        adapter_dim=16, adapter_heads=2, pos_adapter_dim=8, fusion_layers=[1, 1, 2, 2], **fields
     ),
-    "harma": lambda: HarMAConfig(bottleneck_dim=16, heads=2, mini_dim=8, mini_heads=2),
-    "harma_shared_masked": lambda: HarMAConfig(
+    "harma": lambda **fields: HarMAConfig(bottleneck_dim=16, heads=2, mini_dim=8, mini_heads=2, **fields),
+    "harma_shared_masked": lambda **fields: HarMAConfig(
         bottleneck_dim=16,
         heads=2,
         mini_dim=8,
         mini_heads=2,
         share_across_modalities=True,
         text_padding="masked",
+        **fields,
     ),
 }
 PREFIXES = {
@@ -248,3 +249,42 @@ def test_with_every_adapter_deleted_the_base_model_runs(base, method):
     model.base_model.delete_adapter("default")
     assert not adapter_parameters(model, method)
     torch.testing.assert_close(embeddings(model.eval(), method), plain)
+
+
+def test_init_weights_false_starts_away_from_the_base_and_round_trips(base, method, tiny_clip_dir, tmp_path):
+    plain = embeddings(base.eval(), method)
+    torch.manual_seed(0)
+    model = get_peft_model(
+        base, CONFIGS[method]().__class__(**{**CONFIGS[method]().to_dict(), "init_weights": False})
+    )
+    assert model.peft_config["default"].init_weights is False
+    started = embeddings(model.eval(), method)
+    assert not torch.allclose(started, plain, atol=1e-3)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(CLIPModel.from_pretrained(tiny_clip_dir), tmp_path).eval()
+    assert loaded.peft_config["default"].init_weights is False
+    torch.testing.assert_close(embeddings(loaded, method), started, rtol=0, atol=0)
+
+
+def test_modules_to_save_train_beside_the_adapter_and_round_trip(base, method, tiny_clip_dir, tmp_path):
+    projections = ["visual_projection", "text_projection"]
+    plain = embeddings(base.eval(), method)
+    original = base.visual_projection.weight.detach().clone()
+    model = get_peft_model(base, CONFIGS[method](modules_to_save=projections))
+    for projection in projections:
+        copy = getattr(model.base_model.model, projection).modules_to_save["default"]
+        assert all(parameter.requires_grad for parameter in copy.parameters())
+        with torch.no_grad():
+            copy.weight.mul_(2.0)
+    adapted = embeddings(model.eval(), method)
+    torch.testing.assert_close(
+        adapted, 2 * plain
+    )  # a fresh adapter is the identity; both projections doubled
+    torch.testing.assert_close(model.base_model.model.visual_projection.original_module.weight, original)
+    with model.disable_adapter():
+        torch.testing.assert_close(embeddings(model, method), plain)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(CLIPModel.from_pretrained(tiny_clip_dir), tmp_path).eval()
+    torch.testing.assert_close(embeddings(loaded, method), adapted, rtol=0, atol=0)
+    trained = {name for name, parameter in loaded.named_parameters() if "modules_to_save" in name}
+    assert trained == {f"base_model.model.{p}.modules_to_save.default.weight" for p in projections}

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import cli_overrides, run_script, write_recipe
+from peft import PeftModel
 from safetensors.torch import load_file
+from transformers import CLIPModel
 
 from rsitr_hf.training import resolve_num_workers, train
 from rsitr_hf.training.recipe import RecipeError, load_recipe, read_yaml
@@ -159,6 +161,9 @@ def test_num_workers_auto_and_its_validation(tmp_path):
     assert read_yaml("mixed_precision: no") == {"mixed_precision": "no"}  # YAML 1.2: the word, not false
 
 
+SAVED = {"bottleneck_dim": 16, "shared_dim": 8, "modules_to_save": ["visual_projection"]}
+
+
 def test_a_bfloat16_base_trains_a_float32_adapter(tmp_path, tiny_clip_dir, synthetic_dir):
     recipe = write_recipe(
         tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "out", max_steps=6
@@ -184,6 +189,34 @@ def test_a_bfloat16_base_trains_a_float32_adapter(tmp_path, tiny_clip_dir, synth
                 },
             )
         )
+    with pytest.raises(RecipeError, match=r"modules_to_save \['visual_projection'\] trains copies"):
+        overrides = {
+            "training.base_dtype": "bfloat16",
+            "output_dir": str(tmp_path / "m"),
+            "method.config": SAVED,
+        }
+        train(load_recipe(recipe, overrides))
+
+
+def test_modules_to_save_train_and_are_saved_with_the_adapter(tmp_path, tiny_clip_dir, synthetic_dir):
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "out", max_steps=3
+    )
+    train(load_recipe(recipe, {"method.config": SAVED}))
+    adapter_dir = tmp_path / "out" / "checkpoints" / "step_00000003" / "adapter"
+    saved = load_file(adapter_dir / "adapter_model.safetensors")
+    assert sorted(key for key in saved if "projection" in key) == [
+        "base_model.model.visual_projection.weight"
+    ]
+    base = CLIPModel.from_pretrained(tiny_clip_dir)
+    assert not torch.allclose(
+        saved["base_model.model.visual_projection.weight"], base.visual_projection.weight
+    )
+    loaded = PeftModel.from_pretrained(base, adapter_dir)
+    torch.testing.assert_close(
+        loaded.base_model.model.visual_projection.modules_to_save["default"].weight,
+        saved["base_model.model.visual_projection.weight"],
+    )
 
 
 def test_gradient_checkpointing_trains_the_same_adapter(tmp_path, tiny_clip_dir, synthetic_dir):

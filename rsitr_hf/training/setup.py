@@ -103,14 +103,19 @@ def build_model(recipe: Recipe, method: MethodSpec) -> torch.nn.Module:
             f"training.base_dtype: {method.name} ({method.summary}) trains base weights, which need float32; "
             "use float32"
         )
+    config = method.make_config(**recipe.method.config) if method.is_peft else None
+    if base_dtype != "float32" and getattr(config, "modules_to_save", None):
+        raise RecipeError(
+            f"training.base_dtype: method.config.modules_to_save {config.modules_to_save} trains copies of "
+            "base-model modules, which need float32; use float32"
+        )
     try:
         base = CLIPModel.from_pretrained(recipe.base_model, dtype=getattr(torch, base_dtype))
     except OSError as error:  # not on the Hub, no access, no network
         raise RecipeError(
             f"base_model: {recipe.base_model} could not be loaded: {first_line(error)}"
         ) from None
-    if method.is_peft:
-        config = method.make_config(**recipe.method.config)
+    if config is not None:
         config.base_model_name_or_path = recipe.base_model
         model = get_peft_model(base, config)
     else:

@@ -7,6 +7,7 @@ from .pos_prompt import POS_PROMPT, POSPromptConfig, POSPromptModel
 from .harma import HARMA, HarMAConfig, HarMAModel
 from .bottleneck_adapter import BOTTLENECK_ADAPTER, BottleneckAdapterConfig, BottleneckAdapterModel
 from .baselines import lora_baseline_config
+from .base import NotMergeableError
 from .methods import METHODS, MethodSpec, get_method, method_of_config, register_method
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "MRSAdapterConfig",
     "MRSAdapterModel",
     "MethodSpec",
+    "NotMergeableError",
     "POS_PROMPT",
     "POSPromptConfig",
     "POSPromptModel",

@@ -12,8 +12,18 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils.integrations import init_empty_weights
 from torch import nn
+from transformers import CLIPConfig
 
 TOWERS = ("vision", "text")
+
+
+def clip_config(model: nn.Module) -> CLIPConfig:
+    """The ``CLIPConfig`` of ``model``: a ``CLIPModel``'s own, or that of the first ``CLIPModel`` inside it (a
+    user's module that holds one)."""
+    for module in model.modules():
+        if isinstance(getattr(module, "config", None), CLIPConfig):
+            return module.config
+    raise ValueError(f"{type(model).__name__} holds no CLIPModel: the rsitr_hf tuners adapt CLIP's towers")
 
 
 def checked_towers(towers: list[str]) -> list[str]:
@@ -50,6 +60,17 @@ def reset_output_capturing(model: nn.Module) -> None:
             module._output_capturing_hooks_installed = False
 
 
+def branch_output(in_features: int, out_features: int, init_weights: bool = True) -> nn.Linear:
+    """The last projection of an adapter branch (what it adds to CLIP's stream): zero weight and bias when
+    ``init_weights``, so that a fresh adapter leaves the base model's outputs unchanged; ``nn.Linear``'s own
+    random initialisation with ``init_weights=False`` (peft's convention for a non-identity start)."""
+    linear = nn.Linear(in_features, out_features)
+    if init_weights:
+        nn.init.zeros_(linear.weight)
+        nn.init.zeros_(linear.bias)
+    return linear
+
+
 def place_like(adapter: nn.Module | torch.Tensor, reference: torch.Tensor) -> nn.Module | torch.Tensor:
     """``adapter`` (a module or a parameter) on ``reference``'s device and, for a floating ``reference``, in
     its dtype, as peft places a new adapter beside its base layer; peft then upcasts half-precision
@@ -61,6 +82,11 @@ def place_like(adapter: nn.Module | torch.Tensor, reference: torch.Tensor) -> nn
     return adapter.to(
         device=reference.device, dtype=reference.dtype if reference.is_floating_point() else None
     )
+
+
+class NotMergeableError(ValueError):
+    """Merging was asked of a tuner whose adapters are not weight deltas (raised by ``merge_adapter()`` and
+    ``merge_and_unload()``)."""
 
 
 class WrappingLayer(BaseTunerLayer):
@@ -82,6 +108,19 @@ class WrappingLayer(BaseTunerLayer):
             entries = getattr(self, attribute, None)
             if isinstance(entries, nn.ModuleDict | nn.ParameterDict) and adapter_name in entries:
                 entries[adapter_name] = place_like(entries[adapter_name], reference)
+
+
+class WrappingBlock(WrappingLayer):
+    """Tuner-layer state of a wrapper of one ``CLIPEncoderLayer`` (``base_layer``), which maps ``(B, N, D)``
+    to ``(B, N, D)``: ``in_features`` and ``out_features`` are ``D``, as peft's layers expose them."""
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.embed_dim
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.embed_dim
 
 
 class WrappingTuner(BaseTuner):
@@ -116,7 +155,7 @@ class WrappingTuner(BaseTuner):
         )
 
     def _check_merge_allowed(self) -> None:
-        raise ValueError(
+        raise NotMergeableError(
             f"merging (merge_adapter(), merge_and_unload()) is not possible for {type(self).__name__}: "
             f"{self.merge_refusal} Keep the PeftModel, or use unload() to get the plain base model back."
         )

@@ -14,7 +14,7 @@ load once ``rsitr_hf`` is imported.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import peft
@@ -79,9 +79,24 @@ def register_external_peft_method(name: str, config_cls, model_cls, prefix: str)
 @dataclass
 class ExternalPeftConfig(PeftConfig):
     """Base of the rsitr_hf configs: ``peft_type`` is the member ``peft_type_name`` of ``PeftType``, saved
-    as :func:`saved_peft_type`."""
+    as :func:`saved_peft_type`.
+
+    Args (the fields every peft tuner has, with peft's meaning):
+        init_weights: ``True`` (default): the last projection of every adapter branch starts at zero, so a
+            fresh adapter leaves CLIP's outputs unchanged (as every method here is published); ``False``:
+            ``nn.Linear``'s random initialisation there too, a non-identity start (peft's tests use it to
+            make save/load round trips meaningful).
+        modules_to_save: names of base-model modules (matched as peft matches them: the full name or its
+            ending) trained and saved beside the adapter, e.g. ``["visual_projection", "text_projection"]``.
+    """
 
     peft_type_name: ClassVar[str]
+    init_weights: bool = field(
+        default=True, metadata={"help": "True: adapters start as the identity; False: random (non-identity)"}
+    )
+    modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "base-model modules trained and saved with the adapter"}
+    )
 
     def __post_init__(self):
         super().__post_init__()

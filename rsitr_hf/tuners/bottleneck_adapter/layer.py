@@ -9,24 +9,24 @@ import torch
 from torch import nn
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
-from ..base import WrappingLayer
+from ..base import WrappingBlock, branch_output
 
 ACTIVATION_MODULES = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU}
 
 
 class BottleneckAdapter(nn.Module):
     """``forward(y)``: ``(B, N, D) -> (B, N, D)``, ``up(dropout(act(down(y))))`` (the update only; the
-    caller adds it to ``y``). Computes in its weights' dtype (fp32 unless the model was cast), outside
-    autocast, and returns ``y``'s dtype."""
+    caller adds it to ``y``). ``up`` starts at zero unless ``init_weights=False``. Computes in its weights'
+    dtype (fp32 unless the model was cast), outside autocast, and returns ``y``'s dtype."""
 
-    def __init__(self, width: int, bottleneck_dim: int, activation: str, dropout: float):
+    def __init__(
+        self, width: int, bottleneck_dim: int, activation: str, dropout: float, init_weights: bool = True
+    ):
         super().__init__()
         self.down = nn.Linear(width, bottleneck_dim)
         self.activation = ACTIVATION_MODULES[activation]()
         self.dropout = nn.Dropout(dropout)
-        self.up = nn.Linear(bottleneck_dim, width)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        self.up = branch_output(bottleneck_dim, width, init_weights)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         dtype = self.up.weight.dtype  # float32, unless the adapter itself was cast
@@ -35,7 +35,7 @@ class BottleneckAdapter(nn.Module):
         return update.to(hidden_states.dtype)
 
 
-class BottleneckAdapterEncoderLayer(CLIPEncoderLayer, WrappingLayer):
+class BottleneckAdapterEncoderLayer(CLIPEncoderLayer, WrappingBlock):
     """A ``CLIPEncoderLayer`` with an adapter after its attention and/or MLP sub-layer:
 
     ``a = Attn(LN1(x))``; ``h = x + a + sum A_attn(a)``; ``m = MLP(LN2(h))``; ``out = h + m + sum A_mlp(m)``,
@@ -58,7 +58,11 @@ class BottleneckAdapterEncoderLayer(CLIPEncoderLayer, WrappingLayer):
         for position, adapters in (("attention", self.bottleneck_attention), ("mlp", self.bottleneck_mlp)):
             if position in config.positions:
                 adapters[adapter_name] = BottleneckAdapter(
-                    width, config.bottleneck_dim, config.activation, config.adapter_dropout
+                    width,
+                    config.bottleneck_dim,
+                    config.activation,
+                    config.adapter_dropout,
+                    config.init_weights,
                 )
         self.place_adapter(adapter_name, self.base_layer.layer_norm1.weight)
         self.set_adapter(self.active_adapters)

@@ -3,7 +3,8 @@
 Shapes: ``B`` batch, ``T`` tokens (77 caption positions or 50 image tokens on ViT-B/32), ``D`` residual
 width of the tower (vision 768 / text 512 on ViT-B/32), ``r`` the adapter bottleneck (128), ``s`` the mini
 adapter's width (64). Attention inside the adapters runs over the token axis of each sample. Up-projections
-start at zero, so a fresh adapter is the identity and the adapted model equals the base model.
+start at zero, so a fresh adapter is the identity and the adapted model equals the base model
+(``init_weights=False``, the config's: random up-projections instead).
 """
 
 from __future__ import annotations
@@ -13,14 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
-from ..base import WrappingLayer
-
-
-def zero_linear(in_features: int, out_features: int) -> nn.Linear:
-    linear = nn.Linear(in_features, out_features)
-    nn.init.zeros_(linear.weight)
-    nn.init.zeros_(linear.bias)
-    return linear
+from ..base import WrappingBlock, branch_output
 
 
 def gate(value: float) -> nn.Parameter:
@@ -38,13 +32,14 @@ def self_attend(
 
 class GatedAttentionBottleneck(nn.Module):
     """What HarMA's two adapters are made of: ``down`` (width -> bottleneck), self-attention with ``heads``
-    heads in the bottleneck, a zero-initialised ``up`` (bottleneck -> width) and a mixing ``gate``."""
+    heads in the bottleneck, a zero-initialised ``up`` (bottleneck -> width; random with
+    ``init_weights=False``) and a mixing ``gate``."""
 
-    def __init__(self, width: int, bottleneck: int, heads: int, gate_init: float):
+    def __init__(self, width: int, bottleneck: int, heads: int, gate_init: float, init_weights: bool = True):
         super().__init__()
         self.down = nn.Linear(width, bottleneck)
         self.attention = nn.MultiheadAttention(bottleneck, heads, batch_first=True)
-        self.up = zero_linear(bottleneck, width)
+        self.up = branch_output(bottleneck, width, init_weights)
         self.gate = gate(gate_init)
 
 
@@ -73,8 +68,8 @@ class GatedMultimodalAdapter(GatedAttentionBottleneck):
     dtype.
     """
 
-    def __init__(self, width: int, bottleneck: int, heads: int, gate_init: float):
-        super().__init__(width, bottleneck, heads, gate_init)
+    def __init__(self, width: int, bottleneck: int, heads: int, gate_init: float, init_weights: bool = True):
+        super().__init__(width, bottleneck, heads, gate_init, init_weights)
         self.block_gate = gate(gate_init)
 
     def forward(
@@ -107,7 +102,7 @@ def key_padding_of(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     return ~last_row if last_row.dtype == torch.bool else last_row < 0
 
 
-class HarMAEncoderLayer(CLIPEncoderLayer, WrappingLayer):
+class HarMAEncoderLayer(CLIPEncoderLayer, WrappingBlock):
     """A ``CLIPEncoderLayer`` whose MLP output goes through the active HarMA adapters before the residual add:
 
     ``h = x + Attn(LN1(x))``; ``m = MLP(LN2(h))``; ``m = A_a(m)`` for each active adapter ``a``;
@@ -143,7 +138,11 @@ class HarMAEncoderLayer(CLIPEncoderLayer, WrappingLayer):
     def update_layer(self, adapter_name: str, config) -> None:
         """Add the block's adapter of ``adapter_name`` (the tuner has created its mini adapters)."""
         self.harma_adapter[adapter_name] = GatedMultimodalAdapter(
-            self.base_layer.embed_dim, config.bottleneck_dim, config.heads, config.gate_init
+            self.base_layer.embed_dim,
+            config.bottleneck_dim,
+            config.heads,
+            config.gate_init,
+            config.init_weights,
         )
         self.place_adapter(adapter_name, self.base_layer.layer_norm1.weight)
         self.harma_uses_mini[adapter_name] = self.tower == "text" or config.share_across_modalities

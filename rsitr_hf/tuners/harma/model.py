@@ -9,7 +9,14 @@ import torch
 from torch import nn
 from transformers.models.clip.modeling_clip import CLIPTextModel
 
-from ..base import TOWERS, SharedStateTuner, encoder_layer_pattern, end_of_text_positions, place_like
+from ..base import (
+    TOWERS,
+    SharedStateTuner,
+    clip_config,
+    encoder_layer_pattern,
+    end_of_text_positions,
+    place_like,
+)
 from .config import HarMAConfig
 from .layer import HarMAEncoderLayer, MiniAdapter
 
@@ -41,7 +48,13 @@ class HarMAModel(SharedStateTuner):
         if config.has_mini_adapters:
             blocks = mini_blocks(model, config)
             minis[adapter_name] = nn.ModuleList(
-                MiniAdapter(config.bottleneck_dim, config.mini_dim, config.mini_heads, config.gate_init)
+                MiniAdapter(
+                    config.bottleneck_dim,
+                    config.mini_dim,
+                    config.mini_heads,
+                    config.gate_init,
+                    config.init_weights,
+                )
                 for _ in range(blocks)
             )
             minis[adapter_name] = place_like(minis[adapter_name], reference)
@@ -87,7 +100,8 @@ class HarMAModel(SharedStateTuner):
 def mini_blocks(model: nn.Module, config: HarMAConfig) -> int:
     """How many mini adapters an adapter holds: one per text block (the vision tower's when it has no text
     adapters); sharing them across modalities needs towers of as many blocks."""
-    layers = {tower: getattr(model.config, f"{tower}_config").num_hidden_layers for tower in TOWERS}
+    base_config = clip_config(model)
+    layers = {tower: getattr(base_config, f"{tower}_config").num_hidden_layers for tower in TOWERS}
     if config.share_across_modalities and len(config.towers) == 2 and layers["vision"] != layers["text"]:
         raise ValueError(
             "share_across_modalities needs towers of as many blocks, but this base model has "

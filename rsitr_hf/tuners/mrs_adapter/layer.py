@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
-from ..base import WrappingLayer
+from ..base import WrappingBlock, branch_output
 
 
 class MRSAdapter(nn.Module):
@@ -18,11 +18,20 @@ class MRSAdapter(nn.Module):
 
     ``forward(h, tower)`` maps ``(B, N, D_tower)`` to ``(B, N, D_tower)``:
     ``z = dropout(relu(down[tower](h)))`` then ``concat(up[tower](z), shared_up(z))``, the shared
-    up-projection filling the last ``shared_dim`` channels. Computes in its weights' dtype (fp32 unless the
-    model was cast, e.g. ``model.to(torch.bfloat16)``), outside autocast, and returns ``h``'s dtype.
+    up-projection filling the last ``shared_dim`` channels. Up-projections and all biases start at zero
+    (``init_weights=False``: ``nn.Linear``'s random initialisation instead). Computes in its weights'
+    dtype (fp32 unless the model was cast, e.g. ``model.to(torch.bfloat16)``), outside autocast, and
+    returns ``h``'s dtype.
     """
 
-    def __init__(self, widths: dict[str, int], bottleneck_dim: int, shared_dim: int, dropout: float):
+    def __init__(
+        self,
+        widths: dict[str, int],
+        bottleneck_dim: int,
+        shared_dim: int,
+        dropout: float,
+        init_weights: bool = True,
+    ):
         super().__init__()
         for tower, width in widths.items():
             if width <= shared_dim:
@@ -31,14 +40,16 @@ class MRSAdapter(nn.Module):
             {tower: nn.Linear(width, bottleneck_dim) for tower, width in widths.items()}
         )
         self.up = nn.ModuleDict(
-            {tower: nn.Linear(bottleneck_dim, width - shared_dim) for tower, width in widths.items()}
+            {
+                tower: branch_output(bottleneck_dim, width - shared_dim, init_weights)
+                for tower, width in widths.items()
+            }
         )
-        self.shared_up = nn.Linear(bottleneck_dim, shared_dim)
+        self.shared_up = branch_output(bottleneck_dim, shared_dim, init_weights)
         self.dropout = nn.Dropout(dropout)
-        for linear in [*self.up.values(), self.shared_up]:
-            nn.init.zeros_(linear.weight)
-        for linear in [*self.down.values(), *self.up.values(), self.shared_up]:
-            nn.init.zeros_(linear.bias)
+        if init_weights:
+            for linear in self.down.values():
+                nn.init.zeros_(linear.bias)
 
     def forward(self, hidden_states: torch.Tensor, tower: str) -> torch.Tensor:
         dtype = self.shared_up.weight.dtype  # float32 as published, unless the adapter itself was cast
@@ -48,7 +59,7 @@ class MRSAdapter(nn.Module):
         return update.to(hidden_states.dtype)
 
 
-class MRSAdapterEncoderLayer(CLIPEncoderLayer, WrappingLayer):
+class MRSAdapterEncoderLayer(CLIPEncoderLayer, WrappingBlock):
     """A ``CLIPEncoderLayer`` whose MLP branch runs in parallel with the shared MRS-Adapter.
 
     ``h = x + Attn(LN1(x))``; ``out = h + MLP(LN2(h)) + sum_a A_a(h)`` over the active adapters ``a``.

@@ -6,7 +6,7 @@ import re
 
 from torch import nn
 
-from ..base import TOWERS, SharedStateTuner, encoder_layer_pattern, place_like
+from ..base import TOWERS, SharedStateTuner, clip_config, encoder_layer_pattern, place_like
 from .config import MRSAdapterConfig
 from .layer import MRSAdapter, MRSAdapterEncoderLayer
 
@@ -15,7 +15,7 @@ PREFIX = "mrs_"
 
 def tower_widths(model: nn.Module) -> dict[str, int]:
     """Residual widths ``{"vision": D_v, "text": D_t}`` of a ``CLIPModel`` (read from its config)."""
-    config = model.config
+    config = clip_config(model)
     return {tower: getattr(config, f"{tower}_config").hidden_size for tower in TOWERS}
 
 
@@ -53,6 +53,7 @@ class MRSAdapterModel(SharedStateTuner):
             config.bottleneck_dim,
             config.shared_dim,
             config.adapter_dropout,
+            config.init_weights,
         )
         self.shared_state("mrs_adapter")[adapter_name] = place_like(adapter, next(model.parameters()))
 

@@ -2,7 +2,8 @@
 
 Shapes: ``B`` batch, ``L`` caption tokens, ``N`` image tokens (CLS + patches), ``D`` tower width.
 Every module whose output enters the residual stream starts at zero (last projection zero-initialised),
-so a freshly created adapter leaves CLIP's embeddings unchanged.
+so a freshly created adapter leaves CLIP's embeddings unchanged; ``init_weights=False`` (the config's)
+initialises those projections randomly instead.
 """
 
 from __future__ import annotations
@@ -15,18 +16,11 @@ from torch import nn
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..base import WrappingLayer, end_of_text_positions
+from ..base import WrappingLayer, branch_output, end_of_text_positions
 from .config import POSPromptConfig
 
 # transformers renamed create_causal_mask's `past_key_values` to `cache` (the old name warns, then goes)
 CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
-
-
-def zero_linear(in_features: int, out_features: int) -> nn.Linear:
-    linear = nn.Linear(in_features, out_features)
-    nn.init.zeros_(linear.weight)
-    nn.init.zeros_(linear.bias)
-    return linear
 
 
 def in_own_dtype(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
@@ -40,9 +34,11 @@ def in_own_dtype(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
 class Connector(nn.Module):
     """``(B, L, D)`` POS prior -> ``(B, L, D)`` prompt ``z_p``: Linear, ReLU, zero-initialised Linear."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, init_weights: bool = True):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(width, width), nn.ReLU(), zero_linear(width, width))
+        self.net = nn.Sequential(
+            nn.Linear(width, width), nn.ReLU(), branch_output(width, width, init_weights)
+        )
 
     def forward(self, prior: torch.Tensor) -> torch.Tensor:
         return self.net(in_own_dtype(self, prior))
@@ -51,9 +47,11 @@ class Connector(nn.Module):
 class POSAdapter(nn.Module):
     """Per-layer ``(B, L, D) -> (B, L, D)`` map of ``z_p``: Linear D->r, ReLU, zero-initialised r->D."""
 
-    def __init__(self, width: int, bottleneck: int):
+    def __init__(self, width: int, bottleneck: int, init_weights: bool = True):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(width, bottleneck), nn.ReLU(), zero_linear(bottleneck, width))
+        self.net = nn.Sequential(
+            nn.Linear(width, bottleneck), nn.ReLU(), branch_output(bottleneck, width, init_weights)
+        )
 
     def forward(self, prompt: torch.Tensor) -> torch.Tensor:
         return self.net(in_own_dtype(self, prompt)).to(prompt.dtype)
@@ -65,11 +63,11 @@ class SAAdapter(nn.Module):
     ``key_padding_mask`` ``(B, T)`` is True at padding positions, which then take no part in attention.
     """
 
-    def __init__(self, width: int, bottleneck: int, heads: int):
+    def __init__(self, width: int, bottleneck: int, heads: int, init_weights: bool = True):
         super().__init__()
         self.down = nn.Linear(width, bottleneck)
         self.attention = nn.MultiheadAttention(bottleneck, heads, batch_first=True)
-        self.up = zero_linear(bottleneck, width)
+        self.up = branch_output(bottleneck, width, init_weights)
 
     def forward(self, mlp_output: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         reduced = self.down(in_own_dtype(self, mlp_output))
@@ -88,12 +86,12 @@ class SideFusion(nn.Module):
     vector is broadcast-added to the next tap; returns ``(B, D)``. Without (text), per token: ``(B, T, D)``.
     """
 
-    def __init__(self, width: int, mode: str, pool: bool):
+    def __init__(self, width: int, mode: str, pool: bool, init_weights: bool = True):
         super().__init__()
         self.mode, self.pool = mode, pool
         self.units = nn.ModuleList(
             [nn.Sequential(nn.Linear(width, width), nn.ReLU()) for _ in range(3)]
-            + [zero_linear(width, width)]
+            + [branch_output(width, width, init_weights)]
         )
 
     def reduce(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -140,9 +138,12 @@ class POSPromptTower(nn.Module, WrappingLayer):
                 f"fusion_layers {config.fusion_layers} exceed the {layers} blocks of the base tower"
             )
         self.posapl_sa_adapters[adapter_name] = nn.ModuleList(
-            SAAdapter(self.width, config.adapter_dim, config.adapter_heads) for _ in range(layers)
+            SAAdapter(self.width, config.adapter_dim, config.adapter_heads, config.init_weights)
+            for _ in range(layers)
         )
-        self.posapl_fusion[adapter_name] = SideFusion(self.width, config.fusion, pool=self.pools_fusion)
+        self.posapl_fusion[adapter_name] = SideFusion(
+            self.width, config.fusion, self.pools_fusion, config.init_weights
+        )
         self.posapl_fusion_layers[adapter_name] = list(config.fusion_layers)
         self.place_adapter(adapter_name, next(self.base_layer.parameters()))
 
@@ -241,10 +242,10 @@ class POSPromptTextTower(POSPromptTower):
         if not hasattr(self, "posapl_pos_mode"):
             self.posapl_pos_mode: dict[str, str] = {}
             self.posapl_pos_padding_id: dict[str, int | None] = {}
-        self.posapl_connector[adapter_name] = Connector(self.width)
+        self.posapl_connector[adapter_name] = Connector(self.width, config.init_weights)
         if config.pos_adapter_dim:
             self.posapl_pos_adapters[adapter_name] = nn.ModuleList(
-                POSAdapter(self.width, config.pos_adapter_dim)
+                POSAdapter(self.width, config.pos_adapter_dim, config.init_weights)
                 for _ in range(self.base_layer.config.num_hidden_layers)
             )
         if config.pos_mode == "aligned":
