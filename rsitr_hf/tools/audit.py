@@ -1,0 +1,183 @@
+"""Find duplicate images and captions within and across the splits of RSITR datasets.
+
+``rsitr-audit DATA_DIR [DATA_DIR ...] --output_dir audit`` reads each seed-layout dataset (``train`` and
+``test``), compares every image with every other one (exact pixels; perceptual hash under rotations and
+flips) and every split's normalised captions with every other split's, and writes:
+
+- ``audit.md``: the tables (also printed): pairs of images per pair of splits and method, shared captions;
+- ``audit.json``: the manifest: each flagged pair of images with the evidence of each method (and the
+  rotation or flip that matched), the caption overlaps, the settings, unreadable images;
+- ``pairs.png``: the flagged pairs side by side, for a person to check.
+
+A dataset without its image folder (the packaged split files) is audited by its captions only.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import PIL.Image
+from tqdm.auto import tqdm
+
+from ..data.duplicates import (
+    DIHEDRAL,
+    HASH_SIZE,
+    PERCEPTUAL_MAX_DISTANCE,
+    AuditImage,
+    CaptionOverlap,
+    ImagePair,
+    caption_overlaps,
+    fingerprint,
+    image_pairs,
+    read_images,
+)
+from ..utils.cli import command, command_parser, parse_arguments
+from ..utils.files import write_json
+from ..utils.plotting import plt
+
+METHODS = ("exact", "perceptual")
+
+
+def where(image: AuditImage) -> dict:
+    return {"dataset": image.dataset, "split": image.split, "file": image.file_name}
+
+
+def manifest(
+    datasets: list[dict],
+    pairs: list[ImagePair],
+    overlaps: list[CaptionOverlap],
+    unreadable: list[AuditImage],
+    max_distance: int,
+) -> dict:
+    """The JSON manifest of an audit (see the module docstring)."""
+    return {
+        "datasets": datasets,
+        "methods": {
+            "exact": {"evidence": "SHA-256 of the decoded RGB pixels"},
+            "perceptual": {
+                "evidence": "Hamming distance of imagehash.phash",
+                "bits": HASH_SIZE**2,
+                "max_distance": max_distance,
+                "transforms": list(DIHEDRAL),
+            },
+            "caption": {"evidence": "equal captions after normalisation (lower case, letters and digits)"},
+        },
+        "image_pairs": [
+            {"a": where(pair.a), "b": where(pair.b), "evidence": pair.evidence, "transform": pair.transform}
+            for pair in pairs
+        ],
+        "caption_overlaps": [vars(overlap) for overlap in overlaps],
+        "unreadable_images": [where(image) for image in unreadable],
+    }
+
+
+def markdown(datasets: list[dict], pairs: list[ImagePair], overlaps: list[CaptionOverlap]) -> str:
+    """The tables of an audit."""
+    lines = [
+        "## Datasets",
+        "",
+        "| dataset | train images | test images | images audited |",
+        "|---|---|---|---|",
+    ]
+    for dataset in datasets:
+        audited = "yes" if dataset["images_audited"] else "no (no image folder: captions only)"
+        counts = dataset["images"]
+        lines.append(f"| {dataset['name']} | {counts['train']} | {counts['test']} | {audited} |")
+    lines += ["", "## Duplicate images", ""]
+    if pairs:
+        counts = Counter()
+        for pair in pairs:
+            key = (pair.a.group, pair.b.group)
+            counts[(*key, "any")] += 1
+            for method in pair.evidence:
+                counts[(*key, method)] += 1
+        lines += ["| split a | split b | exact | perceptual | any |", "|---|---|---|---|---|"]
+        for a, b in sorted({(a, b) for a, b, _ in counts}):
+            cells = " | ".join(str(counts[(a, b, method)]) for method in (*METHODS, "any"))
+            lines.append(f"| {a} | {b} | {cells} |")
+    else:
+        lines.append("none found")
+    lines += [
+        "",
+        "## Duplicate captions (after normalisation)",
+        "",
+        "| split a | split b | shared captions | images of a | images of b |",
+        "|---|---|---|---|---|",
+    ]
+    for overlap in overlaps:
+        lines.append(
+            f"| {overlap.a} | {overlap.b} | {overlap.shared_captions} | {overlap.images_a} | "
+            f"{overlap.images_b} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_pairs(pairs: list[ImagePair], path: Path, limit: int) -> Path:
+    """The first ``limit`` pairs side by side, one row each, labelled with where they are and the evidence."""
+    shown = pairs[:limit]
+    figure, axes = plt.subplots(len(shown), 2, figsize=(6, 3 * len(shown)), squeeze=False)
+    for (left, right), pair in zip(axes, shown, strict=True):
+        for axis, image in ((left, pair.a), (right, pair.b)):
+            with PIL.Image.open(image.path) as opened:
+                axis.imshow(opened.convert("RGB"))
+            axis.set_title(f"{image.group}\n{image.file_name}", fontsize=8)
+            axis.axis("off")
+        evidence = ", ".join(f"{method} {score:g}" for method, score in pair.evidence.items())
+        transform = f" ({pair.transform})" if pair.transform not in (None, "none") else ""
+        right.text(0.5, -0.08, evidence + transform, transform=right.transAxes, ha="center", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+@command
+def main(argv: list[str] | None = None) -> int:
+    parser = command_parser(__doc__)
+    parser.add_argument("data_dirs", nargs="+", metavar="DATA_DIR", help="<root>/<name>_precomp folders")
+    parser.add_argument("--output_dir", default="audit", help="where the report, manifest and grid go")
+    parser.add_argument(
+        "--max_distance",
+        type=int,
+        default=PERCEPTUAL_MAX_DISTANCE,
+        help=f"perceptual method: largest Hamming distance (of {HASH_SIZE**2} bits) of a near duplicate",
+    )
+    parser.add_argument("--grid_pairs", type=int, default=24, help="pairs drawn in pairs.png")
+    args = parse_arguments(parser, argv)
+    datasets, images, with_pixels = [], [], []
+    for data_dir in args.data_dirs:
+        found, has_images = read_images(data_dir)
+        splits = Counter(image.split for image in found)
+        name = found[0].dataset if found else Path(data_dir).name
+        datasets.append(
+            {
+                "name": name,
+                "path": str(data_dir),
+                "images": {"train": splits["train"], "test": splits["test"]},
+                "images_audited": has_images,
+            }
+        )
+        images.extend(found)
+        with_pixels.extend(found if has_images else [])
+    prints = fingerprint(with_pixels, tqdm(with_pixels, desc="fingerprints", unit="image", disable=None))
+    pairs = image_pairs(prints, args.max_distance)
+    overlaps = caption_overlaps(images)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(
+        output_dir / "audit.json", manifest(datasets, pairs, overlaps, prints.unreadable, args.max_distance)
+    )
+    report = markdown(datasets, pairs, overlaps)
+    (output_dir / "audit.md").write_text(report, encoding="utf-8")
+    if pairs and args.grid_pairs > 0:
+        plot_pairs(pairs, output_dir / "pairs.png", args.grid_pairs)
+    print(report, end="")
+    if prints.unreadable:
+        print(f"{len(prints.unreadable)} image(s) could not be read (listed in audit.json)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""rsitr-audit on a synthetic dataset with planted duplicates: edited copies of training images in its test
+split, among distinct look-alike scenes of the same generator."""
+
+import io
+import json
+import re
+from pathlib import Path
+
+import PIL.Image
+import PIL.ImageEnhance
+import pytest
+
+from rsitr_hf.data.duplicates import (
+    PERCEPTUAL_MAX_DISTANCE,
+    caption_overlaps,
+    fingerprint,
+    image_pairs,
+    read_images,
+)
+from rsitr_hf.demo.synthetic import make_example
+from rsitr_hf.tools.audit import main as audit_main
+
+NUM_TRAIN, NUM_LOOKALIKES = 24, 12
+
+
+def jpeg(image: PIL.Image.Image) -> PIL.Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=70)
+    return PIL.Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def jitter(image: PIL.Image.Image) -> PIL.Image.Image:
+    brighter = PIL.ImageEnhance.Brightness(PIL.ImageEnhance.Color(image).enhance(1.3)).enhance(1.15)
+    return PIL.ImageEnhance.Contrast(brighter).enhance(0.85)
+
+
+# test image k is an edited copy of training image k (the perceptual method must find each)
+PLANTED = {
+    "copy": lambda image: image,
+    "jpeg": jpeg,
+    "resize": lambda image: image.resize((96, 96)),
+    "colour jitter": jitter,
+    "rotate 90": lambda image: image.transpose(PIL.Image.Transpose.ROTATE_90),
+    "flip": lambda image: image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT),
+}
+PLANTED_CAPTION = (
+    "  A GREEN meadow -- with a river; and TREES!! "  # equals "a green meadow with a river and trees"
+)
+
+
+def write_split(data_dir: Path, split: str, examples: list[tuple[PIL.Image.Image, list[str]]], suffix: str):
+    names = []
+    for index, (image, _) in enumerate(examples):
+        names.append(f"{split}_{index:03d}.{suffix}")
+        image.save(data_dir / "plant_images" / names[-1])
+    captions = [caption for _, image_captions in examples for caption in image_captions]
+    (data_dir / f"{split}_caps.txt").write_text("\n".join(captions) + "\n", encoding="utf-8")
+    (data_dir / f"{split}_filename.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def planted_dir(tmp_path_factory) -> Path:
+    data_dir = tmp_path_factory.mktemp("audit") / "plant_precomp"
+    (data_dir / "plant_images").mkdir(parents=True)
+    train = [make_example(0, "train", index, image_size=128)[:2] for index in range(NUM_TRAIN)]
+    train[0][1][2] = "a green meadow with a river and trees"
+    test = [(edit(train[k][0]), make_example(1, "test", k)[1]) for k, edit in enumerate(PLANTED.values())]
+    test += [make_example(0, "test", index, image_size=128)[:2] for index in range(NUM_LOOKALIKES)]
+    test[-1][1][0] = PLANTED_CAPTION
+    write_split(data_dir, "train", train, "tif")
+    write_split(data_dir, "test", test, "png")  # the exact copy is a PNG of a TIFF: same pixels, other bytes
+    return data_dir
+
+
+def found_by(pairs, method: str) -> set[tuple[str, str]]:
+    return {(pair.a.file_name, pair.b.file_name) for pair in pairs if method in pair.evidence}
+
+
+def test_every_planted_duplicate_is_found_and_no_lookalike_is_flagged(planted_dir):
+    images, has_images = read_images(planted_dir)
+    assert has_images and len(images) == NUM_TRAIN + len(PLANTED) + NUM_LOOKALIKES
+    pairs = image_pairs(fingerprint(images))
+    planted = {(f"train_{k:03d}.tif", f"test_{k:03d}.png") for k in range(len(PLANTED))}
+    assert found_by(pairs, "exact") == {("train_000.tif", "test_000.png")}
+    assert found_by(pairs, "perceptual") == planted  # each edit found, nothing else flagged
+    rotated = next(pair for pair in pairs if pair.b.file_name == "test_004.png")
+    assert rotated.transform in ("rotate_90", "rotate_270")
+    assert all(pair.evidence["perceptual"] <= PERCEPTUAL_MAX_DISTANCE for pair in pairs)
+
+
+def test_captions_are_compared_after_normalisation(planted_dir):
+    images, _ = read_images(planted_dir)
+    overlaps = {(overlap.a, overlap.b): overlap for overlap in caption_overlaps(images)}
+    assert set(overlaps) == {
+        ("plant/train", "plant/train"),
+        ("plant/train", "plant/test"),
+        ("plant/test", "plant/test"),
+    }
+
+    def words(caption: str) -> str:
+        return " ".join(re.sub(r"[^a-z0-9]", " ", caption.lower()).split())
+
+    by_split = {
+        split: {words(c) for image in images if image.split == split for c in image.captions}
+        for split in ("train", "test")
+    }
+    shared = by_split["train"] & by_split["test"]
+    assert "a green meadow with a river and trees" in shared
+    assert overlaps["plant/train", "plant/test"].shared_captions == len(shared)
+    holders = [
+        image for image in images if image.split == "test" and {words(c) for c in image.captions} & shared
+    ]
+    assert overlaps["plant/train", "plant/test"].images_b == len(holders)
+
+
+def test_the_command_writes_report_manifest_and_grid(planted_dir, tmp_path, capsys):
+    captions_only = tmp_path / "textonly_precomp"
+    captions_only.mkdir()
+    for name in ("train_caps.txt", "train_filename.txt", "test_caps.txt", "test_filename.txt"):
+        (captions_only / name).write_bytes((planted_dir / name).read_bytes())
+    out = tmp_path / "audit"
+    assert audit_main([str(planted_dir), str(captions_only), "--output_dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed == (out / "audit.md").read_text()
+    assert "| plant/train | plant/test | 1 | 6 | 6 |" in printed  # exact, perceptual, any
+    assert "| textonly | 24 | 18 | no (no image folder: captions only) |" in printed
+    manifest = json.loads((out / "audit.json").read_text())
+    assert len(manifest["image_pairs"]) == len(PLANTED)
+    assert manifest["image_pairs"][0] == {
+        "a": {"dataset": "plant", "split": "train", "file": "train_000.tif"},
+        "b": {"dataset": "plant", "split": "test", "file": "test_000.png"},
+        "evidence": {"exact": 0.0, "perceptual": 0.0},
+        "transform": "none",
+    }
+    textonly = next(
+        o for o in manifest["caption_overlaps"] if o["a"] == "plant/test" and o["b"] == "textonly/test"
+    )
+    assert textonly["shared_captions"] > 0 and textonly["images_a"] == textonly["images_b"] == 18
+    with PIL.Image.open(out / "pairs.png") as grid:
+        assert grid.height > grid.width  # one row per pair
+
+
+def test_a_folder_that_is_not_a_dataset_is_one_line_and_exit_2(tmp_path, capsys):
+    assert audit_main([str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "expected a folder named '<name>_precomp'" in error
