@@ -10,7 +10,7 @@ from transformers import CLIPModel, CLIPProcessor
 
 from rsitr_hf.data import load_rsitr
 from rsitr_hf.evaluation import METRIC_KEYS, evaluate_retrieval
-from rsitr_hf.tools.petl import main, run_benchmark
+from rsitr_hf.tools.petl import main, results_markdown, run_benchmark, summarise
 from rsitr_hf.training.recipe import RecipeError
 
 METHODS = {
@@ -159,3 +159,21 @@ def test_the_benchmark_files_plan_every_method_harma_included():
         harma = planned["harma"][0][1]
         assert (harma.method.name, harma.loss.name, harma.optimizer.decay_biases) == ("harma", "harma", False)
         assert [seed for seed, _ in planned["harma"]] == [0, 1] and len(planned["zero_shot"]) == 1
+
+
+def test_retention_is_averaged_over_runs_and_datasets_and_shown_beside_mr():
+    def run(seed: int, retentions: list[float | None]) -> tuple[int, dict]:
+        test = {key: 10.0 + seed for key in METRIC_KEYS}
+        cost = {"trainable_parameters": 10, "base_parameters": 1000, "seconds_per_step": 0.1}
+        classification = [{"dataset": f"d{i}", "retention_top1": r} for i, r in enumerate(retentions)]
+        return seed, {"test": test, "cost": cost, "zero_shot_classification": classification}
+
+    adapted = summarise("mrs", [run(0, [0.9, 0.8]), run(1, [0.7, None])])
+    assert adapted.retention == pytest.approx(statistics.fmean([0.9, 0.8, 0.7]))
+    plain = summarise("full", [(0, {"test": run(0, [])[1]["test"], "cost": run(0, [])[1]["cost"]})])
+    assert plain.retention is None
+    table = results_markdown([adapted, plain]).splitlines()
+    assert table[0].split(" | ")[len(METRIC_KEYS) + 3] == "retention"
+    assert "| **10.50 ± 0.71** | 0.800 |" in table[2]  # mR of seeds 0 and 1, then (0.9 + 0.8 + 0.7) / 3
+    assert "| **10.00 ± 0.00** | – |" in table[3]
+    assert "retention" not in results_markdown([plain])

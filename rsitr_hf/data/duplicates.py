@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,3 +225,82 @@ def caption_overlaps(images: Sequence[AuditImage]) -> list[CaptionOverlap]:
             images_b = set().union(*(by_group[b][text] for text in shared)) if shared else set()
             overlaps.append(CaptionOverlap(a, b, len(shared), len(images_a), len(images_b)))
     return overlaps
+
+
+@dataclass
+class AuditResult:
+    """What an audit of several datasets found (:func:`audit`); :meth:`manifest` is ``audit.json``."""
+
+    datasets: list[dict]
+    pairs: list[ImagePair]
+    overlaps: list[CaptionOverlap]
+    unreadable: list[AuditImage]
+    max_distance: int
+
+    def manifest(self) -> dict:
+        def where(image: AuditImage) -> dict:
+            return {"dataset": image.dataset, "split": image.split, "file": image.file_name}
+
+        return {
+            "datasets": self.datasets,
+            "methods": {
+                "exact": {"evidence": "SHA-256 of the decoded RGB pixels"},
+                "perceptual": {
+                    "evidence": "Hamming distance of imagehash.phash",
+                    "bits": HASH_SIZE**2,
+                    "max_distance": self.max_distance,
+                    "transforms": list(DIHEDRAL),
+                },
+                "caption": {
+                    "evidence": "equal captions after normalisation (lower case, letters and digits)"
+                },
+            },
+            "image_pairs": [
+                {
+                    "a": where(pair.a),
+                    "b": where(pair.b),
+                    "evidence": pair.evidence,
+                    "transform": pair.transform,
+                }
+                for pair in self.pairs
+            ],
+            "caption_overlaps": [vars(overlap) for overlap in self.overlaps],
+            "unreadable_images": [where(image) for image in self.unreadable],
+        }
+
+
+def audit(
+    data_dirs: Sequence[str | Path],
+    max_distance: int = PERCEPTUAL_MAX_DISTANCE,
+    progress: Callable[[list[AuditImage]], Iterable] | None = None,
+) -> AuditResult:
+    """Audit the seed-layout datasets ``data_dirs`` together: image pairs (of the datasets whose image folder
+    exists) and caption overlaps; ``progress`` wraps the images as they are fingerprinted (e.g. tqdm)."""
+    datasets, images, with_pixels = [], [], []
+    for data_dir in data_dirs:
+        found, has_images = read_images(data_dir)
+        splits = {split: sum(image.split == split for image in found) for split in SPLITS}
+        datasets.append(
+            {"name": found[0].dataset, "path": str(data_dir), "images": splits, "images_audited": has_images}
+        )
+        images += found
+        with_pixels += found if has_images else []
+    prints = fingerprint(with_pixels, progress(with_pixels) if progress else None)
+    return AuditResult(
+        datasets, image_pairs(prints, max_distance), caption_overlaps(images), prints.unreadable, max_distance
+    )
+
+
+def linked_training_files(manifest: dict, dataset: str, evaluated: Iterable[str]) -> set[str]:
+    """Files of ``dataset``'s training split that the manifest's image pairs link to the test split of a
+    dataset in ``evaluated`` (by any method)."""
+    tests = {(name, "test") for name in evaluated}
+    linked = set()
+    for pair in manifest.get("image_pairs", []):
+        for mine, other in ((pair["a"], pair["b"]), (pair["b"], pair["a"])):
+            if (mine["dataset"], mine["split"]) == (dataset, "train") and (
+                other["dataset"],
+                other["split"],
+            ) in tests:
+                linked.add(mine["file"])
+    return linked

@@ -21,56 +21,12 @@ from pathlib import Path
 import PIL.Image
 from tqdm.auto import tqdm
 
-from ..data.duplicates import (
-    DIHEDRAL,
-    HASH_SIZE,
-    PERCEPTUAL_MAX_DISTANCE,
-    AuditImage,
-    CaptionOverlap,
-    ImagePair,
-    caption_overlaps,
-    fingerprint,
-    image_pairs,
-    read_images,
-)
+from ..data.duplicates import HASH_SIZE, PERCEPTUAL_MAX_DISTANCE, CaptionOverlap, ImagePair, audit
 from ..utils.cli import command, command_parser, parse_arguments
 from ..utils.files import write_json
 from ..utils.plotting import plt
 
 METHODS = ("exact", "perceptual")
-
-
-def where(image: AuditImage) -> dict:
-    return {"dataset": image.dataset, "split": image.split, "file": image.file_name}
-
-
-def manifest(
-    datasets: list[dict],
-    pairs: list[ImagePair],
-    overlaps: list[CaptionOverlap],
-    unreadable: list[AuditImage],
-    max_distance: int,
-) -> dict:
-    """The JSON manifest of an audit (see the module docstring)."""
-    return {
-        "datasets": datasets,
-        "methods": {
-            "exact": {"evidence": "SHA-256 of the decoded RGB pixels"},
-            "perceptual": {
-                "evidence": "Hamming distance of imagehash.phash",
-                "bits": HASH_SIZE**2,
-                "max_distance": max_distance,
-                "transforms": list(DIHEDRAL),
-            },
-            "caption": {"evidence": "equal captions after normalisation (lower case, letters and digits)"},
-        },
-        "image_pairs": [
-            {"a": where(pair.a), "b": where(pair.b), "evidence": pair.evidence, "transform": pair.transform}
-            for pair in pairs
-        ],
-        "caption_overlaps": [vars(overlap) for overlap in overlaps],
-        "unreadable_images": [where(image) for image in unreadable],
-    }
 
 
 def markdown(datasets: list[dict], pairs: list[ImagePair], overlaps: list[CaptionOverlap]) -> str:
@@ -146,36 +102,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--grid_pairs", type=int, default=24, help="pairs drawn in pairs.png")
     args = parse_arguments(parser, argv)
-    datasets, images, with_pixels = [], [], []
-    for data_dir in args.data_dirs:
-        found, has_images = read_images(data_dir)
-        splits = Counter(image.split for image in found)
-        name = found[0].dataset if found else Path(data_dir).name
-        datasets.append(
-            {
-                "name": name,
-                "path": str(data_dir),
-                "images": {"train": splits["train"], "test": splits["test"]},
-                "images_audited": has_images,
-            }
-        )
-        images.extend(found)
-        with_pixels.extend(found if has_images else [])
-    prints = fingerprint(with_pixels, tqdm(with_pixels, desc="fingerprints", unit="image", disable=None))
-    pairs = image_pairs(prints, args.max_distance)
-    overlaps = caption_overlaps(images)
+    result = audit(
+        args.data_dirs,
+        args.max_distance,
+        progress=lambda images: tqdm(images, desc="fingerprints", unit="image", disable=None),
+    )
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(
-        output_dir / "audit.json", manifest(datasets, pairs, overlaps, prints.unreadable, args.max_distance)
-    )
-    report = markdown(datasets, pairs, overlaps)
+    write_json(output_dir / "audit.json", result.manifest())
+    report = markdown(result.datasets, result.pairs, result.overlaps)
     (output_dir / "audit.md").write_text(report, encoding="utf-8")
-    if pairs and args.grid_pairs > 0:
-        plot_pairs(pairs, output_dir / "pairs.png", args.grid_pairs)
+    if result.pairs and args.grid_pairs > 0:
+        plot_pairs(result.pairs, output_dir / "pairs.png", args.grid_pairs)
     print(report, end="")
-    if prints.unreadable:
-        print(f"{len(prints.unreadable)} image(s) could not be read (listed in audit.json)", file=sys.stderr)
+    if result.unreadable:
+        print(f"{len(result.unreadable)} image(s) could not be read (listed in audit.json)", file=sys.stderr)
     return 0
 
 

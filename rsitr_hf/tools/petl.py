@@ -88,6 +88,7 @@ class MethodSummary:
     seconds_per_step: float | None
     peak_memory_mb: float | None
     memory_kind: str | None
+    retention: float | None = None  # zero-shot top-1 kept of the base's (evaluation.classification)
 
     @property
     def trainable_percent(self) -> float:
@@ -212,6 +213,17 @@ def zero_shot_run(recipe: Recipe) -> dict:
     return json.loads(metrics_file.read_text())
 
 
+def mean_retention(runs: list[tuple[int, dict]]) -> float | None:
+    """The mean over runs and classification datasets of the adapted model's zero-shot top-1 retention."""
+    kept = [
+        entry["retention_top1"]
+        for _, metrics in runs
+        for entry in metrics.get("zero_shot_classification", [])
+        if entry.get("retention_top1") is not None
+    ]
+    return statistics.fmean(kept) if kept else None
+
+
 def summarise(label: str, runs: list[tuple[int, dict]], ties: str | None = None) -> MethodSummary:
     """The row of ``label``: its test metrics as reported (``ties=None``) or under the tie protocol
     ``ties`` (from ``metrics.json``'s ``test_ties``)."""
@@ -229,15 +241,21 @@ def summarise(label: str, runs: list[tuple[int, dict]], ties: str | None = None)
         seconds_per_step=statistics.median(timings) if timings else None,
         peak_memory_mb=max(memories) if memories else None,
         memory_kind=costs[0].get("memory_kind"),
+        retention=mean_retention(runs),
     )
 
 
 def results_markdown(summaries: list[MethodSummary]) -> str:
-    header = ["method", "trainable", "%", *METRIC_KEYS, "s/step", "peak memory (MB)", "seeds"]
+    """The results table; a ``retention`` column (zero-shot top-1 kept) when a run measured it."""
+    with_retention = any(s.retention is not None for s in summaries)
+    header = ["method", "trainable", "%", *METRIC_KEYS, *(["retention"] * with_retention)]
+    header += ["s/step", "peak memory (MB)", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summaries:
         recalls = [f"{s.mean[k]:.2f} ± {s.std[k]:.2f}" for k in METRIC_KEYS]
         recalls[-1] = f"**{recalls[-1]}**"
+        if with_retention:
+            recalls.append("–" if s.retention is None else f"{s.retention:.3f}")
         timing = "–" if s.seconds_per_step is None else f"{s.seconds_per_step:.3f}"
         memory = "–" if s.peak_memory_mb is None else f"{s.peak_memory_mb:,.0f}"
         cells = [
@@ -256,7 +274,7 @@ def results_markdown(summaries: list[MethodSummary]) -> str:
 def write_results_csv(summaries: list[MethodSummary], path: Path) -> None:
     columns = ["method", "trainable_parameters", "base_parameters", "trainable_percent", "seeds"]
     columns += [f"{k}_{stat}" for k in METRIC_KEYS for stat in ("mean", "std")]
-    columns += ["seconds_per_step", "peak_memory_mb", "memory_kind"]
+    columns += ["seconds_per_step", "peak_memory_mb", "memory_kind", "zero_shot_retention"]
     with open(path, "w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, columns)
         writer.writeheader()
@@ -270,6 +288,7 @@ def write_results_csv(summaries: list[MethodSummary], path: Path) -> None:
                 "seconds_per_step": s.seconds_per_step,
                 "peak_memory_mb": s.peak_memory_mb,
                 "memory_kind": s.memory_kind,
+                "zero_shot_retention": s.retention,
             }
             for k in METRIC_KEYS:
                 row[f"{k}_mean"], row[f"{k}_std"] = f"{s.mean[k]:.4f}", f"{s.std[k]:.4f}"

@@ -1,12 +1,13 @@
 """The data of a training run: the recipe's splits (with POS columns for a method that takes POS inputs),
 each split's images as uint8 pixels (cached or decoded), the training caption pairs and their loader, and
 the on-device image transform (augmentation, then CLIP's normalisation), and the processor that gives
-the images their size."""
+the images their size. Training images that an audit links to the test split can be left out."""
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -17,11 +18,13 @@ from transformers import CLIPProcessor
 
 from ..data import load_rsitr, load_rsitr_hub
 from ..data.augmentation import RandomResizedCropFlip
+from ..data.duplicates import audit, linked_training_files
 from ..data.pixels import DecodedPixels, PixelNormalizer, PixelSource, cached_pixels, resized_without_crop
 from ..data.pos import cached_pos_dataset
 from ..data.preprocessing import ImageBatchTransform, RetrievalCollator, caption_pairs
 from ..data.randaugment import RandAugment
 from ..data.release_augment import MAX_LEVEL, ReleaseRandomAugment
+from ..data.seed_layout import infer_name
 from .recipe import Recipe, RecipeError
 
 MAX_AUTO_WORKERS = 8
@@ -31,14 +34,16 @@ RANDAUGMENT = {"release": (ReleaseRandomAugment, MAX_LEVEL), "torchvision": (Ran
 @dataclass
 class RunData:
     """The splits of a run, each split's images as uint8 pixels (cached or decoded), the training caption
-    pairs (tokenised, one row per caption), the data-loader workers, and the POS inputs the method takes
-    (``"sentence"``/``"aligned"``, or ``None``)."""
+    pairs (tokenised, one row per caption), the data-loader workers, the POS inputs the method takes
+    (``"sentence"``/``"aligned"``, or ``None``) and what ``data.exclude_test_duplicates`` dropped (empty when
+    it is off)."""
 
     dataset: datasets.DatasetDict
     pixels: dict[str, PixelSource]
     pairs: datasets.Dataset
     num_workers: int
     pos_mode: str | None
+    excluded: dict = field(default_factory=dict)
 
 
 def resolve_num_workers(value: int | str, device: torch.device, local_processes: int) -> int:
@@ -81,10 +86,48 @@ def load_data(recipe: Recipe, tokenizer, pos_mode: str | None) -> datasets.Datas
     )
 
 
+def audit_manifest(recipe: Recipe) -> tuple[dict, str]:
+    """``data.exclude_test_duplicates``'s manifest (rsitr-audit's ``audit.json``, read or computed now) and
+    where it came from."""
+    setting = recipe.data.exclude_test_duplicates
+    if setting is True:
+        return audit([recipe.data.path]).manifest(), "audited when the run started (exact, perceptual)"
+    try:
+        return json.loads(Path(setting).read_text(encoding="utf-8")), str(setting)
+    except (OSError, json.JSONDecodeError) as error:
+        raise RecipeError(
+            f"data.exclude_test_duplicates: {setting} is not a readable audit.json ({error})"
+        ) from None
+
+
+def drop_test_duplicates(recipe: Recipe, dataset: datasets.DatasetDict) -> tuple[datasets.DatasetDict, dict]:
+    """``dataset`` without the train and validation images that the audit links to its test split, and the
+    record of what was dropped (``{}`` when ``data.exclude_test_duplicates`` is off)."""
+    if recipe.data.exclude_test_duplicates is False:
+        return dataset, {}
+    if recipe.data.format != "seed":
+        raise RecipeError(
+            "data.exclude_test_duplicates: audits read the seed layout (data.format: seed); export the data "
+            "to it first"
+        )
+    manifest, source = audit_manifest(recipe)
+    name = recipe.data.name or infer_name(Path(recipe.data.path))
+    linked = linked_training_files(manifest, name, [name])
+    kept, dropped = {}, {}
+    for split, rows in dataset.items():
+        if split == "test":
+            kept[split] = rows
+            continue
+        dropped[split] = sorted(set(rows["filename"]) & linked)
+        kept[split] = rows.filter(lambda filename: filename not in linked, input_columns="filename")
+    return datasets.DatasetDict(kept), {"manifest": source, "dataset": name, "dropped": dropped}
+
+
 def prepare_data(recipe: Recipe, processor, pos_mode: str | None, accelerator: Accelerator) -> RunData:
-    """Load the splits and their pixels; the main process builds the caches first, the others reuse them."""
+    """Load the splits (without audited test duplicates, when asked) and their pixels; the main process
+    builds the caches first, the others reuse them."""
     with accelerator.main_process_first():
-        dataset = load_data(recipe, processor.tokenizer, pos_mode)
+        dataset, excluded = drop_test_duplicates(recipe, load_data(recipe, processor.tokenizer, pos_mode))
         pixels = {}
         for split, rows in dataset.items():
             if recipe.data.cache_images and len(rows):
@@ -96,7 +139,7 @@ def prepare_data(recipe: Recipe, processor, pos_mode: str | None, accelerator: A
     pairs = caption_pairs(dataset["train"], processor.tokenizer, pos_mode)
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
     num_workers = resolve_num_workers(recipe.training.num_workers, accelerator.device, local_processes)
-    return RunData(dataset, pixels, pairs, num_workers, pos_mode)
+    return RunData(dataset, pixels, pairs, num_workers, pos_mode, excluded)
 
 
 def training_loader(recipe: Recipe, data: RunData, pad_token_id: int, device: torch.device) -> DataLoader:

@@ -24,6 +24,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from ..tuners.methods import get_method
+from ..utils.files import write_json
 from .checkpoints import (
     TrainerState,
     claim_output_dir,
@@ -48,7 +49,7 @@ from .setup import (
     total_steps_of,
 )
 from .step import LossLog, TrainingStep
-from .validation import Evaluator, validate
+from .validation import Evaluator, class_folders_of, validate
 
 logger = get_logger(__name__)
 
@@ -60,6 +61,7 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
     method = get_method(recipe.method.name)
     if not method.trains:
         raise RecipeError(f"method.name: {method.name} is evaluated, not trained (rsitr-petl runs it)")
+    class_folders = class_folders_of(recipe)  # evaluation.classification, checked before any work
 
     # --- Set-up: the accelerator, the output folder, the model ------------------------------------------
     accelerator = create_accelerator(recipe)
@@ -94,6 +96,7 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
         accelerator, processor, data, training.eval_batch_size,
         num_workers=0 if recipe.data.cache_images else data.num_workers, ties=recipe.evaluation.ties,
         test_every_validation=recipe.evaluation.test_every_validation,
+        class_folders=class_folders, templates=recipe.evaluation.classification_templates,
     )  # fmt: skip
     cost = {
         "trainable_parameters": trainable_parameters,
@@ -116,6 +119,8 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_recipe(recipe, output_dir / "recipe.yaml")
+        if data.excluded:  # data.exclude_test_duplicates: what the audit took out of train and validation
+            write_json(output_dir / "excluded_training_images.json", data.excluded)
     accelerator.init_trackers("rsitr_hf", config=flat(recipe.to_dict()))
 
     # --- Training: optimiser steps, with validation and checkpoints each epoch or every N steps ------------

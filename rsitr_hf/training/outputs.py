@@ -18,19 +18,22 @@ from .checkpoints import TrainerState, load_best, replace_folder
 from .hub import HubPushError, push_adapter
 from .plots import plot_recalls, plot_training_curve
 from .recipe import Recipe
-from .validation import Evaluator
+from .setup import load_base_model
+from .validation import Evaluator, zero_shot_classification
 
 
 @dataclass
 class TrainResult:
     """What :func:`~rsitr_hf.training.train` returns: where the run wrote, its test metrics, the selected
-    step and its validation mR, the cost (``metrics.json``'s ``cost``) and the Hub URL when it was pushed."""
+    step and its validation mR, the cost (``metrics.json``'s ``cost``), the zero-shot classification
+    figures (``evaluation.classification``) and the Hub URL when it was pushed."""
 
     output_dir: Path
     test_metrics: dict
     best_step: int
     best_validation_mR: float | None
     cost: dict = field(default_factory=dict)
+    classification: list[dict] = field(default_factory=list)
     pushed_to: str | None = None
 
 
@@ -77,7 +80,12 @@ def finish(
     result = TrainResult(output_dir, test_metrics, state.best_step, state.best_mR, cost)
     push_error = None
     if accelerator.is_main_process:
-        write_outputs(recipe, evaluator.processor, state, test_by_ties, cost)
+        classification = []
+        if evaluator.class_folders:
+            base = load_base_model(recipe).to(accelerator.device).eval()
+            classification = zero_shot_classification(model.eval(), base, evaluator)
+            result.classification = classification
+        write_outputs(recipe, evaluator.processor, state, test_by_ties, cost, classification)
         if len(evaluator.data.dataset["validation"]):
             plot_examples(model, evaluator, output_dir / "retrieval_examples.png")
         if recipe.hub.push_to_hub:
@@ -99,9 +107,16 @@ def finish(
     return result
 
 
-def write_outputs(recipe: Recipe, processor, state: TrainerState, test_by_ties: dict, cost: dict) -> None:
-    """Main process only: the final adapter folder (the best adapter and the processor), ``metrics.json`` and
-    the training plots."""
+def write_outputs(
+    recipe: Recipe,
+    processor,
+    state: TrainerState,
+    test_by_ties: dict,
+    cost: dict,
+    classification: list[dict] | None = None,
+) -> None:
+    """Main process only: the final adapter folder (the best adapter and the processor), ``metrics.json``
+    (with ``zero_shot_classification`` when the recipe asks) and the training plots."""
     output_dir = Path(recipe.output_dir)
 
     def write_adapter(folder: Path) -> None:
@@ -114,6 +129,7 @@ def write_outputs(recipe: Recipe, processor, state: TrainerState, test_by_ties: 
         **test_results(test_by_ties, recipe.evaluation.ties),
         **monitored_test(state.evaluations),
         "cost": cost,
+        **({"zero_shot_classification": classification} if classification else {}),
         "evaluations": state.evaluations,
         "train_loss": state.train_loss,
     }

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import yaml
 
+from ..evaluation.classification import DEFAULT_TEMPLATES
 from ..tuners.methods import get_method, method_summaries
 from ..utils.deprecation import REMOVED_IN
 from ..utils.errors import InputError
@@ -132,6 +133,12 @@ class DataRecipe:
     )
     split_seed: int = option(0, "seed of the validation carve", valid=NON_NEGATIVE)
     empty_captions: Literal["error", "drop", "keep"] = option("error", "error | drop | keep")
+    exclude_test_duplicates: bool | str = option(
+        False,
+        "drop from train and validation every image that an audit links to the test split: true (audit the "
+        "seed-layout dataset now: exact and perceptual, as rsitr-audit) or the path of rsitr-audit's "
+        "audit.json; the run lists what it dropped in excluded_training_images.json",
+    )
     augment: bool = option(
         False, "random resized crop (area 0.5-1, aspect 3/4-4/3) + horizontal flip, on the device"
     )
@@ -262,6 +269,20 @@ class EvaluationRecipe:
         "also score test at every validation, never for selection: metrics.json then records the last "
         "validation's test figures (test_last) and the best of them (test_selected_on_test, the HarMA "
         "release's protocol, labelled as such)",
+    )
+    classification: list[str] = option(
+        help_text="zero-shot scene classification after training: folders of class folders (AID, RESISC45, "
+        "UCM-21, EuroSAT layouts), scored for the base and the adapted model; metrics.json records top-1, "
+        "top-5 and the adapted model's retention of the base's top-1",
+        default_factory=list,
+    )
+    classification_templates: list[str] = option(
+        help_text="prompt templates of zero-shot classification, each with one {} for the class name",
+        default_factory=lambda: list(DEFAULT_TEMPLATES),
+    )
+    classification_names: dict = option(
+        help_text="class names by folder name, where the cleaned folder name will not do",
+        default_factory=dict,
     )
 
 

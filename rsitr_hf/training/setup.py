@@ -93,6 +93,16 @@ def check_base_model(name: str) -> None:
         )
 
 
+def load_base_model(recipe: Recipe) -> CLIPModel:
+    """The recipe's base CLIP in ``training.base_dtype``."""
+    try:
+        return CLIPModel.from_pretrained(recipe.base_model, dtype=getattr(torch, recipe.training.base_dtype))
+    except OSError as error:  # not on the Hub, no access, no network
+        raise RecipeError(
+            f"base_model: {recipe.base_model} could not be loaded: {first_line(error)}"
+        ) from None
+
+
 def build_model(recipe: Recipe, method: MethodSpec) -> torch.nn.Module:
     """The base CLIP (in ``training.base_dtype``) with ``method`` applied: a ``PeftModel`` of its PEFT config,
     or the bare model with only its ``trainable_base`` modules trainable; with
@@ -109,12 +119,7 @@ def build_model(recipe: Recipe, method: MethodSpec) -> torch.nn.Module:
             f"training.base_dtype: method.config.modules_to_save {config.modules_to_save} trains copies of "
             "base-model modules, which need float32; use float32"
         )
-    try:
-        base = CLIPModel.from_pretrained(recipe.base_model, dtype=getattr(torch, base_dtype))
-    except OSError as error:  # not on the Hub, no access, no network
-        raise RecipeError(
-            f"base_model: {recipe.base_model} could not be loaded: {first_line(error)}"
-        ) from None
+    base = load_base_model(recipe)
     if config is not None:
         config.base_model_name_or_path = recipe.base_model
         model = get_peft_model(base, config)

@@ -1,10 +1,11 @@
 """Evaluation inside a training run: retrieval metrics of the current model on a split of the run's data
-(sharded over the processes), and validation, which keeps the best adapter so far (and, when asked, scores
-test beside it without using it)."""
+(sharded over the processes), validation, which keeps the best adapter so far (and, when asked, scores
+test beside it without using it), and zero-shot scene classification of the final model against the
+base."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -12,15 +13,24 @@ from accelerate import Accelerator
 
 from ..data.preprocessing import pos_text_inputs
 from ..evaluation import evaluate_by_ties
+from ..evaluation.classification import (
+    ClassFolders,
+    check_class_names,
+    check_templates,
+    evaluate_class_folders,
+    read_class_folders,
+)
+from ..utils.errors import InputError
 from .checkpoints import TrainerState, save_best
 from .data import RunData
+from .recipe import Recipe, RecipeError
 
 
 @dataclass
 class Evaluator:
     """How a run scores its model: on ``data``'s splits, images from its pixel sources, captions with the POS
     inputs its method takes, ``batch_size`` per process, exact ties counted by ``ties`` unless asked for
-    other protocols."""
+    other protocols; zero-shot classification on ``class_folders`` with ``templates``."""
 
     accelerator: Accelerator
     processor: object
@@ -29,6 +39,8 @@ class Evaluator:
     num_workers: int
     ties: str
     test_every_validation: bool = False
+    class_folders: list[ClassFolders] = field(default_factory=list)
+    templates: list[str] = field(default_factory=list)
 
     def text_options(self, split: str) -> dict:
         """The caption column and text inputs of ``split`` for a method with POS inputs (else none)."""
@@ -83,3 +95,40 @@ def validate(model: torch.nn.Module, evaluator: Evaluator, state: TrainerState, 
         if accelerator.is_main_process:
             save_best(model, output_dir)
     accelerator.wait_for_everyone()
+
+
+def class_folders_of(recipe: Recipe) -> list[ClassFolders]:
+    """``evaluation.classification``'s datasets, read and checked when the run starts (not after training)."""
+    settings = recipe.evaluation
+    try:
+        check_templates(settings.classification_templates)
+        folders = [read_class_folders(f, settings.classification_names) for f in settings.classification]
+        check_class_names(settings.classification_names, folders)
+    except InputError as error:
+        raise RecipeError(f"evaluation.classification: {error}") from None
+    return folders
+
+
+def zero_shot_classification(
+    model: torch.nn.Module, base: torch.nn.Module, evaluator: Evaluator
+) -> list[dict]:
+    """Top-1 / top-5 zero-shot accuracy of ``base`` and of the trained ``model`` on each class-folder dataset,
+    and the trained model's retention of the base's top-1 (``None`` when the method's text tower needs POS
+    inputs, which prompts do not have)."""
+    results = []
+    for dataset in evaluator.class_folders:
+        entry = {"dataset": str(dataset.root), "classes": len(dataset.folders), "images": len(dataset.files)}
+        if evaluator.data.pos_mode is not None:
+            results.append({**entry, "skipped": "the method's text tower needs POS inputs"})
+            continue
+        found = {}
+        for name, scored in (("base", base), ("adapted", model)):
+            with evaluator.accelerator.autocast():
+                result = evaluate_class_folders(
+                    scored, evaluator.processor, dataset, evaluator.templates, evaluator.batch_size
+                )
+            found[name] = {"top1": result.top1, "top5": result.top5}
+        base_top1 = found["base"]["top1"]
+        retention = found["adapted"]["top1"] / base_top1 if base_top1 else None
+        results.append({**entry, **found, "retention_top1": retention})
+    return results

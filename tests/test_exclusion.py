@@ -1,0 +1,81 @@
+"""data.exclude_test_duplicates: training leaves out exactly the images an audit links to the test split."""
+
+import json
+import shutil
+
+import pytest
+from conftest import write_recipe
+
+from rsitr_hf.data import load_rsitr
+from rsitr_hf.data.duplicates import audit, linked_training_files
+from rsitr_hf.training import train
+from rsitr_hf.training.data import drop_test_duplicates
+from rsitr_hf.training.recipe import RecipeError, load_recipe
+
+
+def pair(a: tuple[str, str, str], b: tuple[str, str, str]) -> dict:
+    where = ("dataset", "split", "file")
+    return {
+        "a": dict(zip(where, a, strict=True)),
+        "b": dict(zip(where, b, strict=True)),
+        "evidence": {"perceptual": 3.0},
+    }
+
+
+MANIFEST = {
+    "image_pairs": [
+        pair(("synthrs", "train", "train_00003.tif"), ("synthrs", "test", "test_00001.tif")),
+        pair(("synthrs", "test", "test_00004.tif"), ("synthrs", "train", "train_00017.tif")),  # either order
+        pair(("synthrs", "train", "train_00005.tif"), ("synthrs", "train", "train_00006.tif")),  # not test
+        pair(
+            ("other", "train", "train_00008.tif"), ("synthrs", "test", "test_00002.tif")
+        ),  # not this dataset
+    ]
+}
+LINKED = {"train_00003.tif", "train_00017.tif"}
+
+
+def test_exactly_the_linked_training_images_are_dropped(tmp_path, tiny_clip_dir, synthetic_dir):
+    (tmp_path / "audit.json").write_text(json.dumps(MANIFEST))
+    recipe = load_recipe(
+        write_recipe(tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "out"),
+        {"data.exclude_test_duplicates": str(tmp_path / "audit.json")},
+    )
+    full = load_rsitr(synthetic_dir, validation_fraction=0.2)
+    kept, record = drop_test_duplicates(recipe, full)
+    for split in ("train", "validation"):
+        assert set(kept[split]["filename"]) == set(full[split]["filename"]) - LINKED
+        assert record["dropped"][split] == sorted(set(full[split]["filename"]) & LINKED)
+    assert kept["test"]["filename"] == full["test"]["filename"]
+    assert sum(len(files) for files in record["dropped"].values()) == len(LINKED)
+    assert record["manifest"] == str(tmp_path / "audit.json") and record["dataset"] == "synthrs"
+
+
+def test_a_run_audits_its_dataset_and_records_what_it_dropped(tmp_path, tiny_clip_dir, synthetic_dir):
+    planted = tmp_path / "synthrs_precomp"
+    shutil.copytree(synthetic_dir, planted)
+    images = planted / "synthrs_images"
+    shutil.copyfile(
+        images / "train_00007.tif", images / "test_00000.tif"
+    )  # a training image in the test split
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_clip_dir, planted, tmp_path / "out", max_steps=2)
+    result = train(load_recipe(recipe, {"data.exclude_test_duplicates": True}))
+    record = json.loads((tmp_path / "out" / "excluded_training_images.json").read_text())
+    assert record["manifest"].startswith("audited when the run started")
+    dropped = [name for files in record["dropped"].values() for name in files]
+    assert "train_00007.tif" in dropped
+    assert set(dropped) == linked_training_files(audit([planted]).manifest(), "synthrs", ["synthrs"])
+    trained_on = {
+        name for split in ("train", "validation") for name in load_rsitr(planted)[split]["filename"]
+    }
+    assert result.cost["trainable_parameters"] > 0 and set(dropped) <= trained_on
+
+
+def test_a_bad_manifest_names_the_field(tmp_path, tiny_clip_dir, synthetic_dir):
+    (tmp_path / "audit.json").write_text("{not json")
+    recipe = load_recipe(
+        write_recipe(tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "out"),
+        {"data.exclude_test_duplicates": str(tmp_path / "audit.json")},
+    )
+    with pytest.raises(RecipeError, match=r"^data.exclude_test_duplicates: .*audit.json is not a readable"):
+        drop_test_duplicates(recipe, load_rsitr(synthetic_dir))
