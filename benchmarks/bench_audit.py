@@ -1,13 +1,14 @@
 """rsitr-audit's duplicate finding on a synthetic dataset with planted duplicates, on this machine.
 
     python benchmarks/bench_audit.py [--num_images 20000] [--planted_per_edit 25] [--output_dir DIR]
+                                     [--model BASE [--adapter DIR] [--min_cosine 0.95]]
 
 Writes a seed-layout dataset of ``--num_images`` synthetic 256-px scenes (JPEG, as RSICD ships; the demo's
 generator, seeded): a training split and a test split made of edited copies of training images (each of
 :data:`EDITS`, ``--planted_per_edit`` times) and distinct look-alike scenes of the same generator. Reports,
-for the exact and the perceptual method, the share of each edit's planted pairs found (recall) and the
-pairs flagged that were not planted (false positives), and the time to fingerprint every image and to
-compare every pair.
+for the exact and the perceptual method (and, with ``--model``, the embedding method), the share of each
+edit's planted pairs found (recall) and the pairs flagged that were not planted (false positives), and the
+time to fingerprint every image and to compare every pair.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import PIL.ImageEnhance
 
 from rsitr_hf.data.duplicates import fingerprint, image_pairs, read_images
 from rsitr_hf.demo.synthetic import make_example
+from rsitr_hf.search.duplicates import MIN_COSINE, embedding_method
+from rsitr_hf.search.model import RetrievalModel
 
 SIZE = 256
 
@@ -105,7 +108,14 @@ def main() -> None:
     parser.add_argument("--num_images", type=int, default=20_000)
     parser.add_argument("--planted_per_edit", type=int, default=25)
     parser.add_argument("--output_dir", default=None, help="keep the dataset and results.json here")
+    parser.add_argument("--model", default=None, help="also the embedding method with this base CLIP")
+    parser.add_argument("--adapter", default=None, help="a PEFT adapter on --model")
+    parser.add_argument("--min_cosine", type=float, default=MIN_COSINE)
     args = parser.parse_args()
+    extra = (
+        [embedding_method(RetrievalModel(args.model, args.adapter), args.min_cosine)] if args.model else []
+    )
+    methods = ("exact", "perceptual", *(["embedding"] if extra else []))
     root = Path(args.output_dir or tempfile.mkdtemp(prefix="bench-audit-"))
     started = time.perf_counter()
     data_dir, edits_of = write_dataset(root, args.num_images, args.planted_per_edit)
@@ -115,7 +125,7 @@ def main() -> None:
     prints = fingerprint(images)
     fingerprinted = time.perf_counter() - started
     started = time.perf_counter()
-    pairs = image_pairs(prints)
+    pairs = image_pairs(prints, extra=extra)
     compared = time.perf_counter() - started
 
     def is_planted(pair) -> bool:
@@ -123,23 +133,24 @@ def main() -> None:
 
     results = {"num_images": len(images), "seconds": {"fingerprint": fingerprinted, "compare": compared}}
     print(f"{len(images)} images ({written:.0f} s to write them)")
-    print("| edit | exact | perceptual |\n|---|---|---|")
+    print("| edit | " + " | ".join(methods) + " |\n|---" + "|---" * len(methods) + "|")
     for edit in EDITS:
         files = {name for name, planted in edits_of.items() if planted == edit}
         row = {}
-        for method in ("exact", "perceptual"):
+        for method in methods:
             found = {pair.b.file_name for pair in pairs if method in pair.evidence and is_planted(pair)}
             row[method] = len(found & files) / len(files)
         results[edit] = row
-        print(f"| {edit} | {row['exact']:.2f} | {row['perceptual']:.2f} |")
+        print(f"| {edit} | " + " | ".join(f"{row[method]:.2f}" for method in methods) + " |")
     false = {
         method: sum(1 for pair in pairs if method in pair.evidence and not is_planted(pair))
-        for method in ("exact", "perceptual")
+        for method in methods
     }
     results["false_positive_pairs"] = false
     pairs_compared = len(images) * (len(images) - 1) // 2
-    print(f"| flagged pairs not planted (of {pairs_compared:,}) | {false['exact']} | {false['perceptual']} |")
-    print(f"fingerprints: {fingerprinted:.1f} s; comparing every pair: {compared:.1f} s")
+    cells = " | ".join(str(false[method]) for method in methods)
+    print(f"| flagged pairs not planted (of {pairs_compared:,}) | {cells} |")
+    print(f"fingerprints: {fingerprinted:.1f} s; comparing every pair (and embedding): {compared:.1f} s")
     (root / "results.json").write_text(json.dumps(results, indent=2))
 
 

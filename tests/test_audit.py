@@ -9,6 +9,8 @@ from pathlib import Path
 import PIL.Image
 import PIL.ImageEnhance
 import pytest
+import torch
+import torch.nn.functional as F
 
 from rsitr_hf.data.duplicates import (
     PERCEPTUAL_MAX_DISTANCE,
@@ -18,6 +20,8 @@ from rsitr_hf.data.duplicates import (
     read_images,
 )
 from rsitr_hf.demo.synthetic import make_example
+from rsitr_hf.search.ann import ANNConfig
+from rsitr_hf.search.duplicates import close_pairs
 from rsitr_hf.tools.audit import main as audit_main
 
 NUM_TRAIN, NUM_LOOKALIKES = 24, 12
@@ -144,3 +148,29 @@ def test_a_folder_that_is_not_a_dataset_is_one_line_and_exit_2(tmp_path, capsys)
     assert audit_main([str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "expected a folder named '<name>_precomp'" in error
+
+
+def test_close_pairs_are_every_pair_above_the_cosine_through_faiss_or_exactly():
+    generator = torch.Generator().manual_seed(0)
+    embeddings = F.normalize(torch.randn(300, 16, generator=generator), dim=-1)
+    embeddings[7] = F.normalize(embeddings[3] + 0.05 * torch.randn(16, generator=generator), dim=0)
+    embeddings[200] = embeddings[100]
+    cosine = embeddings @ embeddings.T
+    expected = {(i, j) for i in range(300) for j in range(i + 1, 300) if cosine[i, j] >= 0.95}
+    assert {(3, 7), (100, 200)} <= expected
+    exact = close_pairs(embeddings, min_cosine=0.95, neighbours=299)
+    assert {(i, j) for i, j, _ in exact} == expected
+    assert all(score == pytest.approx(cosine[i, j].item(), abs=1e-6) for i, j, score in exact)
+    through_faiss = close_pairs(embeddings, min_cosine=0.95, neighbours=299, config=ANNConfig(kind="flat"))
+    assert {(i, j) for i, j, _ in through_faiss} == expected
+
+
+def test_the_command_adds_the_embedding_method_with_a_model(planted_dir, tiny_clip_dir, tmp_path, capsys):
+    out = tmp_path / "audit"
+    arguments = [str(planted_dir), "--output_dir", str(out), "--model", str(tiny_clip_dir)]
+    assert audit_main([*arguments, "--min_cosine", "0.9999"]) == 0
+    assert "| split a | split b | exact | perceptual | embedding | any |" in capsys.readouterr().out
+    manifest = json.loads((out / "audit.json").read_text())
+    assert manifest["methods"]["embedding"]["min_cosine"] == 0.9999
+    copy = manifest["image_pairs"][0]
+    assert copy["b"]["file"] == "test_000.png" and copy["evidence"]["embedding"] >= 0.9999

@@ -179,8 +179,24 @@ def perceptual_pairs(
     return found
 
 
-def image_pairs(prints: Fingerprints, max_distance: int = PERCEPTUAL_MAX_DISTANCE) -> list[ImagePair]:
-    """Every pair of images found by the exact or the perceptual method, with the evidence of each."""
+@dataclass
+class ExtraMethod:
+    """A further image method of an audit (the embedding method of ``rsitr-audit --model``): ``find`` gives
+    ``(i, j, score)`` for the pairs ``i < j`` of the images it is given that it flags; ``settings`` go into
+    the manifest."""
+
+    name: str
+    settings: dict
+    find: Callable[[list[AuditImage]], list[tuple[int, int, float]]]
+
+
+def image_pairs(
+    prints: Fingerprints,
+    max_distance: int = PERCEPTUAL_MAX_DISTANCE,
+    extra: Sequence[ExtraMethod] = (),
+) -> list[ImagePair]:
+    """Every pair of images found by the exact, the perceptual or an ``extra`` method, with the evidence of
+    each."""
     evidence: dict[tuple[int, int], dict[str, float]] = defaultdict(dict)
     transforms: dict[tuple[int, int], str] = {}
     for i, j in exact_pairs(prints):
@@ -189,6 +205,9 @@ def image_pairs(prints: Fingerprints, max_distance: int = PERCEPTUAL_MAX_DISTANC
     for i, j, distance, transform in perceptual_pairs(prints, max_distance):
         evidence[i, j]["perceptual"] = float(distance)
         transforms[i, j] = names[transform]
+    for method in extra:
+        for i, j, score in method.find(prints.images):
+            evidence[i, j][method.name] = float(score)
     return [
         ImagePair(prints.images[i], prints.images[j], found, transforms.get((i, j)))
         for (i, j), found in sorted(evidence.items())
@@ -236,6 +255,7 @@ class AuditResult:
     overlaps: list[CaptionOverlap]
     unreadable: list[AuditImage]
     max_distance: int
+    extra: Sequence[ExtraMethod] = ()
 
     def manifest(self) -> dict:
         def where(image: AuditImage) -> dict:
@@ -251,6 +271,7 @@ class AuditResult:
                     "max_distance": self.max_distance,
                     "transforms": list(DIHEDRAL),
                 },
+                **{method.name: method.settings for method in self.extra},
                 "caption": {
                     "evidence": "equal captions after normalisation (lower case, letters and digits)"
                 },
@@ -273,9 +294,11 @@ def audit(
     data_dirs: Sequence[str | Path],
     max_distance: int = PERCEPTUAL_MAX_DISTANCE,
     progress: Callable[[list[AuditImage]], Iterable] | None = None,
+    extra: Sequence[ExtraMethod] = (),
 ) -> AuditResult:
     """Audit the seed-layout datasets ``data_dirs`` together: image pairs (of the datasets whose image folder
-    exists) and caption overlaps; ``progress`` wraps the images as they are fingerprinted (e.g. tqdm)."""
+    exists, by the exact, the perceptual and the ``extra`` methods) and caption overlaps; ``progress`` wraps
+    the images as they are fingerprinted (e.g. tqdm)."""
     datasets, images, with_pixels = [], [], []
     for data_dir in data_dirs:
         found, has_images = read_images(data_dir)
@@ -286,9 +309,8 @@ def audit(
         images += found
         with_pixels += found if has_images else []
     prints = fingerprint(with_pixels, progress(with_pixels) if progress else None)
-    return AuditResult(
-        datasets, image_pairs(prints, max_distance), caption_overlaps(images), prints.unreadable, max_distance
-    )
+    pairs = image_pairs(prints, max_distance, extra)
+    return AuditResult(datasets, pairs, caption_overlaps(images), prints.unreadable, max_distance, extra)
 
 
 def linked_training_files(manifest: dict, dataset: str, evaluated: Iterable[str]) -> set[str]:

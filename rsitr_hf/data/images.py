@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from ..utils.errors import InputError
+
 HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 
 
@@ -51,3 +53,19 @@ def decode_fully(path: str | Path) -> None:
     """Decode every pixel of the image at ``path``; raise if any part of it is unreadable."""
     with PIL.Image.open(path) as image:
         image.load()
+
+
+class UnreadableImageError(InputError, ValueError):
+    """An image file that cannot be opened or decoded."""
+
+
+def read_rgb(path: str | Path) -> PIL.Image.Image:
+    """The image at ``path`` as 8-bit RGB (:func:`to_rgb`), decoded before the file closes; an
+    :class:`UnreadableImageError` naming the file when it is not a readable image."""
+    try:
+        with PIL.Image.open(path) as image:
+            rgb = to_rgb(image)
+            rgb.load()
+            return rgb
+    except (OSError, ValueError) as error:  # PIL.UnidentifiedImageError is an OSError
+        raise UnreadableImageError(f"{path}: not a readable image ({error})") from None

@@ -14,11 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from ..data.images import to_rgb
+from ..data.images import read_rgb
 from ..utils.errors import InputError
 from .encoding import image_embeddings, text_embeddings
 
@@ -135,14 +134,7 @@ def embed_folder(
     """``(N, D)`` unit embeddings of the dataset's images, in its order (``model``: a CLIP-like model)."""
     rows = []
     for start in range(0, len(dataset.files), batch_size):
-        images = []
-        for path in dataset.files[start : start + batch_size]:
-            try:
-                with PIL.Image.open(path) as opened:
-                    opened.load()
-                    images.append(to_rgb(opened))
-            except (OSError, ValueError) as error:
-                raise InputError(f"{path}: not a readable image ({error})") from None
+        images = [read_rgb(path) for path in dataset.files[start : start + batch_size]]
         rows.append(image_embeddings(model, image_processor, images).cpu())
     return torch.cat(rows)
 

@@ -23,7 +23,7 @@ import torch
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
-from ..data.images import to_rgb
+from ..data.images import UnreadableImageError, read_rgb
 from ..utils.distributed import Shards, embed_batches
 from ..utils.errors import InputError, first_line
 from ..utils.files import write_json
@@ -58,13 +58,11 @@ def confined(name: str) -> bool:
 
 
 def read_image(path: Path) -> PIL.Image.Image:
+    """:func:`~rsitr_hf.data.images.read_rgb`, failing with a :class:`SearchError`."""
     try:
-        with PIL.Image.open(path) as image:
-            rgb = to_rgb(image)
-            rgb.load()  # the pixels, before the file closes
-            return rgb
-    except (OSError, PIL.UnidentifiedImageError) as error:
-        raise SearchError(f"{path}: not a readable image ({error})") from None
+        return read_rgb(path)
+    except UnreadableImageError as error:
+        raise SearchError(str(error)) from None
 
 
 @dataclass

@@ -22,15 +22,19 @@ import PIL.Image
 from tqdm.auto import tqdm
 
 from ..data.duplicates import HASH_SIZE, PERCEPTUAL_MAX_DISTANCE, CaptionOverlap, ImagePair, audit
+from ..search.duplicates import MIN_COSINE, NEIGHBOURS, embedding_method
+from ..search.model import RetrievalModel
 from ..utils.cli import command, command_parser, parse_arguments
 from ..utils.files import write_json
 from ..utils.plotting import plt
 
-METHODS = ("exact", "perceptual")
+IMAGE_METHODS = ("exact", "perceptual")
 
 
-def markdown(datasets: list[dict], pairs: list[ImagePair], overlaps: list[CaptionOverlap]) -> str:
-    """The tables of an audit."""
+def markdown(
+    datasets: list[dict], pairs: list[ImagePair], overlaps: list[CaptionOverlap], methods: tuple[str, ...]
+) -> str:
+    """The tables of an audit (image pairs counted for each of ``methods``)."""
     lines = [
         "## Datasets",
         "",
@@ -49,9 +53,12 @@ def markdown(datasets: list[dict], pairs: list[ImagePair], overlaps: list[Captio
             counts[(*key, "any")] += 1
             for method in pair.evidence:
                 counts[(*key, method)] += 1
-        lines += ["| split a | split b | exact | perceptual | any |", "|---|---|---|---|---|"]
+        lines += [
+            "| split a | split b | " + " | ".join((*methods, "any")) + " |",
+            "|---" * (len(methods) + 3) + "|",
+        ]
         for a, b in sorted({(a, b) for a, b, _ in counts}):
-            cells = " | ".join(str(counts[(a, b, method)]) for method in (*METHODS, "any"))
+            cells = " | ".join(str(counts[(a, b, method)]) for method in (*methods, "any"))
             lines.append(f"| {a} | {b} | {cells} |")
     else:
         lines.append("none found")
@@ -101,16 +108,36 @@ def main(argv: list[str] | None = None) -> int:
         help=f"perceptual method: largest Hamming distance (of {HASH_SIZE**2} bits) of a near duplicate",
     )
     parser.add_argument("--grid_pairs", type=int, default=24, help="pairs drawn in pairs.png")
+    parser.add_argument(
+        "--model", default=None, help="also the embedding method, with this base CLIP (Hub id or folder)"
+    )
+    parser.add_argument("--adapter", default=None, help="embedding method: a PEFT adapter on --model")
+    parser.add_argument(
+        "--min_cosine", type=float, default=MIN_COSINE, help="embedding method: lowest cosine of a duplicate"
+    )
+    parser.add_argument(
+        "--neighbours",
+        type=int,
+        default=NEIGHBOURS,
+        help="embedding method: nearest images checked per image",
+    )
+    parser.add_argument("--batch_size", type=int, default=64, help="embedding method: images at a time")
     args = parse_arguments(parser, argv)
+    extra = []
+    if args.model:
+        model = RetrievalModel(args.model, args.adapter)
+        extra.append(embedding_method(model, args.min_cosine, args.neighbours, args.batch_size))
     result = audit(
         args.data_dirs,
         args.max_distance,
         progress=lambda images: tqdm(images, desc="fingerprints", unit="image", disable=None),
+        extra=extra,
     )
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json(output_dir / "audit.json", result.manifest())
-    report = markdown(result.datasets, result.pairs, result.overlaps)
+    methods = (*IMAGE_METHODS, *(method.name for method in result.extra))
+    report = markdown(result.datasets, result.pairs, result.overlaps, methods)
     (output_dir / "audit.md").write_text(report, encoding="utf-8")
     if result.pairs and args.grid_pairs > 0:
         plot_pairs(result.pairs, output_dir / "pairs.png", args.grid_pairs)

@@ -179,6 +179,10 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
         if not training.checkpoint_every_steps:
             save_checkpoint(accelerator, output_dir, state, run_id, training.checkpoints_total_limit)
     progress.close()
+    # the DDP wrapper goes before the process group does: its gradient reducer, freed after the group, would
+    # tear gloo's worker threads down holding the GIL, which they may need (a hang at exit)
+    del step
+    model, optimizer, loader, scheduler = accelerator.free_memory(model, optimizer, loader, scheduler)
 
     # --- Outputs: the best adapter on test, adapter/, metrics.json, plots, the Hub -------------------------
     return finish(recipe, accelerator, unwrapped, evaluator, state, cost, losses.seconds_per_step)
