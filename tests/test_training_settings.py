@@ -11,8 +11,11 @@ import torch
 from conftest import cli_overrides, run_script, write_recipe
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import CLIPModel
+from transformers import CLIPModel, CLIPProcessor
 
+from rsitr_hf.data import load_rsitr
+from rsitr_hf.demo.synthetic import write_seed_layout
+from rsitr_hf.evaluation import evaluate_retrieval
 from rsitr_hf.training import resolve_num_workers, train
 from rsitr_hf.training.recipe import RecipeError, load_recipe, read_yaml
 
@@ -243,3 +246,24 @@ def test_randaugment_trains_and_a_malformed_setting_is_named(tmp_path, tiny_clip
     assert len(metrics_of(tmp_path / "out")["train_loss"]) == 2
     with pytest.raises(RecipeError, match=r"data.randaugment: expected \[num_ops, magnitude\]"):
         train(load_recipe(recipe, {"data.randaugment": [2, 7, 1], "output_dir": str(tmp_path / "bad")}))
+
+
+def test_the_selected_adapter_is_tested_on_other_datasets_too(tmp_path, tiny_clip_dir, synthetic_dir):
+    other = write_seed_layout(tmp_path, "other", num_train=6, num_test=9, seed=5, image_size=32)
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "out", max_steps=3
+    )
+    result = train(load_recipe(recipe, {"evaluation.test_datasets": [str(other)]}))
+    by_dataset = metrics_of(tmp_path / "out")["test_by_dataset"]
+    assert set(by_dataset) == {"synthrs", "other", "mean"}
+    assert by_dataset["synthrs"] == result.test_metrics
+    adapter = PeftModel.from_pretrained(
+        CLIPModel.from_pretrained(tiny_clip_dir), tmp_path / "out" / "adapter"
+    )
+    direct = evaluate_retrieval(
+        adapter.eval(), load_rsitr(other)["test"], CLIPProcessor.from_pretrained(tiny_clip_dir)
+    )
+    assert by_dataset["other"] == pytest.approx(direct)
+    assert by_dataset["mean"]["mR"] == pytest.approx((by_dataset["synthrs"]["mR"] + direct["mR"]) / 2)
+    with pytest.raises(RecipeError, match=r"^evaluation.test_datasets: .* is not a folder"):
+        train(load_recipe(recipe, {"evaluation.test_datasets": [str(tmp_path / "none_precomp")]}))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import datasets
@@ -24,7 +24,7 @@ from ..data.pos import cached_pos_dataset
 from ..data.preprocessing import ImageBatchTransform, RetrievalCollator, caption_pairs
 from ..data.randaugment import RandAugment
 from ..data.release_augment import MAX_LEVEL, ReleaseRandomAugment
-from ..data.seed_layout import infer_name
+from ..data.seed_layout import RSITRDataError, infer_name
 from .recipe import Recipe, RecipeError
 
 MAX_AUTO_WORKERS = 8
@@ -140,6 +140,33 @@ def prepare_data(recipe: Recipe, processor, pos_mode: str | None, accelerator: A
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
     num_workers = resolve_num_workers(recipe.training.num_workers, accelerator.device, local_processes)
     return RunData(dataset, pixels, pairs, num_workers, pos_mode, excluded)
+
+
+def check_test_datasets(recipe: Recipe) -> list[str]:
+    """The names of ``evaluation.test_datasets`` (checked when the run starts: seed-layout folders)."""
+    names = []
+    for path in recipe.evaluation.test_datasets:
+        if not Path(path).is_dir():
+            raise RecipeError(f"evaluation.test_datasets: {path} is not a folder (expected <name>_precomp)")
+        try:
+            names.append(infer_name(Path(path)))
+        except RSITRDataError as error:
+            raise RecipeError(f"evaluation.test_datasets: {error}") from None
+    return names
+
+
+def test_split_of(
+    recipe: Recipe, path: str, processor, pos_mode: str | None
+) -> tuple[datasets.Dataset, PixelSource]:
+    """The test split of the seed-layout dataset at ``path`` (with the POS inputs the method takes) and its
+    pixels, loaded as the run's own data is."""
+    settings = {"format": "seed", "path": path, "name": None, "validation_fraction": 0.0}
+    other = replace(recipe, data=replace(recipe.data, **settings, exclude_test_duplicates=False))
+    rows = load_data(other, processor.tokenizer, pos_mode)["test"]
+    name = infer_name(Path(path))
+    if recipe.data.cache_images:
+        return rows, cached_pixels(rows, processor.image_processor, recipe.data.image_cache, split_name=name)
+    return rows, DecodedPixels(rows, processor.image_processor, name)
 
 
 def training_loader(recipe: Recipe, data: RunData, pad_token_id: int, device: torch.device) -> DataLoader:

@@ -33,7 +33,7 @@ from .checkpoints import (
     resume,
     save_checkpoint,
 )
-from .data import image_transform, load_processor, prepare_data, training_loader
+from .data import check_test_datasets, image_transform, load_processor, prepare_data, training_loader
 from .outputs import TrainResult, finish
 from .recipe import Recipe, RecipeError, save_recipe
 from .setup import (
@@ -62,6 +62,7 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
     if not method.trains:
         raise RecipeError(f"method.name: {method.name} is evaluated, not trained (rsitr-petl runs it)")
     class_folders = class_folders_of(recipe)  # evaluation.classification, checked before any work
+    check_test_datasets(recipe)  # evaluation.test_datasets, likewise
 
     # --- Set-up: the accelerator, the output folder, the model ------------------------------------------
     accelerator = create_accelerator(recipe)

@@ -11,10 +11,12 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from ..data.seed_layout import infer_name
 from ..evaluation import TIE_PROTOCOLS, test_results
 from ..evaluation.grids import plot_retrieval_grid, split_examples
 from ..utils.files import write_json
 from .checkpoints import TrainerState, load_best, replace_folder
+from .data import test_split_of
 from .hub import HubPushError, push_adapter
 from .plots import plot_recalls, plot_training_curve
 from .recipe import Recipe
@@ -64,6 +66,7 @@ def finish(
     load_best(model, output_dir)
     test_by_ties = evaluator.metrics(model, "test", TIE_PROTOCOLS)
     test_metrics = test_by_ties[recipe.evaluation.ties]
+    by_dataset = other_tests(recipe, model, evaluator, test_metrics)
     state.evaluations.append({"step": state.best_step, "epoch": None, "split": "test", **test_metrics})
     accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state.global_step)
     memory_mb, memory_kind = peak_memory_mb(accelerator.device)
@@ -85,7 +88,7 @@ def finish(
             base = load_base_model(recipe).to(accelerator.device).eval()
             classification = zero_shot_classification(model.eval(), base, evaluator)
             result.classification = classification
-        write_outputs(recipe, evaluator.processor, state, test_by_ties, cost, classification)
+        write_outputs(recipe, evaluator.processor, state, test_by_ties, cost, classification, by_dataset)
         if len(evaluator.data.dataset["validation"]):
             plot_examples(model, evaluator, output_dir / "retrieval_examples.png")
         if recipe.hub.push_to_hub:
@@ -114,9 +117,11 @@ def write_outputs(
     test_by_ties: dict,
     cost: dict,
     classification: list[dict] | None = None,
+    by_dataset: dict | None = None,
 ) -> None:
     """Main process only: the final adapter folder (the best adapter and the processor), ``metrics.json``
-    (with ``zero_shot_classification`` when the recipe asks) and the training plots."""
+    (with ``zero_shot_classification`` and ``test_by_dataset`` when the recipe asks) and the training
+    plots."""
     output_dir = Path(recipe.output_dir)
 
     def write_adapter(folder: Path) -> None:
@@ -130,6 +135,7 @@ def write_outputs(
         **monitored_test(state.evaluations),
         "cost": cost,
         **({"zero_shot_classification": classification} if classification else {}),
+        **({"test_by_dataset": by_dataset} if by_dataset else {}),
         "evaluations": state.evaluations,
         "train_loss": state.train_loss,
     }
@@ -154,12 +160,30 @@ def monitored_test(evaluations: list[dict]) -> dict:
     return {"test_last": monitored[-1], "test_selected_on_test": {**best, "selection": SELECTED_ON_TEST}}
 
 
+def other_tests(recipe: Recipe, model: torch.nn.Module, evaluator: Evaluator, own: dict) -> dict:
+    """``evaluation.test_datasets``: the test metrics (the run's tie protocol) of the run's own dataset and of
+    each other one, by dataset name, and their ``mean``; ``{}`` when the recipe lists none. Every process
+    takes part (the embedding is sharded)."""
+    if not recipe.evaluation.test_datasets:
+        return {}
+    own_name = recipe.data.name or Path(recipe.data.path).name.removesuffix("_precomp")
+    found = {own_name: own}
+    for path in recipe.evaluation.test_datasets:
+        with evaluator.accelerator.main_process_first():
+            rows, pixels = test_split_of(recipe, path, evaluator.processor, evaluator.data.pos_mode)
+        name = infer_name(Path(path))
+        found[name] = evaluator.metrics_of(model, rows, pixels)[recipe.evaluation.ties]
+    keys = own.keys()
+    found["mean"] = {key: statistics.fmean(metrics[key] for metrics in found.values()) for key in keys}
+    return found
+
+
 def plot_examples(model: torch.nn.Module, evaluator: Evaluator, path: Path) -> None:
     """The top-5 validation images of a few validation captions, with the best adapter."""
     with evaluator.accelerator.autocast():
         examples = split_examples(
             model, evaluator.data.dataset["validation"], evaluator.processor,
             batch_size=evaluator.batch_size, pixels=evaluator.data.pixels["validation"],
-            **evaluator.text_options("validation"),
+            **evaluator.text_options(evaluator.data.dataset["validation"]),
         )  # fmt: skip
     plot_retrieval_grid(examples, path, "validation queries, best adapter")

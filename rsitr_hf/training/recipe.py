@@ -270,6 +270,12 @@ class EvaluationRecipe:
         "validation's test figures (test_last) and the best of them (test_selected_on_test, the HarMA "
         "release's protocol, labelled as such)",
     )
+    test_datasets: list[str] = option(
+        help_text="other seed-layout datasets (<name>_precomp folders) whose test split the selected adapter "
+        "is scored on at the end, beside the run's own (cross-dataset transfer); metrics.json: "
+        "test_by_dataset, with their mean",
+        default_factory=list,
+    )
     classification: list[str] = option(
         help_text="zero-shot scene classification after training: folders of class folders (AID, RESISC45, "
         "UCM-21, EuroSAT layouts), scored for the base and the adapted model; metrics.json records top-1, "

@@ -42,15 +42,13 @@ class Evaluator:
     class_folders: list[ClassFolders] = field(default_factory=list)
     templates: list[str] = field(default_factory=list)
 
-    def text_options(self, split: str) -> dict:
-        """The caption column and text inputs of ``split`` for a method with POS inputs (else none)."""
+    def text_options(self, rows) -> dict:
+        """The caption column and text inputs of ``rows`` for a method with POS inputs (else none)."""
         if self.data.pos_mode is None:
             return {}
         return {  # POSAPL encodes the normalised captions with their POS inputs
             "caption_column": "pos_captions",
-            "text_inputs": pos_text_inputs(
-                self.data.dataset[split], self.processor.tokenizer, self.data.pos_mode
-            ),
+            "text_inputs": pos_text_inputs(rows, self.processor.tokenizer, self.data.pos_mode),
         }
 
     def metrics(
@@ -58,17 +56,21 @@ class Evaluator:
     ) -> dict[str, dict]:
         """Retrieval metrics of ``model`` on ``split`` under each tie protocol of ``protocols`` (default: the
         run's own)."""
+        return self.metrics_of(model, self.data.dataset[split], self.data.pixels[split], protocols)
+
+    def metrics_of(self, model: torch.nn.Module, rows, pixels, protocols: tuple[str, ...] | None = None):
+        """:meth:`metrics` of any split ``rows`` (of the RSITR schema) with its ``pixels``."""
         with self.accelerator.autocast():
             return evaluate_by_ties(
                 model,
-                self.data.dataset[split],
+                rows,
                 self.processor,
                 protocols or (self.ties,),
                 batch_size=self.batch_size,
                 accelerator=self.accelerator,
-                pixels=self.data.pixels[split],
+                pixels=pixels,
                 num_workers=self.num_workers,
-                **self.text_options(split),
+                **self.text_options(rows),
             )
 
 
