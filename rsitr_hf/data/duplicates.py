@@ -30,7 +30,7 @@ import numpy as np
 import PIL.Image
 
 from ..utils.errors import InputError
-from .images import to_rgb
+from .images import UnreadableImageError, read_rgb
 from .pos import normalise_caption
 from .seed_layout import SPLITS, RSITRDataError, infer_name, read_split_listing
 
@@ -131,12 +131,11 @@ def fingerprint(images: Sequence[AuditImage], progress: Iterable | None = None) 
     kept, pixels, hashes, unreadable = [], [], [], []
     for image in progress if progress is not None else images:
         try:
-            with PIL.Image.open(image.path) as opened:
-                rgb = to_rgb(opened)
-                array = np.asarray(rgb)
-        except (OSError, ValueError):
+            rgb = read_rgb(image.path)
+        except UnreadableImageError:
             unreadable.append(image)
             continue
+        array = np.asarray(rgb)
         digest = hashlib.sha256(repr(array.shape).encode() + array.tobytes()).hexdigest()
         kept.append(image)
         pixels.append(digest)

@@ -18,10 +18,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import PIL.Image
 from tqdm.auto import tqdm
 
 from ..data.duplicates import HASH_SIZE, PERCEPTUAL_MAX_DISTANCE, CaptionOverlap, ImagePair, audit
+from ..data.images import read_rgb
 from ..search.duplicates import MIN_COSINE, NEIGHBOURS, embedding_method
 from ..search.model import RetrievalModel
 from ..utils.cli import command, command_parser, parse_arguments
@@ -83,8 +83,7 @@ def plot_pairs(pairs: list[ImagePair], path: Path, limit: int) -> Path:
     figure, axes = plt.subplots(len(shown), 2, figsize=(6, 3 * len(shown)), squeeze=False)
     for (left, right), pair in zip(axes, shown, strict=True):
         for axis, image in ((left, pair.a), (right, pair.b)):
-            with PIL.Image.open(image.path) as opened:
-                axis.imshow(opened.convert("RGB"))
+            axis.imshow(read_rgb(image.path))
             axis.set_title(f"{image.group}\n{image.file_name}", fontsize=8)
             axis.axis("off")
         evidence = ", ".join(f"{method} {score:g}" for method, score in pair.evidence.items())

@@ -111,7 +111,7 @@ def drop_test_duplicates(recipe: Recipe, dataset: datasets.DatasetDict) -> tuple
             "to it first"
         )
     manifest, source = audit_manifest(recipe)
-    name = recipe.data.name or infer_name(Path(recipe.data.path))
+    name = dataset_name(recipe)
     linked = linked_training_files(manifest, name, [name])
     kept, dropped = {}, {}
     for split, rows in dataset.items():
@@ -142,17 +142,24 @@ def prepare_data(recipe: Recipe, processor, pos_mode: str | None, accelerator: A
     return RunData(dataset, pixels, pairs, num_workers, pos_mode, excluded)
 
 
-def check_test_datasets(recipe: Recipe) -> list[str]:
-    """The names of ``evaluation.test_datasets`` (checked when the run starts: seed-layout folders)."""
-    names = []
+def check_test_datasets(recipe: Recipe) -> None:
+    """``evaluation.test_datasets`` must be seed-layout folders (checked when the run starts)."""
     for path in recipe.evaluation.test_datasets:
         if not Path(path).is_dir():
             raise RecipeError(f"evaluation.test_datasets: {path} is not a folder (expected <name>_precomp)")
         try:
-            names.append(infer_name(Path(path)))
+            infer_name(Path(path))
         except RSITRDataError as error:
             raise RecipeError(f"evaluation.test_datasets: {error}") from None
-    return names
+
+
+def dataset_name(recipe: Recipe) -> str:
+    """The name of the recipe's dataset: ``data.name``, else the seed folder's (``rsicd_precomp`` ->
+    ``rsicd``), else the last part of the path or Hub id."""
+    data = recipe.data
+    if data.name:
+        return data.name
+    return infer_name(Path(data.path)) if data.format == "seed" else Path(data.path).name
 
 
 def test_split_of(

@@ -16,7 +16,7 @@ from ..evaluation import TIE_PROTOCOLS, test_results
 from ..evaluation.grids import plot_retrieval_grid, split_examples
 from ..utils.files import write_json
 from .checkpoints import TrainerState, load_best, replace_folder
-from .data import test_split_of
+from .data import dataset_name, test_split_of
 from .hub import HubPushError, push_adapter
 from .plots import plot_recalls, plot_training_curve
 from .recipe import Recipe
@@ -166,8 +166,7 @@ def other_tests(recipe: Recipe, model: torch.nn.Module, evaluator: Evaluator, ow
     takes part (the embedding is sharded)."""
     if not recipe.evaluation.test_datasets:
         return {}
-    own_name = recipe.data.name or Path(recipe.data.path).name.removesuffix("_precomp")
-    found = {own_name: own}
+    found = {dataset_name(recipe): own}
     for path in recipe.evaluation.test_datasets:
         with evaluator.accelerator.main_process_first():
             rows, pixels = test_split_of(recipe, path, evaluator.processor, evaluator.data.pos_mode)
