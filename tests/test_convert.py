@@ -151,7 +151,7 @@ def test_a_converted_base_remembers_its_source_and_its_check(tmp_path, tokenizer
     assert f"image {recorded['lowest_cosine']['image']:.6f}" in capsys.readouterr().out
     assert CLIPModel.from_pretrained(tmp_path / "hf").config.rsitr_source == recorded
     card = str(
-        model_card({"base_model": str(tmp_path / "hf"), "method": {"name": "harma"}}, {}, "rsicd", "me/a")
+        model_card({"base_model": str(tmp_path / "hf"), "method": {"name": "harma"}}, {"rsicd": {}}, "me/a")
     )
     assert (
         "converted to transformers with `rsitr-convert` from `RS5M_ViT-B-32_RET-2.pt` of `Zilun/GeoRSCLIP`"

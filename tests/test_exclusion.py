@@ -42,13 +42,13 @@ def test_exactly_the_linked_training_images_are_dropped(tmp_path, tiny_clip_dir,
         {"data.exclude_test_duplicates": str(tmp_path / "audit.json")},
     )
     full = load_rsitr(synthetic_dir, validation_fraction=0.2)
-    kept, record = drop_test_duplicates(recipe, full)
+    kept, record = drop_test_duplicates(recipe, {"synthrs": full})
     for split in ("train", "validation"):
-        assert set(kept[split]["filename"]) == set(full[split]["filename"]) - LINKED
-        assert record["dropped"][split] == sorted(set(full[split]["filename"]) & LINKED)
-    assert kept["test"]["filename"] == full["test"]["filename"]
-    assert sum(len(files) for files in record["dropped"].values()) == len(LINKED)
-    assert record["manifest"] == str(tmp_path / "audit.json") and record["dataset"] == "synthrs"
+        assert set(kept["synthrs"][split]["filename"]) == set(full[split]["filename"]) - LINKED
+        assert record["dropped"]["synthrs"][split] == sorted(set(full[split]["filename"]) & LINKED)
+    assert kept["synthrs"]["test"]["filename"] == full["test"]["filename"]
+    assert sum(len(files) for files in record["dropped"]["synthrs"].values()) == len(LINKED)
+    assert record["manifest"] == str(tmp_path / "audit.json") and record["test_splits_of"] == ["synthrs"]
 
 
 def test_a_run_audits_its_dataset_and_records_what_it_dropped(tmp_path, tiny_clip_dir, synthetic_dir):
@@ -62,7 +62,7 @@ def test_a_run_audits_its_dataset_and_records_what_it_dropped(tmp_path, tiny_cli
     result = train(load_recipe(recipe, {"data.exclude_test_duplicates": True}))
     record = json.loads((tmp_path / "out" / "excluded_training_images.json").read_text())
     assert record["manifest"].startswith("audited when the run started")
-    dropped = [name for files in record["dropped"].values() for name in files]
+    dropped = [name for files in record["dropped"]["synthrs"].values() for name in files]
     assert "train_00007.tif" in dropped
     assert set(dropped) == linked_training_files(audit([planted]).manifest(), "synthrs", ["synthrs"])
     trained_on = {
@@ -78,4 +78,4 @@ def test_a_bad_manifest_names_the_field(tmp_path, tiny_clip_dir, synthetic_dir):
         {"data.exclude_test_duplicates": str(tmp_path / "audit.json")},
     )
     with pytest.raises(RecipeError, match=r"^data.exclude_test_duplicates: .*audit.json is not a readable"):
-        drop_test_duplicates(recipe, load_rsitr(synthetic_dir))
+        drop_test_duplicates(recipe, {"synthrs": load_rsitr(synthetic_dir)})

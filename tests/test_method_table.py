@@ -49,7 +49,7 @@ def test_its_model_card_has_its_tag_and_text():
     from rsitr_hf.training import load_recipe, model_card
 
     recipe = load_recipe(None, {"method.name": "ia3", "base_model": "openai/clip-vit-base-patch32"})
-    card = str(model_card(recipe.to_dict(), {"mR": 12.5}, "rsicd", "me/ia3-rsicd"))
+    card = str(model_card(recipe.to_dict(), {"rsicd": {"mR": 12.5}}, "me/ia3-rsicd"))
     assert "- ia3" in card and "library_name: peft" in card and IA3.card_text in card
     assert 'PeftModel.from_pretrained(base, "me/ia3-rsicd")' in card
 

@@ -1,13 +1,16 @@
 """Smoke test of the PETL harness on a tiny config: real subprocess runs, tables, plot, resumption."""
 
 import csv
+import json
 import statistics
 from pathlib import Path
 
 import pytest
 import yaml
+from peft import PeftModel
 from transformers import CLIPModel, CLIPProcessor
 
+import rsitr_hf  # noqa: F401  (registers the tuners with peft)
 from rsitr_hf.data import load_rsitr
 from rsitr_hf.evaluation import METRIC_KEYS, evaluate_retrieval
 from rsitr_hf.tools.petl import main, results_markdown, run_benchmark, summarise
@@ -132,8 +135,6 @@ def test_bad_benchmark_files_name_the_key(tmp_path, tiny_clip_dir, synthetic_dir
 
 
 def test_runs_finished_before_test_ties_still_give_the_main_table(benchmark_run, caplog):
-    import json
-
     config, summaries, out = benchmark_run
     old_run = out / "houlsby" / "seed_0" / "metrics.json"
     metrics = json.loads(old_run.read_text())
@@ -177,3 +178,80 @@ def test_retention_is_averaged_over_runs_and_datasets_and_shown_beside_mr():
     assert "| **10.50 ± 0.71** | 0.800 |" in table[2]  # mR of seeds 0 and 1, then (0.9 + 0.8 + 0.7) / 3
     assert "| **10.00 ± 0.00** | – |" in table[3]
     assert "retention" not in results_markdown([plain])
+
+
+def test_the_transfer_matrix_trains_on_each_domain_and_tests_on_both(tmp_path, tiny_clip_dir):
+    from rsitr_hf.demo.synthetic import write_seed_layout
+
+    domains = {
+        name: write_seed_layout(tmp_path / "data", name, 30, 12, seed=3, domain=domain, image_size=32)
+        for name, domain in (("synthsrc", "source"), ("synthtgt", "target"))
+    }
+    methods = {name: METHODS[name] for name in ("zero_shot", "mrs")}
+    config = write_benchmark(tmp_path, tiny_clip_dir, domains["synthsrc"], methods, transfer=[
+        str(folder) for folder in domains.values()])  # fmt: skip
+    summaries = run_benchmark(config)
+    out = tmp_path / "out"
+    assert [s.method for s in summaries] == [f"{m} @ {d}" for m in methods for d in domains]
+    cells = {(r["method"], r["trained_on"], r["tested_on"]): r for r in read_csv(out / "transfer.csv")}
+    assert len(cells) == 2 * 2 * 2
+    base = CLIPModel.from_pretrained(tiny_clip_dir)
+    processor = CLIPProcessor.from_pretrained(tiny_clip_dir)
+    for test, folder in domains.items():
+        test_split = load_rsitr(folder)["test"]
+        direct = evaluate_retrieval(base, test_split, processor)["mR"]
+        for train in domains:  # the base model does not depend on the training set
+            assert float(cells[("zero_shot", train, test)]["mR_mean"]) == pytest.approx(direct, abs=1e-4)
+        for train in domains:
+            runs = [out / "mrs" / train / f"seed_{seed}" for seed in (0, 1)]
+            scores = [
+                json.loads((run / "metrics.json").read_text())["test_by_dataset"][test]["mR"] for run in runs
+            ]
+            cell = cells[("mrs", train, test)]
+            assert float(cell["mR_mean"]) == pytest.approx(statistics.fmean(scores), abs=1e-4)
+            assert float(cell["mR_std"]) == pytest.approx(statistics.stdev(scores), abs=1e-4)
+            adapted = PeftModel.from_pretrained(CLIPModel.from_pretrained(tiny_clip_dir), runs[0] / "adapter")
+            assert evaluate_retrieval(adapted, test_split, processor)["mR"] == pytest.approx(scores[0])
+    own = json.loads((out / "mrs" / "synthtgt" / "seed_1" / "metrics.json").read_text())
+    assert own["test"]["mR"] == pytest.approx(own["test_by_dataset"]["synthtgt"]["mR"])
+    assert (out / "transfer_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "transfer matrices" in (out / "results.md").read_text()
+
+
+def test_the_transfer_benchmark_files_plan_every_method_on_every_dataset():
+    from rsitr_hf.tools.petl import load_benchmark, run_recipes
+
+    root = Path(__file__).resolve().parents[1]
+    for name, datasets in (
+        ("petl_transfer", ["rsicd", "rsitmd", "ucm"]),
+        ("petl_transfer_synthetic", ["source", "target"]),
+    ):
+        benchmark, shared = load_benchmark(root / "benchmarks" / f"{name}.yaml")
+        planned = run_recipes(benchmark, shared, [0, 1])
+        assert list(planned) == [
+            f"{method} @ {dataset}" for method in benchmark.methods for dataset in datasets
+        ]
+        for method in benchmark.methods:
+            for dataset in datasets:
+                runs = planned[f"{method} @ {dataset}"]
+                recipe = runs[-1][1]
+                assert Path(recipe.data.path).name == f"{dataset}_precomp" and not recipe.data.datasets
+                tested = sorted(Path(path).name for path in recipe.evaluation.test_datasets)
+                assert tested == sorted(f"{other}_precomp" for other in datasets if other != dataset)
+                assert Path(recipe.output_dir).parts[-3:-1] == (method, dataset)
+                assert len(runs) == (1 if method == "zero_shot" else 2)
+
+
+def test_a_transfer_list_needs_two_named_datasets(tmp_path, tiny_clip_dir, synthetic_dir):
+    for transfer, message in (
+        ([str(synthetic_dir)], "transfer: expected two or more differently named datasets"),
+        (
+            [str(synthetic_dir), str(synthetic_dir)],
+            "transfer: expected two or more differently named datasets",
+        ),
+        ([str(synthetic_dir), str(tmp_path)], "transfer: .*expected a folder named '<name>_precomp'"),
+    ):
+        config = write_benchmark(tmp_path, tiny_clip_dir, synthetic_dir, transfer=transfer)
+        with pytest.raises(RecipeError, match=message):
+            run_benchmark(config)
+    assert not (tmp_path / "out").exists()  # nothing ran

@@ -217,8 +217,7 @@ def test_push_with_an_injected_api_then_load(trained_run, tiny_clip_dir, synthet
         trained_run / "adapter",
         "someone/mrs-synthetic",
         recipe,
-        metrics["test"],
-        "synthrs",
+        {"synthrs": metrics["test"]},
         api=FolderHubApi(tmp_path / "hub"),
     )
     repo = tmp_path / "hub" / "someone" / "mrs-synthetic"
@@ -257,8 +256,7 @@ def test_failed_push_is_a_clear_error_and_keeps_the_outputs(tmp_path, tiny_clip_
             adapter,
             "someone/x",
             {"base_model": "b", "method": {"name": "lora"}},
-            {},
-            "d",
+            {"d": {}},
             api=Refusing(tmp_path / "hub"),
         )
     assert sorted(p.name for p in adapter.iterdir()) == before
@@ -391,7 +389,7 @@ def test_the_card_names_the_base_by_its_hub_id_when_it_is_known(tmp_path, tiny_c
     assert hub_base_id(str(saved)) == "laion/some-clip"
     assert hub_base_id(str(tiny_clip_dir)) is None
     recipe = {"base_model": str(snapshot), "method": {"name": "mrs_adapter"}}
-    card = str(model_card(recipe, {"mR": 12.345}, "rsicd", "me/adapter"))
+    card = str(model_card(recipe, {"rsicd": {"mR": 12.345}}, "me/adapter"))
     assert yaml.safe_load(card.split("---")[1])["base_model"] == "openai/clip-vit-base-patch32"
     assert 'CLIPModel.from_pretrained("openai/clip-vit-base-patch32")' in card
     assert f'from_pretrained("{snapshot}")' not in card  # the recipe section still records the path used
@@ -462,7 +460,7 @@ def test_the_method_table_gives_the_loss_and_checks_the_method_config():
 
 def test_the_card_of_a_whole_model_loads_it_with_transformers():
     recipe = load_recipe(None, {"method.name": "full", "base_model": "openai/clip-vit-base-patch32"})
-    card = str(model_card(recipe.to_dict(), {"mR": 30.0}, "rsitmd", "me/clip-rsitmd"))
+    card = str(model_card(recipe.to_dict(), {"rsitmd": {"mR": 30.0}}, "me/clip-rsitmd"))
     assert "library_name: transformers" in card and "- full-fine-tuning" in card and "- peft" not in card
     assert 'CLIPModel.from_pretrained("me/clip-rsitmd")' in card and "PeftModel" not in card
 

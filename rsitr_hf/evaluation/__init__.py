@@ -6,6 +6,7 @@ from .encoding import RetrievalEmbeddings, encode_split, evaluate_by_ties, evalu
 from .metrics import (
     METRIC_KEYS,
     TIE_PROTOCOLS,
+    mean_metrics,
     metrics_table,
     retrieval_metrics,
     retrieval_ranks,
@@ -31,6 +32,7 @@ __all__ = [
     "evaluate_by_ties",
     "evaluate_retrieval",
     "load_retrieval_metric",
+    "mean_metrics",
     "metrics_table",
     "retrieval_metrics",
     "retrieval_ranks",

@@ -93,6 +93,12 @@ def test_results(by_ties: dict[str, dict[str, float]], used: str) -> dict:
     return {"test": by_ties[used], "test_ties": {"used": used, **by_ties}}
 
 
+def mean_metrics(results: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The key-wise mean of several results (each dataset counted once), over the keys they all have."""
+    keys = [key for key in results[0] if all(key in result for result in results)]
+    return {key: float(np.mean([result[key] for result in results])) for key in keys}
+
+
 def metrics_table(rows: dict[str, dict[str, float]], label: str = "model") -> str:
     """A markdown table: one row per named result, one column per metric key ("-" where missing)."""
     header = f"| {label} | " + " | ".join(METRIC_KEYS) + " |"

@@ -19,9 +19,15 @@ an interrupted benchmark. With ``synthetic_task: DIR`` the offline synthetic tra
 ``rsitr-demo`` (source-pretrained tiny CLIP + target-domain data) is prepared in DIR (or reused) and
 becomes the base model and data; POSAPL there uses a small tagger trained offline (cached in DIR).
 
+With ``transfer: [DIR, DIR, ...]`` (seed-layout datasets) every method trains on each dataset in turn and
+is tested on all of them (``evaluation.test_datasets``): rows ``<method> @ <dataset>``, outputs in
+``<output_dir>/<method>/<dataset>/seed_<seed>/``, and the transfer matrix of each method (trained on ×
+tested on, test mR mean ± std) in ``results.md``, ``transfer.csv`` and ``transfer_matrix.png``.
+
 Writes ``results.md`` and ``results.csv`` (trainable parameters and their share of the base model, test
-R@1/5/10 both ways and mR as mean ± std over seeds, median wall time per optimiser step, peak memory),
-``runs.csv`` (one row per run) and ``mr_vs_trainable_parameters.png`` (log scale).
+R@1/5/10 both ways and mR as mean ± std over seeds, median wall time per optimiser step, peak memory;
+for runs scored on several datasets, test mR by dataset), ``runs.csv`` (one row per run) and
+``mr_vs_trainable_parameters.png`` (log scale).
 """
 
 from __future__ import annotations
@@ -36,11 +42,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.seed_layout import RSITRDataError, infer_name
 from ..demo.task import prepare_demo_task
-from ..evaluation import METRIC_KEYS, TIE_PROTOCOLS, evaluate_by_ties, test_results
-from ..training import load_data, parameter_counts
+from ..evaluation import METRIC_KEYS, TIE_PROTOCOLS, evaluate_by_ties, mean_metrics, test_results
+from ..training import load_datasets, parameter_counts
 from ..training.checkpoints import complete_checkpoints
-from ..training.data import load_processor
+from ..training.data import load_processor, test_split_of
 from ..training.recipe import (
     Recipe,
     RecipeError,
@@ -65,7 +72,9 @@ class PETLBenchmark:
     working directory); ``methods``: label -> partial recipe, or the path of a YAML file with that mapping;
     ``seeds``: training seeds (3 by default); ``output_dir``: where runs and tables go;
     ``synthetic_task``: a folder to prepare the offline synthetic transfer task in (base model and data);
-    ``launcher``: the command that trains one recipe (``--config FILE`` is appended)."""
+    ``launcher``: the command that trains one recipe (``--config FILE`` is appended); ``transfer``:
+    seed-layout datasets to train each method on in turn, each run tested on all of them (the transfer
+    matrix)."""
 
     recipe: str = ""
     methods: dict | str = field(default_factory=dict)
@@ -73,6 +82,7 @@ class PETLBenchmark:
     output_dir: str = "outputs/petl"
     synthetic_task: str | None = None
     launcher: list[str] = field(default_factory=lambda: [sys.executable, "-m", "rsitr_hf.training"])
+    transfer: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -89,6 +99,7 @@ class MethodSummary:
     peak_memory_mb: float | None
     memory_kind: str | None
     retention: float | None = None  # zero-shot top-1 kept of the base's (evaluation.classification)
+    dataset_mR: dict[str, tuple[float, float]] = field(default_factory=dict)  # test mR by dataset: mean, std
 
     @property
     def trainable_percent(self) -> float:
@@ -126,28 +137,65 @@ def load_benchmark(path: str | os.PathLike, overrides: dict | None = None) -> tu
     return benchmark, shared
 
 
+def row_label(method: str, train_set: str | None) -> str:
+    """A row of the results: the method's label, and in a transfer benchmark the dataset it trained on."""
+    return method if train_set is None else f"{method} @ {train_set}"
+
+
+def transfer_sets(benchmark: PETLBenchmark) -> dict[str, str]:
+    """``transfer``'s datasets by name (``rsicd_precomp`` -> ``rsicd``); ``{}`` for a benchmark without."""
+    if not benchmark.transfer:
+        return {}
+    try:
+        named = {infer_name(Path(path)): path for path in benchmark.transfer}
+    except RSITRDataError as error:
+        raise RecipeError(f"transfer: {error}") from None
+    if len(named) < 2 or len(named) != len(benchmark.transfer):
+        raise RecipeError(
+            f"transfer: expected two or more differently named datasets, got {benchmark.transfer}"
+        )
+    return named
+
+
+def training_sets(benchmark: PETLBenchmark, values: dict) -> list[tuple[str | None, dict]]:
+    """``[(None, values)]``, or in a transfer benchmark one ``(dataset, values)`` per dataset, trained on
+    it alone and tested on the others too."""
+    named = transfer_sets(benchmark)
+    if not named:
+        return [(None, values)]
+    sets = []
+    for name, path in named.items():
+        others = [other for other in named.values() if other != path]
+        alone = {
+            "data": {"path": path, "name": None, "datasets": []},
+            "evaluation": {"test_datasets": others},
+        }
+        sets.append((name, merge_sections(values, alone)))
+    return sets
+
+
 def run_recipes(
     benchmark: PETLBenchmark, shared: dict, seeds: list[int]
 ) -> dict[str, list[tuple[int, Recipe]]]:
-    """``{method: [(seed, recipe), ...]}``, every recipe validated before anything runs; a method that is
-    not trained gets one recipe (seed of the first seed)."""
+    """``{row: [(seed, recipe), ...]}`` (rows: :func:`row_label`), every recipe validated before anything
+    runs; a method that is not trained gets one recipe (seed of the first seed)."""
     runs = {}
     output_dir = Path(benchmark.output_dir)
     for label, partial in benchmark.methods.items():
         if not isinstance(partial, dict):
             raise RecipeError(f"methods.{label}: expected a partial recipe (a mapping), got {partial!r}")
-        values = merge_sections(shared, partial)
-        runs[label] = []
-        for seed in seeds:
-            run = merge_sections(values, {"training": {"seed": seed}})
-            run["output_dir"] = str(output_dir / label / f"seed_{seed}")
-            try:
-                recipe = build(Recipe, run)
-            except RecipeError as error:
-                raise RecipeError(f"methods.{label}: {error}") from None
-            runs[label].append((seed, recipe))
-            if not get_method(recipe.method.name).trains:
-                break  # evaluated once: it does not depend on the seed
+        for train_set, values in training_sets(benchmark, merge_sections(shared, partial)):
+            row = runs.setdefault(row_label(label, train_set), [])
+            for seed in seeds:
+                run = merge_sections(values, {"training": {"seed": seed}})
+                run["output_dir"] = str(output_dir / label / (train_set or "") / f"seed_{seed}")
+                try:
+                    recipe = build(Recipe, run)
+                except RecipeError as error:
+                    raise RecipeError(f"methods.{label}: {error}") from None
+                row.append((seed, recipe))
+                if not get_method(recipe.method.name).trains:
+                    break  # evaluated once: it does not depend on the seed
     return runs
 
 
@@ -187,7 +235,8 @@ def train_run(recipe: Recipe, launcher: list[str]) -> dict:
 
 
 def zero_shot_run(recipe: Recipe) -> dict:
-    """Test metrics of the untouched base model, in the shape of a training run's metrics.json."""
+    """Test metrics of the untouched base model on the recipe's datasets (and ``evaluation.test_datasets``),
+    in the shape of a training run's metrics.json."""
     import torch
     from transformers import CLIPModel
 
@@ -196,10 +245,26 @@ def zero_shot_run(recipe: Recipe) -> dict:
         model = CLIPModel.from_pretrained(recipe.base_model).requires_grad_(False)
         model.to("cuda" if torch.cuda.is_available() else "cpu")
         processor = load_processor(recipe)
-        test = load_data(recipe, processor.tokenizer, pos_mode=None)["test"]
-        by_ties = evaluate_by_ties(
-            model, test, processor, TIE_PROTOCOLS, batch_size=recipe.training.eval_batch_size
-        )
+        own = load_datasets(recipe, processor.tokenizer, pos_mode=None)
+        tests = {name: (splits["test"], None) for name, splits in own.items()}
+        for path in recipe.evaluation.test_datasets:
+            tests[infer_name(Path(path))] = test_split_of(recipe, path, processor, None)
+        found = {
+            name: evaluate_by_ties(
+                model,
+                rows,
+                processor,
+                TIE_PROTOCOLS,
+                batch_size=recipe.training.eval_batch_size,
+                pixels=pixels,
+            )
+            for name, (rows, pixels) in tests.items()
+        }
+        by_ties = {p: mean_metrics([found[name][p] for name in own]) for p in TIE_PROTOCOLS}
+        ties = recipe.evaluation.ties
+        by_dataset = {name: by_protocol[ties] for name, by_protocol in found.items()}
+        if len(by_dataset) > 1:
+            by_dataset["mean"] = mean_metrics(list(by_dataset.values()))
         trainable, base = parameter_counts(model)
         cost = {
             "trainable_parameters": trainable,
@@ -209,7 +274,10 @@ def zero_shot_run(recipe: Recipe) -> dict:
             "memory_kind": None,
         }
         metrics_file.parent.mkdir(parents=True, exist_ok=True)
-        write_json(metrics_file, {**test_results(by_ties, recipe.evaluation.ties), "cost": cost})
+        metrics = {**test_results(by_ties, ties), "cost": cost}
+        if len(by_dataset) > 1:
+            metrics["test_by_dataset"] = by_dataset
+        write_json(metrics_file, metrics)
     return json.loads(metrics_file.read_text())
 
 
@@ -242,7 +310,19 @@ def summarise(label: str, runs: list[tuple[int, dict]], ties: str | None = None)
         peak_memory_mb=max(memories) if memories else None,
         memory_kind=costs[0].get("memory_kind"),
         retention=mean_retention(runs),
+        dataset_mR=dataset_mR(runs),
     )
+
+
+def dataset_mR(runs: list[tuple[int, dict]]) -> dict[str, tuple[float, float]]:
+    """Test mR (mean, sample std over the runs) on each dataset of the runs' ``test_by_dataset`` (their own
+    datasets, ``evaluation.test_datasets`` and the ``mean``), in the order the runs list them."""
+    tables = [metrics.get("test_by_dataset", {}) for _, metrics in runs]
+    found = {}
+    for name in tables[0]:
+        values = [table[name]["mR"] for table in tables if name in table]
+        found[name] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+    return found
 
 
 def results_markdown(summaries: list[MethodSummary]) -> str:
@@ -269,6 +349,100 @@ def results_markdown(summaries: list[MethodSummary]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def mean_std(value: tuple[float, float] | None) -> str:
+    return "–" if value is None else f"{value[0]:.2f} ± {value[1]:.2f}"
+
+
+def datasets_markdown(summaries: list[MethodSummary]) -> str:
+    """Test mR by dataset (mean ± std over seeds) of the rows whose runs scored several datasets, and their
+    mean; ``""`` when no run did."""
+    rows = [s for s in summaries if s.dataset_mR]
+    if not rows:
+        return ""
+    names = [*dict.fromkeys(name for s in rows for name in s.dataset_mR if name != "mean"), "mean"]
+    lines = ["| method | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    lines += [
+        f"| {s.method} | " + " | ".join(mean_std(s.dataset_mR.get(n)) for n in names) + " |" for s in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class TransferMatrix:
+    """One method's test mR (mean, sample std over seeds) trained on each of ``train_sets`` (rows) and tested
+    on each of ``test_sets`` (columns)."""
+
+    method: str
+    train_sets: list[str]
+    test_sets: list[str]
+    mean: list[list[float]]
+    std: list[list[float]]
+
+
+def transfer_matrices(
+    summaries: list[MethodSummary], methods: list[str], datasets: list[str]
+) -> list[TransferMatrix]:
+    """The transfer matrix of each method of a transfer benchmark, from its rows' test mR by dataset."""
+    by_row = {s.method: s for s in summaries}
+    matrices = []
+    for method in methods:
+        cells = [
+            [by_row[row_label(method, train)].dataset_mR[test] for test in datasets] for train in datasets
+        ]
+        mean = [[cell[0] for cell in row] for row in cells]
+        std = [[cell[1] for cell in row] for row in cells]
+        matrices.append(TransferMatrix(method, list(datasets), list(datasets), mean, std))
+    return matrices
+
+
+def transfer_markdown(matrices: list[TransferMatrix]) -> str:
+    """Each method's transfer matrix as a table: rows trained on, columns tested on."""
+    parts = []
+    for matrix in matrices:
+        lines = [
+            f"{matrix.method}: test mR (mean ± std over seeds), trained on (rows) × tested on (columns)",
+            "",
+            "| trained on | " + " | ".join(matrix.test_sets) + " |",
+            "|" + "---|" * (len(matrix.test_sets) + 1),
+        ]
+        for train, means, stds in zip(matrix.train_sets, matrix.mean, matrix.std, strict=True):
+            cells = [mean_std(cell) for cell in zip(means, stds, strict=True)]
+            lines.append(f"| {train} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def write_transfer_csv(matrices: list[TransferMatrix], path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["method", "trained_on", "tested_on", "mR_mean", "mR_std"])
+        for m in matrices:
+            for i, train in enumerate(m.train_sets):
+                for j, test in enumerate(m.test_sets):
+                    writer.writerow([m.method, train, test, f"{m.mean[i][j]:.4f}", f"{m.std[i][j]:.4f}"])
+
+
+def plot_transfer(matrices: list[TransferMatrix], path: Path) -> None:
+    """A heat map per method (one colour scale for all): test mR, trained on (rows) × tested on (columns)."""
+    low = min(value for m in matrices for row in m.mean for value in row)
+    high = max(value for m in matrices for row in m.mean for value in row)
+    figure, axes = plt.subplots(1, len(matrices), figsize=(1.2 + 2.6 * len(matrices), 3.2), squeeze=False)
+    for index, (axis, m) in enumerate(zip(axes[0], matrices, strict=True)):
+        image = axis.imshow(m.mean, cmap="viridis", vmin=low, vmax=high)
+        for i, j in ((i, j) for i in range(len(m.train_sets)) for j in range(len(m.test_sets))):
+            colour = "black" if m.mean[i][j] > (low + high) / 2 else "white"
+            label = f"{m.mean[i][j]:.1f}\n± {m.std[i][j]:.1f}"
+            axis.text(j, i, label, ha="center", va="center", color=colour, fontsize=8)
+        axis.set_xticks(range(len(m.test_sets)), m.test_sets, rotation=30)
+        axis.set_yticks(range(len(m.train_sets)), m.train_sets if index == 0 else [])  # the same rows
+        axis.set_xlabel("tested on")
+        axis.set_title(m.method, fontsize=10)
+    axes[0][0].set_ylabel("trained on")
+    figure.colorbar(image, ax=axes[0].tolist(), label="test mR (%)", shrink=0.8)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
 
 
 def write_results_csv(summaries: list[MethodSummary], path: Path) -> None:
@@ -372,6 +546,14 @@ def run_benchmark(
     output = Path(benchmark.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     table = results_markdown(summaries)
+    transfer = list(transfer_sets(benchmark))
+    if transfer:  # each method trained on each dataset, tested on all
+        matrices = transfer_matrices(summaries, list(benchmark.methods), transfer)
+        table += "\ntransfer matrices:\n\n" + transfer_markdown(matrices)
+        write_transfer_csv(matrices, output / "transfer.csv")
+        plot_transfer(matrices, output / "transfer_matrix.png")
+    elif datasets_markdown(summaries):  # runs on several datasets, or tested on others
+        table += "\ntest mR by dataset (mean ± std over seeds):\n\n" + datasets_markdown(summaries)
     (output / "results.md").write_text(table, encoding="utf-8")
     # the papers' tie handling beside it: on data with shared captions (UCM) the two differ
     older = [label for label, runs in results.items() if any("test_ties" not in m for _, m in runs)]
@@ -380,7 +562,7 @@ def run_benchmark(
     else:
         reference = results_markdown([summarise(label, runs, "reference") for label, runs in results.items()])
         (output / "results_reference_ties.md").write_text(reference, encoding="utf-8")
-        if reference != table:
+        if reference != results_markdown(summaries):
             table += "\nwith the papers' tie handling (evaluation.ties: reference):\n\n" + reference
     write_results_csv(summaries, output / "results.csv")
     write_runs_csv(results, output / "runs.csv")

@@ -7,7 +7,7 @@
 
 from .checkpoints import TrainerState
 from .cli import main
-from .data import load_data, resolve_num_workers
+from .data import load_datasets, resolve_num_workers
 from .hub import HubPushError, model_card, push_adapter
 from .loop import train
 from .outputs import TrainResult
@@ -20,7 +20,7 @@ __all__ = [
     "RecipeError",
     "TrainResult",
     "TrainerState",
-    "load_data",
+    "load_datasets",
     "load_recipe",
     "main",
     "model_card",

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
@@ -24,8 +25,9 @@ from ..data.pos import cached_pos_dataset
 from ..data.preprocessing import ImageBatchTransform, RetrievalCollator, caption_pairs
 from ..data.randaugment import RandAugment
 from ..data.release_augment import MAX_LEVEL, ReleaseRandomAugment
+from ..data.sampling import EpochWeightedSampler, example_weights, group_shares
 from ..data.seed_layout import RSITRDataError, infer_name
-from .recipe import Recipe, RecipeError
+from .recipe import DataRecipe, DatasetSource, Recipe, RecipeError, dataset_sources
 
 MAX_AUTO_WORKERS = 8
 RANDAUGMENT = {"release": (ReleaseRandomAugment, MAX_LEVEL), "torchvision": (RandAugment, 30)}
@@ -33,17 +35,33 @@ RANDAUGMENT = {"release": (ReleaseRandomAugment, MAX_LEVEL), "torchvision": (Ran
 
 @dataclass
 class RunData:
-    """The splits of a run, each split's images as uint8 pixels (cached or decoded), the training caption
-    pairs (tokenised, one row per caption), the data-loader workers, the POS inputs the method takes
-    (``"sentence"``/``"aligned"``, or ``None``) and what ``data.exclude_test_duplicates`` dropped (empty when
-    it is off)."""
+    """The data of a run. ``splits``: each dataset's ``train``/``validation``/``test`` by name, in the
+    recipe's order; ``pixels``: each dataset's validation and test images as uint8 pixels (cached or decoded);
+    ``train``: every dataset's training split, concatenated with their image ids made distinct, and
+    ``train_pixels``; ``pairs``: its caption pairs (tokenised, one row per caption) and ``pair_weights``
+    (how often each is drawn; ``None``: a plain shuffle); ``mix``: what each dataset brings to training
+    (:func:`training_mix`); the data-loader workers, the POS inputs the method
+    takes (``"sentence"``/``"aligned"``, or ``None``) and what ``data.exclude_test_duplicates`` dropped (empty
+    when it is off)."""
 
-    dataset: datasets.DatasetDict
-    pixels: dict[str, PixelSource]
+    splits: dict[str, datasets.DatasetDict]
+    pixels: dict[str, dict[str, PixelSource]]
+    train: datasets.Dataset
+    train_pixels: PixelSource
     pairs: datasets.Dataset
+    pair_weights: list[float] | None
+    mix: dict
     num_workers: int
     pos_mode: str | None
     excluded: dict = field(default_factory=dict)
+
+    def evaluated(self, split: str) -> dict[str, tuple[datasets.Dataset, PixelSource]]:
+        """``{dataset: (rows, pixels)}`` of every dataset whose ``split`` (validation, test) has rows."""
+        return {
+            name: (splits[split], self.pixels[name][split])
+            for name, splits in self.splits.items()
+            if len(splits[split])
+        }
 
 
 def resolve_num_workers(value: int | str, device: torch.device, local_processes: int) -> int:
@@ -58,23 +76,58 @@ def resolve_num_workers(value: int | str, device: torch.device, local_processes:
     return max(1, min(MAX_AUTO_WORKERS, cpus // max(1, local_processes) - 1))
 
 
-def load_data(recipe: Recipe, tokenizer, pos_mode: str | None) -> datasets.DatasetDict:
-    """The DatasetDict of the recipe; with POS columns (tagged once, then cached) when ``pos_mode`` is set."""
-    data = recipe.data
-    if not data.path:
-        raise RecipeError("data.path: give the dataset folder or Hub dataset id")
-    if data.format == "seed":
+def source_name(source: DatasetSource) -> str:
+    """A dataset's name: ``name``, else the seed folder's (``rsicd_precomp`` -> ``rsicd``), else the last part
+    of the path or Hub id."""
+    if source.name:
+        return source.name
+    return infer_name(Path(source.path)) if source.format == "seed" else Path(source.path).name
+
+
+def named_sources(recipe: Recipe) -> dict[str, DatasetSource]:
+    """The recipe's datasets by name (:func:`~rsitr_hf.training.recipe.dataset_sources`); names must differ,
+    from each other and from ``evaluation.test_datasets``'."""
+    named = {}
+    for index, source in enumerate(dataset_sources(recipe.data)):
+        where = f"data.datasets[{index}]" if recipe.data.datasets else "data.path"
+        try:
+            name = source_name(source)
+        except RSITRDataError as error:
+            raise RecipeError(f"{where}: {error}") from None
+        if name in named:
+            raise RecipeError(f"{where}: a second dataset named {name!r}; give one of them another name")
+        named[name] = source
+    for path in recipe.evaluation.test_datasets:
+        if Path(path).is_dir() and Path(path).name.endswith("_precomp") and infer_name(Path(path)) in named:
+            raise RecipeError(
+                f"evaluation.test_datasets: {path} is a dataset the run trains on (its test split is scored "
+                "anyway); list only other datasets"
+            )
+    return named
+
+
+def dataset_name(recipe: Recipe) -> str:
+    """The recipe's dataset name; with several datasets, their names joined by ``+`` (``rsicd+rsitmd``)."""
+    return "+".join(named_sources(recipe))
+
+
+def load_source(
+    data: DataRecipe, source: DatasetSource, tokenizer, pos_mode: str | None
+) -> datasets.DatasetDict:
+    """The DatasetDict of one dataset of the recipe; with POS columns (tagged once, then cached) when
+    ``pos_mode`` is set (the tagger and cache of the ``data`` section)."""
+    if source.format == "seed":
         dataset = load_rsitr(
-            data.path, data.name, data.validation_fraction, data.split_seed, data.empty_captions
+            source.path, source.name, source.validation_fraction, source.split_seed, source.empty_captions
         )
     else:
-        dataset = load_rsitr_hub(data.path, data.validation_fraction, data.split_seed)
+        dataset = load_rsitr_hub(source.path, source.validation_fraction, source.split_seed)
     if pos_mode is None:
         return dataset
     keys = ("format", "path", "name", "validation_fraction", "split_seed", "empty_captions")
-    identity = {key: getattr(data, key) for key in keys}
-    if data.format != "hub":
-        identity["path"] = str(Path(data.path).resolve())
+    identity = {key: getattr(source, key) for key in keys}
+    if source.format != "hub":
+        identity["path"] = str(Path(source.path).resolve())
     return cached_pos_dataset(
         dataset,
         identity,
@@ -86,12 +139,21 @@ def load_data(recipe: Recipe, tokenizer, pos_mode: str | None) -> datasets.Datas
     )
 
 
+def load_datasets(recipe: Recipe, tokenizer, pos_mode: str | None) -> dict[str, datasets.DatasetDict]:
+    """Every dataset of the recipe by name (:func:`load_source`)."""
+    return {
+        name: load_source(recipe.data, source, tokenizer, pos_mode)
+        for name, source in named_sources(recipe).items()
+    }
+
+
 def audit_manifest(recipe: Recipe) -> tuple[dict, str]:
-    """``data.exclude_test_duplicates``'s manifest (rsitr-audit's ``audit.json``, read or computed now) and
-    where it came from."""
+    """``data.exclude_test_duplicates``'s manifest (rsitr-audit's ``audit.json``, read, or computed now over
+    the run's datasets and ``evaluation.test_datasets``) and where it came from."""
     setting = recipe.data.exclude_test_duplicates
     if setting is True:
-        return audit([recipe.data.path]).manifest(), "audited when the run started (exact, perceptual)"
+        folders = [source.path for source in dataset_sources(recipe.data)] + recipe.evaluation.test_datasets
+        return audit(folders).manifest(), "audited when the run started (exact, perceptual)"
     try:
         return json.loads(Path(setting).read_text(encoding="utf-8")), str(setting)
     except (OSError, json.JSONDecodeError) as error:
@@ -100,46 +162,109 @@ def audit_manifest(recipe: Recipe) -> tuple[dict, str]:
         ) from None
 
 
-def drop_test_duplicates(recipe: Recipe, dataset: datasets.DatasetDict) -> tuple[datasets.DatasetDict, dict]:
-    """``dataset`` without the train and validation images that the audit links to its test split, and the
-    record of what was dropped (``{}`` when ``data.exclude_test_duplicates`` is off)."""
+def drop_test_duplicates(
+    recipe: Recipe, splits: dict[str, datasets.DatasetDict]
+) -> tuple[dict[str, datasets.DatasetDict], dict]:
+    """``splits`` (by dataset) without the train and validation images that the audit links to a test split
+    the run scores (its datasets' and ``evaluation.test_datasets``'), and the record of what was dropped
+    (``{}`` when ``data.exclude_test_duplicates`` is off). Datasets are matched to the audit's by their
+    folder names, as rsitr-audit names them."""
     if recipe.data.exclude_test_duplicates is False:
-        return dataset, {}
-    if recipe.data.format != "seed":
+        return splits, {}
+    sources = named_sources(recipe)
+    if any(source.format != "seed" for source in sources.values()):
         raise RecipeError(
-            "data.exclude_test_duplicates: audits read the seed layout (data.format: seed); export the data "
-            "to it first"
+            "data.exclude_test_duplicates: audits read the seed layout (format: seed); export the data to "
+            "it first"
         )
-    manifest, source = audit_manifest(recipe)
-    name = dataset_name(recipe)
-    linked = linked_training_files(manifest, name, [name])
+    manifest, origin = audit_manifest(recipe)
+    audited = {name: infer_name(Path(source.path)) for name, source in sources.items()}
+    evaluated = [*audited.values(), *(infer_name(Path(p)) for p in recipe.evaluation.test_datasets)]
     kept, dropped = {}, {}
-    for split, rows in dataset.items():
-        if split == "test":
-            kept[split] = rows
-            continue
-        dropped[split] = sorted(set(rows["filename"]) & linked)
-        kept[split] = rows.filter(lambda filename: filename not in linked, input_columns="filename")
-    return datasets.DatasetDict(kept), {"manifest": source, "dataset": name, "dropped": dropped}
+    for name, dataset in splits.items():
+        linked = linked_training_files(manifest, audited[name], evaluated)
+        dropped[name] = {split: sorted(set(dataset[split]["filename"]) & linked) for split in TRAINED_SPLITS}
+        kept[name] = datasets.DatasetDict(
+            {split: without_files(rows, linked) if split in TRAINED_SPLITS else rows
+             for split, rows in dataset.items()}
+        )  # fmt: skip
+    return kept, {"manifest": origin, "test_splits_of": evaluated, "dropped": dropped}
+
+
+TRAINED_SPLITS = ("train", "validation")
+
+
+def without_files(rows: datasets.Dataset, files: set[str]) -> datasets.Dataset:
+    """``rows`` without those whose ``filename`` is in ``files``."""
+    return rows.select([row for row, name in enumerate(rows["filename"]) if name not in files])
+
+
+def shifted_ids(ids: list[int], offset: int) -> dict:
+    return {"image_id": [image_id + offset for image_id in ids]}
+
+
+def concatenate_training(splits: dict[str, datasets.DatasetDict]) -> datasets.Dataset:
+    """Every dataset's training split in one, in the recipe's order, each dataset's image ids shifted past
+    the previous ones' (ids are unique only within a dataset)."""
+    parts, offset = [], 0
+    for dataset in splits.values():
+        train = dataset["train"]
+        if offset:
+            train = train.map(
+                shifted_ids, input_columns="image_id", batched=True, fn_kwargs={"offset": offset}
+            )
+        parts.append(train)
+        offset += 1 + max((max(split["image_id"], default=-1) for split in dataset.values()), default=-1)
+    if len(parts) == 1:
+        return parts[0]
+    features = parts[0].features
+    return datasets.concatenate_datasets([p if p.features == features else p.cast(features) for p in parts])
+
+
+def pixels_of(recipe: Recipe, rows: datasets.Dataset, processor, split_name: str) -> PixelSource:
+    """The uint8 pixels of ``rows``: from the image cache (``data.cache_images``), else decoded when read."""
+    if recipe.data.cache_images and len(rows):
+        return cached_pixels(rows, processor.image_processor, recipe.data.image_cache, split_name=split_name)
+    return DecodedPixels(rows, processor.image_processor, split_name)
+
+
+def training_mix(
+    recipe: Recipe, splits: dict[str, datasets.DatasetDict], pairs: datasets.Dataset
+) -> tuple[list[float] | None, dict]:
+    """Each caption pair's sampling weight (its dataset's ``weight``; ``None`` when all are equal) and, by
+    dataset, its training images, pairs, weight and expected share of the draws (``metrics.json``'s
+    ``training_data``)."""
+    sources = named_sources(recipe)
+    ends = np.cumsum([len(dataset["train"]) for dataset in splits.values()])
+    group = np.searchsorted(ends, np.asarray(pairs["image_row"]), side="right")
+    sizes = np.bincount(group, minlength=len(ends)).tolist()
+    weights = [sources[name].weight for name in splits]
+    shares = group_shares(sizes, weights)
+    mix = {
+        name: {"train_images": len(dataset["train"]), "train_pairs": size, "weight": weight, "share": share}
+        for (name, dataset), size, weight, share in zip(splits.items(), sizes, weights, shares, strict=True)
+    }
+    return example_weights(sizes, weights), mix
 
 
 def prepare_data(recipe: Recipe, processor, pos_mode: str | None, accelerator: Accelerator) -> RunData:
-    """Load the splits (without audited test duplicates, when asked) and their pixels; the main process
-    builds the caches first, the others reuse them."""
+    """Load the datasets (without audited test duplicates, when asked), concatenate their training splits
+    and get every split's pixels; the main process builds the caches first, the others reuse them."""
     with accelerator.main_process_first():
-        dataset, excluded = drop_test_duplicates(recipe, load_data(recipe, processor.tokenizer, pos_mode))
-        pixels = {}
-        for split, rows in dataset.items():
-            if recipe.data.cache_images and len(rows):
-                pixels[split] = cached_pixels(
-                    rows, processor.image_processor, recipe.data.image_cache, split_name=split
-                )
-            else:
-                pixels[split] = DecodedPixels(rows, processor.image_processor, split)
-    pairs = caption_pairs(dataset["train"], processor.tokenizer, pos_mode)
+        splits = load_datasets(recipe, processor.tokenizer, pos_mode)
+        splits, excluded = drop_test_duplicates(recipe, splits)
+        train = concatenate_training(splits)
+        train_pixels = pixels_of(recipe, train, processor, "train")
+        pixels = {
+            name: {split: pixels_of(recipe, dataset[split], processor, f"{name} {split}")
+                   for split in ("validation", "test")}
+            for name, dataset in splits.items()
+        }  # fmt: skip
+    pairs = caption_pairs(train, processor.tokenizer, pos_mode)
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
     num_workers = resolve_num_workers(recipe.training.num_workers, accelerator.device, local_processes)
-    return RunData(dataset, pixels, pairs, num_workers, pos_mode, excluded)
+    weights, mix = training_mix(recipe, splits, pairs)
+    return RunData(splits, pixels, train, train_pixels, pairs, weights, mix, num_workers, pos_mode, excluded)
 
 
 def check_test_datasets(recipe: Recipe) -> None:
@@ -153,36 +278,28 @@ def check_test_datasets(recipe: Recipe) -> None:
             raise RecipeError(f"evaluation.test_datasets: {error}") from None
 
 
-def dataset_name(recipe: Recipe) -> str:
-    """The name of the recipe's dataset: ``data.name``, else the seed folder's (``rsicd_precomp`` ->
-    ``rsicd``), else the last part of the path or Hub id."""
-    data = recipe.data
-    if data.name:
-        return data.name
-    return infer_name(Path(data.path)) if data.format == "seed" else Path(data.path).name
-
-
 def test_split_of(
     recipe: Recipe, path: str, processor, pos_mode: str | None
 ) -> tuple[datasets.Dataset, PixelSource]:
     """The test split of the seed-layout dataset at ``path`` (with the POS inputs the method takes) and its
     pixels, loaded as the run's own data is."""
-    settings = {"format": "seed", "path": path, "name": None, "validation_fraction": 0.0}
-    other = replace(recipe, data=replace(recipe.data, **settings, exclude_test_duplicates=False))
-    rows = load_data(other, processor.tokenizer, pos_mode)["test"]
-    name = infer_name(Path(path))
-    if recipe.data.cache_images:
-        return rows, cached_pixels(rows, processor.image_processor, recipe.data.image_cache, split_name=name)
-    return rows, DecodedPixels(rows, processor.image_processor, name)
+    source = DatasetSource(path, "seed", None, 0.0, 0, recipe.data.empty_captions)
+    rows = load_source(recipe.data, source, processor.tokenizer, pos_mode)["test"]
+    return rows, pixels_of(recipe, rows, processor, infer_name(Path(path)))
 
 
 def training_loader(recipe: Recipe, data: RunData, pad_token_id: int, device: torch.device) -> DataLoader:
-    """Shuffled batches of caption pairs with their images as uint8 pixels (see ``RetrievalCollator``)."""
+    """Shuffled batches of caption pairs with their images as uint8 pixels (see ``RetrievalCollator``); with
+    datasets of different ``weight``, an epoch is as many pairs drawn by weight, with replacement."""
+    sampler = None
+    if data.pair_weights is not None:
+        sampler = EpochWeightedSampler(data.pair_weights, len(data.pairs), seed=recipe.training.seed)
     return DataLoader(
         data.pairs,
         batch_size=recipe.training.batch_size,
-        shuffle=True,
-        collate_fn=RetrievalCollator(data.pixels["train"], pad_token_id),
+        shuffle=sampler is None,
+        sampler=sampler,
+        collate_fn=RetrievalCollator(data.train_pixels, pad_token_id),
         num_workers=data.num_workers,
         persistent_workers=data.num_workers > 0,
         pin_memory=device.type == "cuda",

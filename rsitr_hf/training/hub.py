@@ -3,7 +3,7 @@
 ``push_adapter`` writes ``README.md`` (model card with ``library_name`` (``peft`` for an adapter,
 ``transformers`` for a whole model), ``base_model`` (and, for a base converted by ``rsitr-convert``, the
 checkpoint it came from), the method's tags and text from the method table,
-datasets and a ``model-index`` holding the test metrics), then calls ``create_repo`` and
+datasets and a ``model-index`` holding the test metrics of each dataset), then calls ``create_repo`` and
 ``upload_folder`` on an ``huggingface_hub.HfApi``. The api object can be injected, which is how the
 tests exercise the upload offline; with the real ``HfApi`` this needs the network and a token.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
-from ..evaluation import METRIC_KEYS, metrics_table
+from ..evaluation import METRIC_KEYS, mean_metrics, metrics_table
 from ..tuners.methods import MethodSpec, get_method
 
 TAGS = ("remote-sensing", "image-text-retrieval", "rsitr_hf")
@@ -100,31 +100,39 @@ model = PeftModel.from_pretrained(base, "{repo_id}")
 processor = CLIPProcessor.from_pretrained("{repo_id}")"""
 
 
-def model_card(recipe: dict, test_metrics: dict[str, float], dataset_name: str, repo_id: str) -> ModelCard:
-    """The model card of a model trained with ``recipe`` (a ``Recipe.to_dict()``): tags, text and loading
-    instructions from its method's entry in the method table."""
+def model_card(recipe: dict, test_results: dict[str, dict[str, float]], repo_id: str) -> ModelCard:
+    """The model card of a model trained with ``recipe`` (a ``Recipe.to_dict()``) whose test metrics on each
+    dataset are ``test_results`` (``{dataset: metrics}``): tags, text and loading instructions from its
+    method's entry in the method table, a ``model-index`` entry per dataset and metric, and a table with
+    their mean when there are several."""
     method = get_method(recipe["method"]["name"])
     eval_results = [
         EvalResult(
             task_type="image-text-retrieval",
             task_name="Image-text retrieval",
-            dataset_type=dataset_name,
-            dataset_name=dataset_name,
+            dataset_type=dataset,
+            dataset_name=dataset,
             dataset_split="test",
             metric_type=key,
             metric_name=METRIC_NAMES[key],
-            metric_value=round(float(test_metrics[key]), 2),
+            metric_value=round(float(metrics[key]), 2),
         )
+        for dataset, metrics in test_results.items()
         for key in METRIC_KEYS
-        if key in test_metrics
+        if key in metrics
     ]
+    several = len(recipe.get("data", {}).get("datasets") or []) > 1
+    selection = "the mean validation mR of the datasets trained on" if several else "the validation split"
+    rows = dict(test_results)
+    if len(rows) > 1:
+        rows["mean"] = mean_metrics(list(test_results.values()))
     base_id = hub_base_id(recipe["base_model"])
     library = "peft" if method.is_peft else "transformers"
     card_data = ModelCardData(
         library_name=library,
         base_model=base_id,
         tags=[*(["peft"] if method.is_peft else []), *TAGS, *method.hub_tags],
-        datasets=[dataset_name],
+        datasets=list(test_results),
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results or None,
     )
@@ -153,12 +161,12 @@ with `rsitr_hf` (`accelerate launch train_accelerate.py`).{converted} {method.ca
 {loading_snippet(method, base_id, repo_id)}
 ```
 
-## Test results ({dataset_name}, percent)
+## Test results (percent)
 
-{metrics_table({"test": test_metrics}, label="split")}
+{metrics_table(rows, label="test split of")}
 
 Recall@K by the RSITR protocol (image-to-text: best rank among an image's 5 captions); checkpoint
-selected on the validation split, test evaluated once.
+selected on {selection}, test evaluated once.
 
 ## Training recipe
 
@@ -173,19 +181,19 @@ def push_adapter(
     folder: str | os.PathLike,
     repo_id: str,
     recipe: dict,
-    test_metrics: dict[str, float],
-    dataset_name: str,
+    test_results: dict[str, dict[str, float]],
     private: bool = False,
     api: HfApi | None = None,
     commit_message: str = "Upload rsitr_hf adapter",
 ) -> str:
-    """Write the model card into ``folder`` and upload the folder to the model repo ``repo_id``.
+    """Write the model card (:func:`model_card`, test metrics ``{dataset: metrics}``) into ``folder`` and
+    upload the folder to the model repo ``repo_id``.
 
     Returns the repo URL. Raises :class:`HubPushError` with the cause when creating the repo or
     uploading fails (offline, no token, no permission); ``folder`` is kept intact either way.
     """
     folder = Path(folder)
-    model_card(recipe, test_metrics, dataset_name, repo_id).save(folder / "README.md")
+    model_card(recipe, test_results, repo_id).save(folder / "README.md")
     api = api or HfApi()
     try:
         url = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)

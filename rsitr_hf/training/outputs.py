@@ -12,7 +12,7 @@ import torch
 from accelerate import Accelerator
 
 from ..data.seed_layout import infer_name
-from ..evaluation import TIE_PROTOCOLS, test_results
+from ..evaluation import TIE_PROTOCOLS, mean_metrics, test_results
 from ..evaluation.grids import plot_retrieval_grid, split_examples
 from ..utils.files import write_json
 from .checkpoints import TrainerState, load_best, replace_folder
@@ -64,10 +64,16 @@ def finish(
     and push them to the Hub if the recipe asks."""
     output_dir = Path(recipe.output_dir)
     load_best(model, output_dir)
-    test_by_ties = evaluator.metrics(model, "test", TIE_PROTOCOLS)
-    test_metrics = test_by_ties[recipe.evaluation.ties]
-    by_dataset = other_tests(recipe, model, evaluator, test_metrics)
-    state.evaluations.append({"step": state.best_step, "epoch": None, "split": "test", **test_metrics})
+    ties = recipe.evaluation.ties
+    own = evaluator.metrics(model, "test", TIE_PROTOCOLS)  # {dataset: {protocol: metrics}}
+    test_by_ties = {
+        protocol: mean_metrics([found[protocol] for found in own.values()]) for protocol in TIE_PROTOCOLS
+    }  # the mean over the run's datasets (a run on one: its figures)
+    test_metrics = test_by_ties[ties]
+    own_tests = {name: found[ties] for name, found in own.items()}
+    by_dataset = tests_by_dataset(recipe, model, evaluator, own_tests)
+    entry = {"step": state.best_step, "epoch": None, "split": "test", **test_metrics}
+    state.evaluations.append({**entry, **({"by_dataset": by_dataset} if by_dataset else {})})
     accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state.global_step)
     memory_mb, memory_kind = peak_memory_mb(accelerator.device)
     cost = {
@@ -88,18 +94,19 @@ def finish(
             base = load_base_model(recipe).to(accelerator.device).eval()
             classification = zero_shot_classification(model.eval(), base, evaluator)
             result.classification = classification
-        write_outputs(recipe, evaluator.processor, state, test_by_ties, cost, classification, by_dataset)
-        if len(evaluator.data.dataset["validation"]):
+        write_outputs(
+            recipe, evaluator.processor, state, test_by_ties, cost, classification, by_dataset,
+            evaluator.data.mix,
+        )  # fmt: skip
+        if evaluator.data.evaluated("validation"):
             plot_examples(model, evaluator, output_dir / "retrieval_examples.png")
         if recipe.hub.push_to_hub:
             try:
+                results = {k: v for k, v in by_dataset.items() if k != "mean"} or {
+                    dataset_name(recipe): test_metrics
+                }
                 result.pushed_to = push_adapter(
-                    output_dir / "adapter",
-                    recipe.hub.model_id,
-                    recipe.to_dict(),
-                    test_metrics,
-                    dataset_name=Path(recipe.data.path).name or recipe.data.path,
-                    private=recipe.hub.private,
+                    output_dir / "adapter", recipe.hub.model_id, recipe.to_dict(), results, recipe.hub.private
                 )
             except HubPushError as error:  # raised after the other processes have finished too
                 push_error = error
@@ -118,10 +125,11 @@ def write_outputs(
     cost: dict,
     classification: list[dict] | None = None,
     by_dataset: dict | None = None,
+    training_data: dict | None = None,
 ) -> None:
     """Main process only: the final adapter folder (the best adapter and the processor), ``metrics.json``
-    (with ``zero_shot_classification`` and ``test_by_dataset`` when the recipe asks) and the training
-    plots."""
+    (with ``zero_shot_classification`` and ``test_by_dataset`` when the recipe asks, and what each dataset
+    brought to training, ``training_data``) and the training plots."""
     output_dir = Path(recipe.output_dir)
 
     def write_adapter(folder: Path) -> None:
@@ -134,6 +142,7 @@ def write_outputs(
         **test_results(test_by_ties, recipe.evaluation.ties),
         **monitored_test(state.evaluations),
         "cost": cost,
+        **({"training_data": training_data} if training_data else {}),
         **({"zero_shot_classification": classification} if classification else {}),
         **({"test_by_dataset": by_dataset} if by_dataset else {}),
         "evaluations": state.evaluations,
@@ -160,29 +169,28 @@ def monitored_test(evaluations: list[dict]) -> dict:
     return {"test_last": monitored[-1], "test_selected_on_test": {**best, "selection": SELECTED_ON_TEST}}
 
 
-def other_tests(recipe: Recipe, model: torch.nn.Module, evaluator: Evaluator, own: dict) -> dict:
-    """``evaluation.test_datasets``: the test metrics (the run's tie protocol) of the run's own dataset and of
-    each other one, by dataset name, and their ``mean``; ``{}`` when the recipe lists none. Every process
-    takes part (the embedding is sharded)."""
-    if not recipe.evaluation.test_datasets:
+def tests_by_dataset(recipe: Recipe, model: torch.nn.Module, evaluator: Evaluator, own: dict) -> dict:
+    """The test metrics (the run's tie protocol) of each of the run's datasets (``own``) and of each of
+    ``evaluation.test_datasets``, by dataset name, and their ``mean``; ``{}`` for a run on one dataset that
+    lists no other. Every process takes part (the embedding is sharded)."""
+    if len(own) == 1 and not recipe.evaluation.test_datasets:
         return {}
-    found = {dataset_name(recipe): own}
+    found = dict(own)
     for path in recipe.evaluation.test_datasets:
         with evaluator.accelerator.main_process_first():
             rows, pixels = test_split_of(recipe, path, evaluator.processor, evaluator.data.pos_mode)
-        name = infer_name(Path(path))
-        found[name] = evaluator.metrics_of(model, rows, pixels)[recipe.evaluation.ties]
-    keys = own.keys()
-    found["mean"] = {key: statistics.fmean(metrics[key] for metrics in found.values()) for key in keys}
-    return found
+        found[infer_name(Path(path))] = evaluator.metrics_of(model, rows, pixels)[recipe.evaluation.ties]
+    return {**found, "mean": mean_metrics(list(found.values()))}
 
 
 def plot_examples(model: torch.nn.Module, evaluator: Evaluator, path: Path) -> None:
-    """The top-5 validation images of a few validation captions, with the best adapter."""
+    """The top-5 validation images of a few validation captions (of the first dataset that has a validation
+    split), with the best adapter."""
+    name, (rows, pixels) = next(iter(evaluator.data.evaluated("validation").items()))
     with evaluator.accelerator.autocast():
         examples = split_examples(
-            model, evaluator.data.dataset["validation"], evaluator.processor,
-            batch_size=evaluator.batch_size, pixels=evaluator.data.pixels["validation"],
-            **evaluator.text_options(evaluator.data.dataset["validation"]),
+            model, rows, evaluator.processor, batch_size=evaluator.batch_size, pixels=pixels,
+            **evaluator.text_options(rows),
         )  # fmt: skip
-    plot_retrieval_grid(examples, path, "validation queries, best adapter")
+    several = len(evaluator.data.splits) > 1
+    plot_retrieval_grid(examples, path, f"{name + ' ' if several else ''}validation queries, best adapter")

@@ -119,25 +119,55 @@ class LossRecipe:
     )
 
 
+FORMATS = "seed (a <name>_precomp folder) | imagefolder | hub (a dataset id)"
+EMPTY_CAPTIONS = "error | drop | keep"
+
+
+@dataclass
+class DatasetSource:
+    """One dataset of a recipe that trains on several (an item of ``data.datasets``). A field left unset
+    takes the ``data`` section's value."""
+
+    path: str = option("", "a <name>_precomp folder, an image folder or a Hub dataset id")
+    format: Literal["seed", "imagefolder", "hub"] | None = option(None, FORMATS)
+    name: str | None = option(None, "dataset name (default: inferred from the folder)")
+    validation_fraction: float | None = option(
+        None, "fraction of train carved out for validation when the data has no validation split", FRACTION
+    )
+    split_seed: int | None = option(None, "seed of the validation carve", valid=NON_NEGATIVE)
+    empty_captions: Literal["error", "drop", "keep"] | None = option(None, EMPTY_CAPTIONS)
+    weight: float = option(
+        1.0,
+        "how often each of its caption pairs is drawn, relative to the other datasets' (1 everywhere: the "
+        "shuffled concatenation; 2: this dataset's pairs twice as often, drawn with replacement)",
+        valid=POSITIVE,
+    )
+
+
 @dataclass
 class DataRecipe:
-    """The dataset, its validation carve, augmentation, caching and (POSAPL) POS tagging."""
+    """The dataset (or datasets), the validation carve, augmentation, caching and (POSAPL) POS tagging."""
 
-    format: Literal["seed", "imagefolder", "hub"] = option(
-        "seed", "seed (a <name>_precomp folder) | imagefolder | hub (a dataset id)"
-    )
-    path: str = option("", "that folder or Hub dataset id")
+    format: Literal["seed", "imagefolder", "hub"] = option("seed", FORMATS)
+    path: str = option("", "that folder or Hub dataset id (one dataset; several: data.datasets)")
     name: str | None = option(None, "dataset name (default: inferred from the folder)")
+    datasets: list[DatasetSource] = option(
+        help_text="several datasets trained on together, instead of data.path: a list of {path, format, "
+        "name, validation_fraction, split_seed, empty_captions, weight} (unset fields: this section's); "
+        "their training splits are concatenated, validation and test are scored per dataset and averaged",
+        default_factory=list,
+    )
     validation_fraction: float = option(
         0.2, "fraction of train carved out for validation when the data has no validation split", FRACTION
     )
     split_seed: int = option(0, "seed of the validation carve", valid=NON_NEGATIVE)
-    empty_captions: Literal["error", "drop", "keep"] = option("error", "error | drop | keep")
+    empty_captions: Literal["error", "drop", "keep"] = option("error", EMPTY_CAPTIONS)
     exclude_test_duplicates: bool | str = option(
         False,
-        "drop from train and validation every image that an audit links to the test split: true (audit the "
-        "seed-layout dataset now: exact and perceptual, as rsitr-audit) or the path of rsitr-audit's "
-        "audit.json; the run lists what it dropped in excluded_training_images.json",
+        "drop from train and validation every image that an audit links to a test split the run scores "
+        "(its datasets' and evaluation.test_datasets'): true (audit those seed-layout datasets now: exact "
+        "and perceptual, as rsitr-audit) or the path of rsitr-audit's audit.json; the run lists what it "
+        "dropped in excluded_training_images.json",
     )
     augment: bool = option(
         False, "random resized crop (area 0.5-1, aspect 3/4-4/3) + horizontal flip, on the device"
@@ -177,6 +207,31 @@ class DataRecipe:
         "POSAPL: paper (the release's: punctuation deleted, '-' and '/' as spaces, 'it's' -> 'its') | words "
         "(every non-alphanumeric character a space, rsitr_hf 0.1's)",
     )
+
+
+def dataset_sources(data: DataRecipe) -> list[DatasetSource]:
+    """The recipe's datasets with every field set: ``data.datasets`` (unset fields from ``data``), or the one
+    dataset of ``data.path``. Raises :class:`RecipeError` when there is none or both are given."""
+    if data.path and data.datasets:
+        raise RecipeError("data.datasets: give data.path (one dataset) or data.datasets (several), not both")
+    if not data.path and not data.datasets:
+        raise RecipeError("data.path: give the dataset folder or Hub dataset id (or data.datasets)")
+    if not data.datasets:
+        fields = (data.format, data.name, data.validation_fraction, data.split_seed, data.empty_captions)
+        return [DatasetSource(data.path, *fields)]
+    if data.name:
+        raise RecipeError("data.name: names the one dataset of data.path; with data.datasets, name each item")
+    sources = []
+    for index, source in enumerate(data.datasets):
+        if not source.path:
+            raise RecipeError(f"data.datasets[{index}].path: give the dataset folder or Hub dataset id")
+        inherited = {
+            key: getattr(data, key)
+            for key in ("format", "validation_fraction", "split_seed", "empty_captions")
+            if getattr(source, key) is None
+        }
+        sources.append(dataclasses.replace(source, **inherited))
+    return sources
 
 
 @dataclass
@@ -330,6 +385,8 @@ class Recipe:
         if self.synthetic_task is not None:
             use_synthetic_task(self)
         check_method(self)
+        if self.data.datasets:
+            dataset_sources(self.data)  # a path in each, and not beside data.path
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -402,6 +459,8 @@ def coerce(value, annotation, path: str):
             raise RecipeError(f"{path}: expected a list, got {value!r}")
         (item,) = typing.get_args(annotation)
         return [coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(annotation):
+        return build(annotation, value, f"{path}.")
     if annotation is dict:
         if not isinstance(value, dict):
             raise RecipeError(f"{path}: expected a mapping, got {value!r}")

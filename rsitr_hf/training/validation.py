@@ -12,7 +12,7 @@ import torch
 from accelerate import Accelerator
 
 from ..data.preprocessing import pos_text_inputs
-from ..evaluation import evaluate_by_ties
+from ..evaluation import evaluate_by_ties, mean_metrics
 from ..evaluation.classification import (
     ClassFolders,
     check_class_names,
@@ -53,13 +53,16 @@ class Evaluator:
 
     def metrics(
         self, model: torch.nn.Module, split: str, protocols: tuple[str, ...] | None = None
-    ) -> dict[str, dict]:
-        """Retrieval metrics of ``model`` on ``split`` under each tie protocol of ``protocols`` (default: the
-        run's own)."""
-        return self.metrics_of(model, self.data.dataset[split], self.data.pixels[split], protocols)
+    ) -> dict[str, dict[str, dict]]:
+        """Retrieval metrics of ``model`` on ``split`` of each of the run's datasets that has one, under each
+        tie protocol of ``protocols`` (default: the run's own): ``{dataset: {protocol: metrics}}``."""
+        return {
+            name: self.metrics_of(model, rows, pixels, protocols)
+            for name, (rows, pixels) in self.data.evaluated(split).items()
+        }
 
     def metrics_of(self, model: torch.nn.Module, rows, pixels, protocols: tuple[str, ...] | None = None):
-        """:meth:`metrics` of any split ``rows`` (of the RSITR schema) with its ``pixels``."""
+        """Retrieval metrics of any split ``rows`` (of the RSITR schema) with its ``pixels``."""
         with self.accelerator.autocast():
             return evaluate_by_ties(
                 model,
@@ -73,25 +76,35 @@ class Evaluator:
                 **self.text_options(rows),
             )
 
+    def record(self, model: torch.nn.Module, split: str, state: TrainerState, recorded_as: str) -> dict:
+        """Score ``split`` of every dataset (the run's tie protocol), record the evaluation in ``state`` (as
+        ``recorded_as``, with each dataset's figures under ``by_dataset`` when there are several) and in the
+        trackers; returns the mean over the datasets (``{}`` when none has the split)."""
+        by_dataset = {name: found[self.ties] for name, found in self.metrics(model, split).items()}
+        metrics = mean_metrics(list(by_dataset.values())) if by_dataset else {}
+        entry = {"step": state.global_step, "epoch": state.epoch, "split": recorded_as, **metrics}
+        logged = {f"{recorded_as}/{key}": value for key, value in metrics.items()}
+        if len(by_dataset) > 1:
+            entry["by_dataset"] = by_dataset
+            logged.update(
+                {f"{recorded_as}/{name}/{key}": value for name, found in by_dataset.items()
+                 for key, value in found.items()}
+            )  # fmt: skip
+        state.evaluations.append(entry)
+        self.accelerator.log(logged, step=state.global_step)
+        return metrics
+
 
 def validate(model: torch.nn.Module, evaluator: Evaluator, state: TrainerState, output_dir: Path) -> None:
-    """Validation metrics of the current step, recorded in ``state`` and the trackers; a better adapter than
-    the best so far (or any, without a validation split) is saved to ``best_adapter/``. With
-    ``test_every_validation``, the test metrics of the same step are recorded too (split ``test_monitor``),
-    for the figures of a release that selected on test; they never choose the adapter."""
+    """Validation metrics of the current step (the mean over the run's datasets), recorded in ``state`` and
+    the trackers; a better adapter than the best so far by that mean mR (or any, without a validation split)
+    is saved to ``best_adapter/``. With ``test_every_validation``, the test metrics of the same step are
+    recorded too (split ``test_monitor``), for the figures of a release that selected on test; they never
+    choose the adapter."""
     accelerator = evaluator.accelerator
-    has_validation = len(evaluator.data.dataset["validation"]) > 0
-    metrics = evaluator.metrics(model, "validation")[evaluator.ties] if has_validation else {}
-    state.evaluations.append(
-        {"step": state.global_step, "epoch": state.epoch, "split": "validation", **metrics}
-    )
-    accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=state.global_step)
+    metrics = evaluator.record(model, "validation", state, "validation")
     if evaluator.test_every_validation:
-        monitored = evaluator.metrics(model, "test")[evaluator.ties]
-        state.evaluations.append(
-            {"step": state.global_step, "epoch": state.epoch, "split": "test_monitor", **monitored}
-        )
-        accelerator.log({f"test_monitor/{k}": v for k, v in monitored.items()}, step=state.global_step)
+        evaluator.record(model, "test", state, "test_monitor")
     if "mR" not in metrics or state.best_mR is None or metrics["mR"] > state.best_mR:
         state.best_mR, state.best_step = metrics.get("mR"), state.global_step
         if accelerator.is_main_process:
