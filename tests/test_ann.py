@@ -38,7 +38,7 @@ def test_with_exhaustive_parameters_the_ann_top_k_is_the_exact_top_k(config):
 def test_the_index_type_follows_the_size():
     config = ANNConfig()
     assert config.factory(99_999) == "Flat"
-    assert config.factory(1_000_000) == "IVF1024,Flat" and config.nprobe == 16
+    assert config.factory(1_000_000) == "IVF1024,Flat" and config.nprobe is None  # calibrated
     assert ANNConfig(kind="hnsw").factory(10) == "HNSW32,Flat"
     assert ANNConfig(kind="ivf").factory(2000) == "IVF32,Flat"  # at least 39 training points per list
     with pytest.raises(InputError, match="ann kind: expected one of"):

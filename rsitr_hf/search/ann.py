@@ -19,6 +19,7 @@ from ..utils.errors import InputError
 
 ANN_KINDS = ("auto", "exact", "flat", "ivf", "hnsw")
 TRAINING_POINTS_PER_LIST = 64  # k-means sample: enough for stable centroids, a few seconds at 1M vectors
+MIN_NEW_FOR_CALIBRATION = 100  # held out: a tenth of the new vectors, at most calibration_queries
 
 
 class ANNUnavailable(InputError):
@@ -44,23 +45,38 @@ class ANNConfig:
             FAISS: brute force, the reference), ``flat`` (FAISS's exact index), ``ivf`` or ``hnsw``.
         flat_below: with ``auto``, the size under which search stays exact.
         nlist: IVF lists (``None``: ``sqrt(N)`` rounded to a power of two, at most ``N // 39``).
-        nprobe: IVF lists searched per query.
+        nprobe: IVF lists searched per query (``None``: the smallest number that reaches ``target_recall``,
+            measured when the index is built or extended; a number is used as given, its recall measured).
         hnsw_m: HNSW neighbours per node.
-        ef_search: HNSW candidate list length at search time.
-        seed: seed of the k-means training sample.
+        ef_search: HNSW candidate list length at search time (``None``: calibrated as ``nprobe``).
+        target_recall: the recall@``recall_k`` against exact search that calibration aims for.
+        recall_k: the ``k`` of that recall.
+        calibration_queries: the most indexed vectors held out (seeded) as queries to measure the recall
+            (a tenth of the vectors added, at most this).
+        max_nprobe_fraction: calibration searches at most this share of the IVF lists (beyond it the index
+            saves little over exact search, which the report then suggests).
+        max_ef_search: the largest ``ef_search`` calibration tries.
+        seed: seed of the k-means training sample and of the calibration queries.
     """
 
     kind: str = "auto"
     flat_below: int = 100_000
     nlist: int | None = None
-    nprobe: int = 16
+    nprobe: int | None = None
     hnsw_m: int = 32
-    ef_search: int = 128
+    ef_search: int | None = None
+    target_recall: float = 0.95
+    recall_k: int = 10
+    calibration_queries: int = 1000
+    max_nprobe_fraction: float = 0.5
+    max_ef_search: int = 2048
     seed: int = 0
 
     def __post_init__(self):
         if self.kind not in ANN_KINDS:
             raise InputError(f"ann kind: expected one of {list(ANN_KINDS)}, got {self.kind!r}")
+        if not 0 < self.target_recall <= 1:
+            raise InputError(f"target recall: expected a number in (0, 1], got {self.target_recall}")
 
     def uses_faiss(self, num_vectors: int) -> bool:
         """Whether ``num_vectors`` vectors get a FAISS index (``exact``, and ``auto`` below ``flat_below``,
@@ -85,48 +101,184 @@ class ANNConfig:
         return max(1, min(suggested, num_vectors // 39))  # FAISS wants >= 39 training points per list
 
 
-class ANNIndex:
-    """A FAISS index over ``(N, D)`` float32 unit vectors; row ``i`` of the embeddings is id ``i``."""
+@dataclass
+class Calibration:
+    """What an index measured of itself: its recall@``k`` against exact search for ``queries`` of the
+    vectors it indexes, drawn (seeded) and held out of it while it was measured, so that they are queries
+    it has not seen, at each ``parameter`` value tried (``tried``: value -> recall, increasing), and the
+    value it searches with (``value``, recall ``recall``). ``reached``: whether that recall reaches
+    ``target``; ``fixed``: the value was given, not chosen."""
 
-    def __init__(self, faiss_index, config: ANNConfig, factory: str):
+    parameter: str
+    value: int
+    recall: float
+    k: int
+    target: float
+    reached: bool
+    queries: int
+    fixed: bool
+    tried: dict[int, float]
+
+    def describe(self) -> str:
+        """One line for a person: the recall, the setting, and what to do when the target is not met."""
+        setting = f"{self.parameter} {self.value}" + (" (as given)" if self.fixed else "")
+        line = (
+            f"recall@{self.k} {self.recall:.3f} at {setting}, measured with {self.queries:,} held-out vectors"
+        )
+        if self.reached:
+            return f"{line} (target {self.target:g})"
+        return (
+            f"{line}: BELOW the target {self.target:g}"
+            + ("" if self.fixed else f" (the most {self.parameter} calibration tries)")
+            + "; more lists or candidates would cost nearly as much as exact search: use --ann exact, or "
+            "accept the recall"
+        )
+
+
+class ANNIndex:
+    """A FAISS index over ``(N, D)`` float32 unit vectors; row ``i`` of the embeddings is id ``i``. IVF and
+    HNSW indexes carry the :class:`Calibration` that chose (or measured) their search setting."""
+
+    def __init__(self, faiss_index, config: ANNConfig, factory: str, calibration: Calibration | None = None):
         self.index = faiss_index  # a datasets.search.FaissIndex
         self.config = config
         self.factory = factory
-        self.apply_search_parameters()
+        self.calibration = calibration
+        self.set_search_value(self.search_value())
 
     @classmethod
     def build(cls, embeddings: np.ndarray, config: ANNConfig | None = None) -> ANNIndex:
+        """A FAISS index of ``embeddings`` (``(N, D)`` unit vectors, row ``i`` = id ``i``); an IVF or HNSW one
+        is calibrated on a held-out sample of them (:meth:`calibrate`) before the sample goes in."""
         faiss = require_faiss()
         from datasets.search import FaissIndex
 
         config = config or ANNConfig()
         vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
         factory = config.factory(len(vectors))
-        index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+        # HNSW numbers its vectors in the order they come; an id map keeps row i as id i when the held-out
+        # calibration sample goes in last (IVF stores the ids it is given)
+        structure = f"IDMap2,{factory}" if factory.startswith("HNSW") else factory
+        index = faiss.index_factory(vectors.shape[1], structure, faiss.METRIC_INNER_PRODUCT)
         if not index.is_trained:  # IVF: k-means on a seeded sample (datasets would take the first rows)
             wanted = TRAINING_POINTS_PER_LIST * config.lists_for(len(vectors))
             rows = np.random.default_rng(config.seed).permutation(len(vectors))[:wanted]
             index.train(vectors[np.sort(rows)])
-        wrapped = FaissIndex(custom_index=index)
-        wrapped.add_vectors(vectors, batch_size=65_536)
-        return cls(wrapped, config, factory)
+        built = cls(FaissIndex(custom_index=index), config, factory)
+        built.add(vectors, all_embeddings=vectors)
+        return built
 
     def can_extend(self, config: ANNConfig, num_vectors: int) -> bool:
         """Whether this index, grown to ``num_vectors`` by :meth:`add`, is what ``config`` would build: same
-        settings, same index type at the new size (IVF's list count doubles when ``N`` quadruples)."""
-        return config == self.config and config.factory(num_vectors) == self.factory
+        settings, same index type at the new size (IVF's list count doubles when ``N`` quadruples); an HNSW
+        index of rsitr_hf 0.1 (numbered by FAISS, without an id map) is rebuilt instead."""
+        numbered_by_us = self.parameter != "efSearch" or hasattr(self.index.faiss_index, "id_map")
+        return numbered_by_us and config == self.config and config.factory(num_vectors) == self.factory
 
-    def add(self, embeddings: np.ndarray) -> None:
-        """Append ``(M, D)`` vectors as ids ``len(self)`` to ``len(self) + M - 1`` (IVF keeps its lists)."""
-        self.index.add_vectors(np.ascontiguousarray(embeddings, dtype=np.float32), batch_size=65_536)
+    def add(self, embeddings: np.ndarray, all_embeddings: np.ndarray | None = None) -> None:
+        """Append ``(M, D)`` vectors as ids ``len(self)`` to ``len(self) + M - 1`` (IVF keeps its lists).
+        Given ``all_embeddings`` (every vector indexed once these are in), an IVF or HNSW index holds a seeded
+        sample of the new vectors out, calibrates on it (:meth:`calibrate`), then adds it; with fewer than
+        ``MIN_NEW_FOR_CALIBRATION`` new vectors its measured setting stands."""
+        vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+        first = len(self)
+        if self.parameter is None:  # exact: FAISS numbers the rows itself
+            self.index.add_vectors(vectors, batch_size=65_536)
+            return
+        ids = np.arange(first, first + len(vectors), dtype=np.int64)
+        held_out = np.zeros(len(vectors), dtype=bool)
+        if all_embeddings is not None and len(vectors) >= MIN_NEW_FOR_CALIBRATION:
+            count = min(self.config.calibration_queries, len(vectors) // 10)
+            rng = np.random.default_rng(self.config.seed)
+            held_out[rng.choice(len(vectors), count, replace=False)] = True
+        self.add_with_ids(vectors[~held_out], ids[~held_out])
+        if held_out.any():
+            self.calibrate(vectors[held_out], np.asarray(all_embeddings), ids[held_out])
+        self.add_with_ids(vectors[held_out], ids[held_out])
 
-    def apply_search_parameters(self) -> None:
-        faiss = require_faiss()
-        parameters = faiss.ParameterSpace()
+    def add_with_ids(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        for start in range(0, len(vectors), 65_536):
+            self.index.faiss_index.add_with_ids(vectors[start : start + 65_536], ids[start : start + 65_536])
+
+    def summary(self) -> str:
+        """The index type and what it measured of its recall, for a header (``FAISS `IVF1024,Flat`, recall@10
+        0.962 at nprobe 64``)."""
+        measured = self.calibration
+        if self.parameter is None:
+            return f"FAISS `{self.factory}` (exact)"
+        if measured is None:  # saved before rsitr_hf measured recall, or built of too few vectors
+            added = f"{MIN_NEW_FOR_CALIBRATION}+ vectors are added at once"
+            return f"FAISS `{self.factory}`, recall not measured (an index measures it when {added})"
+        setting = f"{measured.parameter} {measured.value}"
+        below = "" if measured.reached else f", below the target {measured.target:g}"
+        return f"FAISS `{self.factory}`, recall@{measured.k} {measured.recall:.3f} at {setting}{below}"
+
+    @property
+    def parameter(self) -> str | None:
+        """The search setting of this index type: ``nprobe`` (IVF), ``efSearch`` (HNSW), ``None`` (exact)."""
         if self.factory.startswith("IVF"):
-            parameters.set_index_parameter(self.index.faiss_index, "nprobe", self.config.nprobe)
-        elif self.factory.startswith("HNSW"):
-            parameters.set_index_parameter(self.index.faiss_index, "efSearch", self.config.ef_search)
+            return "nprobe"
+        return "efSearch" if self.factory.startswith("HNSW") else None
+
+    def search_value(self) -> int | None:
+        """The setting searches use: the calibrated one, else the config's, else rsitr_hf 0.1's fixed values
+        (``nprobe`` 16, ``efSearch`` 128) until the index is calibrated."""
+        if self.calibration is not None:
+            return self.calibration.value
+        if self.parameter == "nprobe":
+            return self.config.nprobe or 16
+        return (self.config.ef_search or 128) if self.parameter == "efSearch" else None
+
+    def set_search_value(self, value: int | None) -> None:
+        if self.parameter is not None:
+            faiss = require_faiss()
+            faiss.ParameterSpace().set_index_parameter(self.index.faiss_index, self.parameter, value)
+
+    def candidate_values(self) -> list[int]:
+        """The settings calibration tries, increasing: the config's fixed value alone, or powers of two up to
+        ``max_nprobe_fraction`` of the lists (IVF) or ``max_ef_search`` (HNSW, from ``recall_k``)."""
+        config = self.config
+        if self.parameter == "nprobe":
+            if config.nprobe is not None:
+                return [config.nprobe]
+            lists = require_faiss().extract_index_ivf(self.index.faiss_index).nlist
+            most = max(1, int(lists * config.max_nprobe_fraction))
+            return [*powers_of_two(1, most), *([most] if most & (most - 1) else [])]
+        if config.ef_search is not None:
+            return [config.ef_search]
+        return powers_of_two(max(16, config.recall_k), config.max_ef_search)
+
+    def calibrate(self, queries: np.ndarray, embeddings: np.ndarray, held_out: np.ndarray) -> Calibration:
+        """Measure the recall@k of this index against exact search for ``queries``, the rows ``held_out`` of
+        ``embeddings`` (row ``i`` = id ``i``), over the other rows, which the index holds now, and search with
+        the smallest setting that reaches the target: doubling until one does, then halving the gap to the
+        last that did not down to an eighth of it (the largest tried when none does; the config's when it
+        fixes one)."""
+        config = self.config
+        k = min(config.recall_k, len(embeddings) - len(held_out))
+        truth = exact_neighbours(queries, embeddings, held_out, k)
+        tried = {}
+
+        def measure(value: int) -> bool:
+            self.set_search_value(value)
+            tried[value] = recall_at_k(self.search(queries, k)[1], truth, k)
+            return tried[value] >= config.target_recall
+
+        reached = next((value for value in self.candidate_values() if measure(value)), None)
+        if reached is not None:  # between the last value that fell short and the first that reached it
+            low = max((value for value in tried if value < reached), default=reached)
+            while reached - low > max(1, low // 8):  # to within an eighth
+                middle = (low + reached) // 2
+                low, reached = (low, middle) if measure(middle) else (middle, reached)
+        value = reached if reached is not None else max(tried)
+        tried = dict(sorted(tried.items()))
+        fixed = (config.nprobe if self.parameter == "nprobe" else config.ef_search) is not None
+        self.calibration = Calibration(
+            self.parameter, value, tried[value], k, config.target_recall,
+            tried[value] >= config.target_recall, len(queries), fixed, tried,
+        )  # fmt: skip
+        self.set_search_value(value)
+        return self.calibration
 
     def __len__(self) -> int:
         return self.index.faiss_index.ntotal
@@ -137,9 +289,11 @@ class ANNIndex:
         return np.asarray(result.total_scores), np.asarray(result.total_indices)
 
     def save(self, path: str | os.PathLike) -> dict:
-        """Write the index to ``path``; returns its settings (config and factory), to be stored beside it."""
+        """Write the index to ``path``; returns its settings (config, factory and calibration), to be stored
+        beside it."""
         self.index.save(path)
-        return {**asdict(self.config), "factory": self.factory}
+        calibration = asdict(self.calibration) if self.calibration is not None else None
+        return {**asdict(self.config), "factory": self.factory, "calibration": calibration}
 
     @classmethod
     def load(cls, path: str | os.PathLike, settings: dict) -> ANNIndex:
@@ -148,4 +302,38 @@ class ANNIndex:
 
         settings = dict(settings)
         factory = settings.pop("factory")
-        return cls(FaissIndex.load(path), ANNConfig(**settings), factory)
+        calibration = settings.pop("calibration", None)  # absent from indexes of rsitr_hf 0.1
+        if calibration is not None:
+            calibration = Calibration(
+                **{**calibration, "tried": {int(v): r for v, r in calibration["tried"].items()}}
+            )
+        return cls(FaissIndex.load(path), ANNConfig(**settings), factory, calibration)
+
+
+def powers_of_two(low: int, high: int) -> list[int]:
+    """The powers of two from the first at or above ``low`` up to ``high``."""
+    value = 1 << max(0, math.ceil(math.log2(max(1, low))))
+    values = []
+    while value <= high:
+        values.append(value)
+        value *= 2
+    return values or [high]
+
+
+def exact_neighbours(queries: np.ndarray, embeddings: np.ndarray, excluded: np.ndarray, k: int) -> np.ndarray:
+    """``(Q, k)``: the rows of ``embeddings`` (all but ``excluded``) with the ``k`` highest inner products
+    with each query; in blocks of queries, so that at most ``2**26`` scores sit in memory at once."""
+    found = np.empty((len(queries), k), dtype=np.int64)
+    block = max(1, 2**26 // max(1, len(embeddings)))
+    for start in range(0, len(queries), block):
+        scores = queries[start : start + block] @ embeddings.T
+        scores[:, excluded] = -np.inf
+        found[start : start + block] = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return found
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """The mean share of each query's true ``k`` nearest rows (``truth``) that ``found`` holds."""
+    return float(
+        np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(found, truth, strict=True)])
+    )

@@ -79,7 +79,7 @@ class SearchPage:
 
     def header(self) -> str:
         """Markdown naming the model, the index and its search backend."""
-        backend = f"FAISS `{self.index.ann.factory}`" if self.index.ann is not None else "exact search"
+        backend = self.index.ann.summary() if self.index.ann is not None else "exact search"
         return (
             f"## rsitr-app: search {len(self.index.files):,} images\n"
             f"**Model:** {self.model.identity.describe()}  \n"

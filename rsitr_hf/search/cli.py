@@ -1,7 +1,7 @@
 """Retrieval in practice: index a folder of images once, then search it by text (``rsitr-search``).
 
     rsitr-search index IMAGE_DIR --index INDEX_DIR --model BASE [--adapter ADAPTER] [--batch_size 32]
-        [--ann auto|exact|flat|ivf|hnsw]
+        [--ann auto|exact|flat|ivf|hnsw] [--target_recall 0.95]
     rsitr-search query --index INDEX_DIR --text "many planes parked at the airport" [--text ...] [--top_k 5]
     rsitr-search query --index INDEX_DIR --image PATH [--captions CAPTIONS.txt] [--top_k 5]
         [--model BASE --adapter ADAPTER] [--json FILE|-]
@@ -17,7 +17,10 @@ embeddings (:mod:`rsitr_hf.search.ann`) is made at the end of the run and saved 
 named in ``index.json``; queries then go through it. ``--ann exact`` never uses FAISS. A run that only
 adds images extends the FAISS index (IVF keeps its trained lists); one that drops images, or whose size
 calls for another index type (``auto`` crossing 100,000; IVF's list count doubling when the size
-quadruples), rebuilds it.
+quadruples), rebuilds it. An IVF or HNSW index measures its own recall@10 against exact search whenever it
+is built or extended (up to 1,000 of the vectors added, drawn seeded and held out of it as queries) and
+searches with the smallest ``nprobe`` / ``efSearch`` that reaches ``--target_recall``, or says plainly that
+none does; the figure is printed, stored in ``index.json`` and shown by ``rsitr-app``.
 
 Embedding can be spread over processes (GPUs or nodes) with ``accelerate launch -m rsitr_hf.search index
 ...``: batches are dealt out in turn, the main process gathers them in order and saves one index, equal to
@@ -74,6 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         help="search backend: auto (exact below 100,000 images, else FAISS IVF), exact, or a FAISS index "
         "(flat, ivf, hnsw; needs faiss-cpu)",
     )
+    index_parser.add_argument(
+        "--target_recall",
+        type=float,
+        default=0.95,
+        help="IVF and HNSW: the recall@10 against exact search that the index calibrates its search setting "
+        "to (measured with up to 1,000 indexed vectors held out as queries when it is built or extended; "
+        "reported, and stored in index.json)",
+    )
     query_parser = commands.add_parser(
         "query", help=query_help, description=query_help, formatter_class=HelpFormatter
     )
@@ -93,14 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "index":
         shards = Shards.from_launcher()
         model = RetrievalModel(args.model, args.adapter, device=shards.device)
-        update = build_index(
-            args.image_dir, args.index, model, args.batch_size, ANNConfig(kind=args.ann), shards
-        )
+        config = ANNConfig(kind=args.ann, target_recall=args.target_recall)
+        update = build_index(args.image_dir, args.index, model, args.batch_size, config, shards)
         if shards.is_main:
             print(
                 f"{args.index}: {update.total} images ({len(update.added)} embedded now, "
                 f"{len(update.removed)} gone; FAISS index: {update.ann})"
             )
+            if update.calibration is not None:
+                print(f"{args.index}: search {update.calibration.describe()}")
         shards.close()
         return 0
     return run_query(args)
