@@ -1,7 +1,7 @@
 """ANN (FAISS through ``rsitr_hf.search.ann``) against exact search on unit vectors, on this machine.
 
     python benchmarks/bench_ann.py [--data clustered|weak] [--num_vectors 1000000] [--dim 512]
-        [--queries 1000] [--kinds ivf hnsw] [--target_recall 0.95] [--nprobe N]
+        [--queries 1000] [--kinds ivf hnsw ivfpq] [--target_recall 0.95] [--nprobe N]
 
 The vectors imitate CLIP embeddings (synthetic, seeded). ``clustered``: a shared direction, one of
 ``--clusters`` centres and noise, normalised: tight neighbourhoods, which IVF finds in a few lists.
@@ -85,7 +85,8 @@ def measure(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, config:
     measured = index.calibration
     return {
         "index": index.factory,
-        "setting": f"{measured.parameter} {measured.value}" if measured else "–",
+        "setting": (f"{measured.parameter} {measured.value}" if measured else "–")
+        + (f", {measured.rerank} candidates a result re-ranked" if measured and measured.rerank else ""),
         "self_measured": f"{measured.recall:.3f}" + ("" if measured.reached else " (below target)")
         if measured
         else "–",
@@ -108,7 +109,7 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=2000)
     parser.add_argument("--centre_strength", type=float, default=0.35, help="weak data: the centres' weight")
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--kinds", nargs="+", default=["ivf"], choices=("flat", "ivf", "hnsw"))
+    parser.add_argument("--kinds", nargs="+", default=["ivf"], choices=("flat", "ivf", "hnsw", "ivfpq"))
     parser.add_argument("--target_recall", type=float, default=0.95)
     parser.add_argument("--nprobe", type=int, help="IVF: this fixed setting instead of calibration")
     args = parser.parse_args()

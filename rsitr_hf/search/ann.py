@@ -3,8 +3,10 @@ integration (:class:`datasets.search.FaissIndex`: building, batched search, savi
 
 Inner product on unit vectors is cosine similarity. The index type follows the number of vectors unless
 given: an exact flat index below ``flat_below`` (100,000), IVF above it (``IVF<nlist>,Flat`` with ``nlist``
-about ``sqrt(N)``, trained on a seeded sample, searched with ``nprobe`` lists), or HNSW
-(``HNSW<m>,Flat`` searched with ``ef_search``). Needs ``faiss-cpu`` (``pip install "rsitr_hf[search]"``).
+about ``sqrt(N)``, trained on a seeded sample, searched with ``nprobe`` lists), HNSW (``HNSW<m>,Flat``
+searched with ``ef_search``), or IVF with product quantisation (``IVF<nlist>,PQ<m>``: ``m`` bytes a vector
+in memory), whose candidates are re-ranked by their full-precision vectors (memory-mapped from disk by
+the image index). Needs ``faiss-cpu`` (``pip install "rsitr_hf[search]"``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import numpy as np
 
 from ..utils.errors import InputError
 
-ANN_KINDS = ("auto", "exact", "flat", "ivf", "hnsw")
+ANN_KINDS = ("auto", "exact", "flat", "ivf", "hnsw", "ivfpq")
 TRAINING_POINTS_PER_LIST = 64  # k-means sample: enough for stable centroids, a few seconds at 1M vectors
 MIN_NEW_FOR_CALIBRATION = 100  # held out: a tenth of the new vectors, at most calibration_queries
+PQ_TRAINING_POINTS = 256 * 39  # FAISS's minimum for a codebook of 256 centroids, each sub-quantizer
 
 
 class ANNUnavailable(InputError):
@@ -56,6 +59,12 @@ class ANNConfig:
         max_nprobe_fraction: calibration searches at most this share of the IVF lists (beyond it the index
             saves little over exact search, which the report then suggests).
         max_ef_search: the largest ``ef_search`` calibration tries.
+        pq_bytes: ``ivfpq``: bytes of each vector's code (sub-quantizers of 8 bits; the largest divisor of
+            the dimension at most this).
+        rerank: ``ivfpq``: candidates re-ranked by their full-precision vectors, per result asked for
+            (``None``: the smallest power of two, at most ``max_rerank``, that reaches ``target_recall`` at
+            the calibrated ``nprobe``, itself calibrated with ``max_rerank``).
+        max_rerank: the largest ``rerank`` calibration tries.
         seed: seed of the k-means training sample and of the calibration queries.
     """
 
@@ -70,6 +79,9 @@ class ANNConfig:
     calibration_queries: int = 1000
     max_nprobe_fraction: float = 0.5
     max_ef_search: int = 2048
+    pq_bytes: int = 64
+    rerank: int | None = None
+    max_rerank: int = 64
     seed: int = 0
 
     def __post_init__(self):
@@ -83,8 +95,8 @@ class ANNConfig:
         are searched by brute force)."""
         return self.kind != "exact" and not (self.kind == "auto" and num_vectors < self.flat_below)
 
-    def factory(self, num_vectors: int) -> str:
-        """The FAISS index factory string for ``num_vectors`` vectors."""
+    def factory(self, num_vectors: int, dim: int = 512) -> str:
+        """The FAISS index factory string for ``num_vectors`` vectors of dimension ``dim``."""
         kind = self.kind
         if kind == "auto":
             kind = "flat" if num_vectors < self.flat_below else "ivf"
@@ -92,6 +104,9 @@ class ANNConfig:
             return "Flat"
         if kind == "hnsw":
             return f"HNSW{self.hnsw_m},Flat"
+        if kind == "ivfpq":
+            sub_quantizers = max(d for d in range(1, min(self.pq_bytes, dim) + 1) if dim % d == 0)
+            return f"IVF{self.lists_for(num_vectors)},PQ{sub_quantizers}"
         return f"IVF{self.lists_for(num_vectors)},Flat"
 
     def lists_for(self, num_vectors: int) -> int:
@@ -118,10 +133,12 @@ class Calibration:
     queries: int
     fixed: bool
     tried: dict[int, float]
+    rerank: int | None = None  # ivfpq: candidates re-ranked per result
 
     def describe(self) -> str:
         """One line for a person: the recall, the setting, and what to do when the target is not met."""
         setting = f"{self.parameter} {self.value}" + (" (as given)" if self.fixed else "")
+        setting += f", {self.rerank} candidates re-ranked a result" if self.rerank else ""
         line = (
             f"recall@{self.k} {self.recall:.3f} at {setting}, measured with {self.queries:,} held-out vectors"
         )
@@ -144,6 +161,8 @@ class ANNIndex:
         self.config = config
         self.factory = factory
         self.calibration = calibration
+        self.vectors: np.ndarray | None = None  # full precision, row i = id i: re-ranks a quantised index
+        self.rerank = (calibration.rerank if calibration else None) or config.rerank or config.max_rerank
         self.set_search_value(self.search_value())
 
     @classmethod
@@ -155,13 +174,20 @@ class ANNIndex:
 
         config = config or ANNConfig()
         vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
-        factory = config.factory(len(vectors))
+        factory = config.factory(len(vectors), vectors.shape[1])
+        if ",PQ" in factory and len(vectors) < 256:
+            raise InputError(
+                f"ann kind ivfpq: needs at least 256 vectors to train its codebooks, got {len(vectors)}"
+            )
         # HNSW numbers its vectors in the order they come; an id map keeps row i as id i when the held-out
         # calibration sample goes in last (IVF stores the ids it is given)
         structure = f"IDMap2,{factory}" if factory.startswith("HNSW") else factory
         index = faiss.index_factory(vectors.shape[1], structure, faiss.METRIC_INNER_PRODUCT)
+        if ",PQ" in factory:  # polysemous codes serve a Hamming pre-filter, which search does not use
+            faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
         if not index.is_trained:  # IVF: k-means on a seeded sample (datasets would take the first rows)
             wanted = TRAINING_POINTS_PER_LIST * config.lists_for(len(vectors))
+            wanted = max(wanted, PQ_TRAINING_POINTS) if ",PQ" in factory else wanted
             rows = np.random.default_rng(config.seed).permutation(len(vectors))[:wanted]
             index.train(vectors[np.sort(rows)])
         built = cls(FaissIndex(custom_index=index), config, factory)
@@ -173,7 +199,8 @@ class ANNIndex:
         settings, same index type at the new size (IVF's list count doubles when ``N`` quadruples); an HNSW
         index of rsitr_hf 0.1 (numbered by FAISS, without an id map) is rebuilt instead."""
         numbered_by_us = self.parameter != "efSearch" or hasattr(self.index.faiss_index, "id_map")
-        return numbered_by_us and config == self.config and config.factory(num_vectors) == self.factory
+        same_type = config.factory(num_vectors, self.index.faiss_index.d) == self.factory
+        return numbered_by_us and config == self.config and same_type
 
     def add(self, embeddings: np.ndarray, all_embeddings: np.ndarray | None = None) -> None:
         """Append ``(M, D)`` vectors as ids ``len(self)`` to ``len(self) + M - 1`` (IVF keeps its lists).
@@ -192,6 +219,8 @@ class ANNIndex:
             rng = np.random.default_rng(self.config.seed)
             held_out[rng.choice(len(vectors), count, replace=False)] = True
         self.add_with_ids(vectors[~held_out], ids[~held_out])
+        if all_embeddings is not None:
+            self.vectors = all_embeddings
         if held_out.any():
             self.calibrate(vectors[held_out], np.asarray(all_embeddings), ids[held_out])
         self.add_with_ids(vectors[held_out], ids[held_out])
@@ -251,31 +280,39 @@ class ANNIndex:
     def calibrate(self, queries: np.ndarray, embeddings: np.ndarray, held_out: np.ndarray) -> Calibration:
         """Measure the recall@k of this index against exact search for ``queries``, the rows ``held_out`` of
         ``embeddings`` (row ``i`` = id ``i``), over the other rows, which the index holds now, and search with
-        the smallest setting that reaches the target: doubling until one does, then halving the gap to the
-        last that did not down to an eighth of it (the largest tried when none does; the config's when it
-        fixes one)."""
+        the smallest setting that reaches the target (:func:`smallest_reaching`; the largest tried when none
+        does; the config's when it fixes one). A quantised index finds its ``nprobe`` re-ranking
+        ``max_rerank`` candidates a result, then the fewest candidates that reach the target there."""
         config = self.config
         k = min(config.recall_k, len(embeddings) - len(held_out))
         truth = exact_neighbours(queries, embeddings, held_out, k)
-        tried = {}
+        tried, rerank_tried = {}, {}
+        if self.quantised:
+            self.rerank = config.rerank or config.max_rerank
 
         def measure(value: int) -> bool:
             self.set_search_value(value)
             tried[value] = recall_at_k(self.search(queries, k)[1], truth, k)
             return tried[value] >= config.target_recall
 
-        reached = next((value for value in self.candidate_values() if measure(value)), None)
-        if reached is not None:  # between the last value that fell short and the first that reached it
-            low = max((value for value in tried if value < reached), default=reached)
-            while reached - low > max(1, low // 8):  # to within an eighth
-                middle = (low + reached) // 2
-                low, reached = (low, middle) if measure(middle) else (middle, reached)
-        value = reached if reached is not None else max(tried)
+        def measure_rerank(value: int) -> bool:
+            self.rerank = value
+            rerank_tried[value] = recall_at_k(self.search(queries, k)[1], truth, k)
+            return rerank_tried[value] >= config.target_recall
+
+        value = smallest_reaching(self.candidate_values(), measure) or max(tried)
+        recall = tried[value]
+        if self.quantised and config.rerank is None:  # then as few candidates as reach it there
+            self.set_search_value(value)
+            self.rerank = smallest_reaching(powers_of_two(1, config.max_rerank), measure_rerank) or max(
+                rerank_tried
+            )
+            recall = rerank_tried[self.rerank]
         tried = dict(sorted(tried.items()))
         fixed = (config.nprobe if self.parameter == "nprobe" else config.ef_search) is not None
         self.calibration = Calibration(
-            self.parameter, value, tried[value], k, config.target_recall,
-            tried[value] >= config.target_recall, len(queries), fixed, tried,
+            self.parameter, value, recall, k, config.target_recall, recall >= config.target_recall,
+            len(queries), fixed, tried, self.rerank if self.quantised else None,
         )  # fmt: skip
         self.set_search_value(value)
         return self.calibration
@@ -283,10 +320,21 @@ class ANNIndex:
     def __len__(self) -> int:
         return self.index.faiss_index.ntotal
 
+    @property
+    def quantised(self) -> bool:
+        return ",PQ" in self.factory
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores, rows)``, each ``(Q, k)``, best first (rows of -1 where fewer than ``k`` were found)."""
-        result = self.index.search_batch(np.ascontiguousarray(queries, dtype=np.float32), k=min(k, len(self)))
-        return np.asarray(result.total_scores), np.asarray(result.total_indices)
+        """``(scores, rows)``, each ``(Q, k)``, best first (rows of -1 where fewer than ``k`` were found). A
+        quantised index re-ranks ``self.rerank * k`` candidates by their full-precision ``vectors`` (the
+        scores are then exact inner products), when it has them."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        wanted = min(k * self.rerank if self.quantised and self.vectors is not None else k, len(self))
+        result = self.index.search_batch(queries, k=wanted)
+        scores, rows = np.asarray(result.total_scores), np.asarray(result.total_indices)
+        if wanted == k or not self.quantised:
+            return scores, rows
+        return reranked(queries, rows, self.vectors, k)
 
     def save(self, path: str | os.PathLike) -> dict:
         """Write the index to ``path``; returns its settings (config, factory and calibration), to be stored
@@ -310,6 +358,22 @@ class ANNIndex:
         return cls(FaissIndex.load(path), ANNConfig(**settings), factory, calibration)
 
 
+def smallest_reaching(values: list[int], reaches) -> int | None:
+    """The smallest setting for which ``reaches(value)`` (measuring it) is true: ``values`` (increasing) in
+    turn until one reaches, then halving the gap to the last that did not, down to an eighth of it;
+    ``None`` when none does."""
+    tried_below = []
+    for value in values:
+        if reaches(value):
+            low = tried_below[-1] if tried_below else value
+            while value - low > max(1, low // 8):
+                middle = (low + value) // 2
+                low, value = (low, middle) if reaches(middle) else (middle, value)
+            return value
+        tried_below.append(value)
+    return None
+
+
 def powers_of_two(low: int, high: int) -> list[int]:
     """The powers of two from the first at or above ``low`` up to ``high``."""
     value = 1 << max(0, math.ceil(math.log2(max(1, low))))
@@ -330,6 +394,19 @@ def exact_neighbours(queries: np.ndarray, embeddings: np.ndarray, excluded: np.n
         scores[:, excluded] = -np.inf
         found[start : start + block] = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     return found
+
+
+def reranked(queries: np.ndarray, candidates: np.ndarray, vectors: np.ndarray, k: int):
+    """``(scores, rows)`` of the ``k`` of each query's ``candidates`` (``-1``: none) with the highest inner
+    products with its full-precision row of ``vectors`` (read row by row: a memory map stays on disk)."""
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    rows = np.full((len(queries), k), -1, dtype=np.int64)
+    for i, (query, found) in enumerate(zip(queries, candidates, strict=True)):
+        found = np.unique(found[found >= 0])  # sorted: the reads run forward through the file
+        exact = np.asarray(vectors[found], dtype=np.float32) @ query
+        best = np.argsort(-exact, kind="stable")[:k]
+        scores[i, : len(best)], rows[i, : len(best)] = exact[best], found[best]
+    return scores, rows
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:

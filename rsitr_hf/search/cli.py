@@ -1,7 +1,7 @@
 """Retrieval in practice: index a folder of images once, then search it by text (``rsitr-search``).
 
     rsitr-search index IMAGE_DIR --index INDEX_DIR --model BASE [--adapter ADAPTER] [--batch_size 32]
-        [--ann auto|exact|flat|ivf|hnsw] [--target_recall 0.95]
+        [--ann auto|exact|flat|ivf|hnsw|ivfpq] [--target_recall 0.95]
     rsitr-search query --index INDEX_DIR --text "many planes parked at the airport" [--text ...] [--top_k 5]
     rsitr-search query --index INDEX_DIR --image PATH [--captions CAPTIONS.txt] [--top_k 5]
         [--model BASE --adapter ADAPTER] [--json FILE|-]
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         choices=ANN_KINDS,
         help="search backend: auto (exact below 100,000 images, else FAISS IVF), exact, or a FAISS index "
-        "(flat, ivf, hnsw; needs faiss-cpu)",
+        "(flat, ivf, hnsw, or ivfpq: 64-byte product-quantised codes in memory, candidates re-ranked from "
+        "the embeddings on disk; needs faiss-cpu)",
     )
     index_parser.add_argument(
         "--target_recall",

@@ -21,7 +21,7 @@ import numpy as np
 import PIL.Image
 import torch
 from filelock import FileLock
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..data.images import UnreadableImageError, read_rgb
 from ..utils.distributed import Shards, embed_batches
@@ -121,8 +121,9 @@ class ImageIndex:
                 f"index names only files inside the indexed folder ({root}): {rebuild}"
             )
         try:
-            embeddings = load_file(index_dir / embeddings_file)["image_embeds"]
-        except Exception as error:  # safetensors' own error types, a missing file or key
+            mapped = mapped_array(index_dir / embeddings_file, "image_embeds")
+            embeddings = torch.from_numpy(mapped)
+        except Exception as error:  # a missing file or key, a damaged header, a short file
             raise SearchError(
                 f"{index_dir / embeddings_file} is damaged or missing ({error}): {rebuild}"
             ) from None
@@ -131,9 +132,33 @@ class ImageIndex:
                 f"{index_dir}: {embeddings_file} has {tuple(embeddings.shape)} embeddings for {len(files)} "
                 f"files: {rebuild}"
             )
-        return cls(
-            root, files, embeddings, model, load_ann(index_dir, metadata.get("ann"), len(files), rebuild)
-        )
+        ann = load_ann(index_dir, metadata.get("ann"), len(files), rebuild)
+        if ann is not None:
+            ann.vectors = mapped  # re-ranks a quantised index, read from disk as needed
+        return cls(root, files, embeddings, model, ann)
+
+
+SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
+
+
+def mapped_array(path: Path, key: str) -> np.ndarray:
+    """Tensor ``key`` of the safetensors file ``path`` as a NumPy array memory-mapped (copy on write) rather
+    than read: pages come from disk as rows are used, so an index larger than memory can be opened. The
+    file format is safetensors' own: an 8-byte little-endian header length, a JSON header giving each
+    tensor's dtype, shape and byte range, then the data."""
+    with open(path, "rb") as file:
+        header_length = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(header_length))
+    entry = header[key]
+    dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
+    shape, (start, end) = tuple(entry["shape"]), entry["data_offsets"]
+    if dtype is None or end - start != np.dtype(dtype).itemsize * int(np.prod(shape)):
+        raise ValueError(f"tensor {key}: {entry['dtype']} {shape} in {end - start} bytes")
+    if path.stat().st_size < 8 + header_length + end:
+        raise ValueError(f"the file ends before tensor {key} does")
+    if end == start:
+        return np.empty(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="c", offset=8 + header_length + start, shape=shape)
 
 
 def load_ann(index_dir: Path, entry: dict | None, num_files: int, rebuild: str) -> ANNIndex | None:
