@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsitr_hf.search.ann import ANNConfig, ANNIndex
+from rsitr_hf.search.ann import ANNConfig, ANNIndex, recall_at_k
 
 
 def unit_vectors(count: int, dim: int, clusters: int, seed: int, centre_strength: float = 1.0) -> np.ndarray:
@@ -74,7 +74,7 @@ def measure(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, config:
         started = time.perf_counter()
         found.append(index.search(query[None], 10)[1][0])
         latency.append(time.perf_counter() - started)
-    recall = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]))
+    recall = recall_at_k(np.asarray(found), truth, 10)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "index.faiss"
         settings = index.save(path)

@@ -47,7 +47,7 @@ from ..demo.task import prepare_demo_task
 from ..evaluation import METRIC_KEYS, TIE_PROTOCOLS, evaluate_by_ties, mean_metrics, test_results
 from ..training import load_datasets, parameter_counts
 from ..training.checkpoints import complete_checkpoints
-from ..training.data import load_processor, test_split_of
+from ..training.data import load_processor, other_test_splits
 from ..training.recipe import (
     Recipe,
     RecipeError,
@@ -247,8 +247,7 @@ def zero_shot_run(recipe: Recipe) -> dict:
         processor = load_processor(recipe)
         own = load_datasets(recipe, processor.tokenizer, pos_mode=None)
         tests = {name: (splits["test"], None) for name, splits in own.items()}
-        for path in recipe.evaluation.test_datasets:
-            tests[infer_name(Path(path))] = test_split_of(recipe, path, processor, None)
+        tests.update(other_test_splits(recipe, processor, pos_mode=None))
         found = {
             name: evaluate_by_ties(
                 model,
@@ -332,7 +331,7 @@ def results_markdown(summaries: list[MethodSummary]) -> str:
     header += ["s/step", "peak memory (MB)", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summaries:
-        recalls = [f"{s.mean[k]:.2f} ± {s.std[k]:.2f}" for k in METRIC_KEYS]
+        recalls = [mean_std((s.mean[k], s.std[k])) for k in METRIC_KEYS]
         recalls[-1] = f"**{recalls[-1]}**"
         if with_retention:
             recalls.append("–" if s.retention is None else f"{s.retention:.3f}")
@@ -552,8 +551,8 @@ def run_benchmark(
         table += "\ntransfer matrices:\n\n" + transfer_markdown(matrices)
         write_transfer_csv(matrices, output / "transfer.csv")
         plot_transfer(matrices, output / "transfer_matrix.png")
-    elif datasets_markdown(summaries):  # runs on several datasets, or tested on others
-        table += "\ntest mR by dataset (mean ± std over seeds):\n\n" + datasets_markdown(summaries)
+    elif by_dataset := datasets_markdown(summaries):  # runs on several datasets, or tested on others
+        table += "\ntest mR by dataset (mean ± std over seeds):\n\n" + by_dataset
     (output / "results.md").write_text(table, encoding="utf-8")
     # the papers' tie handling beside it: on data with shared captions (UCM) the two differ
     older = [label for label, runs in results.items() if any("test_ties" not in m for _, m in runs)]

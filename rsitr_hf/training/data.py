@@ -278,14 +278,18 @@ def check_test_datasets(recipe: Recipe) -> None:
             raise RecipeError(f"evaluation.test_datasets: {error}") from None
 
 
-def test_split_of(
-    recipe: Recipe, path: str, processor, pos_mode: str | None
-) -> tuple[datasets.Dataset, PixelSource]:
-    """The test split of the seed-layout dataset at ``path`` (with the POS inputs the method takes) and its
-    pixels, loaded as the run's own data is."""
-    source = DatasetSource(path, "seed", None, 0.0, 0, recipe.data.empty_captions)
-    rows = load_source(recipe.data, source, processor.tokenizer, pos_mode)["test"]
-    return rows, pixels_of(recipe, rows, processor, infer_name(Path(path)))
+def other_test_splits(
+    recipe: Recipe, processor, pos_mode: str | None
+) -> dict[str, tuple[datasets.Dataset, PixelSource]]:
+    """``{name: (rows, pixels)}``: the test split of each of ``evaluation.test_datasets`` (seed-layout
+    folders; with the POS inputs the method takes) and its pixels, loaded as the run's own data is."""
+    found = {}
+    for path in recipe.evaluation.test_datasets:
+        name = infer_name(Path(path))
+        source = DatasetSource(path, "seed", None, 0.0, 0, recipe.data.empty_captions)
+        rows = load_source(recipe.data, source, processor.tokenizer, pos_mode)["test"]
+        found[name] = rows, pixels_of(recipe, rows, processor, name)
+    return found
 
 
 def training_loader(recipe: Recipe, data: RunData, pad_token_id: int, device: torch.device) -> DataLoader:

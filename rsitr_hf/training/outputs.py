@@ -11,12 +11,11 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from ..data.seed_layout import infer_name
 from ..evaluation import TIE_PROTOCOLS, mean_metrics, test_results
 from ..evaluation.grids import plot_retrieval_grid, split_examples
 from ..utils.files import write_json
 from .checkpoints import TrainerState, load_best, replace_folder
-from .data import dataset_name, test_split_of
+from .data import dataset_name, other_test_splits
 from .hub import HubPushError, push_adapter
 from .plots import plot_recalls, plot_training_curve
 from .recipe import Recipe
@@ -175,11 +174,11 @@ def tests_by_dataset(recipe: Recipe, model: torch.nn.Module, evaluator: Evaluato
     lists no other. Every process takes part (the embedding is sharded)."""
     if len(own) == 1 and not recipe.evaluation.test_datasets:
         return {}
+    with evaluator.accelerator.main_process_first():  # the main process caches, the others reuse
+        others = other_test_splits(recipe, evaluator.processor, evaluator.data.pos_mode)
     found = dict(own)
-    for path in recipe.evaluation.test_datasets:
-        with evaluator.accelerator.main_process_first():
-            rows, pixels = test_split_of(recipe, path, evaluator.processor, evaluator.data.pos_mode)
-        found[infer_name(Path(path))] = evaluator.metrics_of(model, rows, pixels)[recipe.evaluation.ties]
+    for name, (rows, pixels) in others.items():
+        found[name] = evaluator.metrics_of(model, rows, pixels)[recipe.evaluation.ties]
     return {**found, "mean": mean_metrics(list(found.values()))}
 
 
