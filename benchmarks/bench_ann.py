@@ -1,7 +1,8 @@
 """ANN (FAISS through ``rsitr_hf.search.ann``) against exact search on unit vectors, on this machine.
 
     python benchmarks/bench_ann.py [--data clustered|weak] [--num_vectors 1000000] [--dim 512]
-        [--queries 1000] [--kinds ivf hnsw ivfpq] [--target_recall 0.95] [--nprobe N]
+        [--queries 1000] [--kinds ivf hnsw ivfpq] [--target_recall 0.95] [--nprobe N] [--on_disk DIR]
+        [--exact_queries 50]
 
 The vectors imitate CLIP embeddings (synthetic, seeded). ``clustered``: a shared direction, one of
 ``--clusters`` centres and noise, normalised: tight neighbourhoods, which IVF finds in a few lists.
@@ -27,29 +28,32 @@ from pathlib import Path
 
 import numpy as np
 
-from rsitr_hf.search.ann import ANNConfig, ANNIndex, recall_at_k
+from rsitr_hf.search.ann import ANNConfig, ANNIndex, exact_neighbours, recall_at_k
 
 
-def unit_vectors(count: int, dim: int, clusters: int, seed: int, centre_strength: float = 1.0) -> np.ndarray:
+def unit_vectors(
+    count: int, dim: int, clusters: int, seed: int, centre_strength: float = 1.0, folder: Path | None = None
+) -> np.ndarray:
+    """``(count, dim)`` unit vectors, in memory or, given ``folder``, in a memory-mapped ``.npy`` file there
+    (written 100,000 rows at a time: ten million vectors need 20 GB of disk, not of memory)."""
     rng = np.random.default_rng(seed)
     centres = np.random.default_rng(12345).standard_normal((clusters, dim)).astype(np.float32)
     shared = np.random.default_rng(54321).standard_normal(dim).astype(np.float32)
-    vectors = np.empty((count, dim), dtype=np.float32)
+    path = None if folder is None else Path(folder) / f"vectors-{count}x{dim}-{seed}.npy"
+    if path is None:
+        vectors = np.empty((count, dim), dtype=np.float32)
+    else:
+        vectors = np.lib.format.open_memmap(path, "w+", np.float32, (count, dim))
     for start in range(0, count, 100_000):
         stop = min(count, start + 100_000)
         members = rng.integers(0, clusters, stop - start)
         noise = rng.standard_normal((stop - start, dim), dtype=np.float32)
-        vectors[start:stop] = 0.8 * shared + centre_strength * centres[members] + 0.9 * noise
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        block = 0.8 * shared + centre_strength * centres[members] + 0.9 * noise
+        vectors[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    if path is not None:
+        vectors.flush()
+        vectors = np.load(path, mmap_mode="r")
     return vectors
-
-
-def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    found = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), 100):
-        scores = queries[start : start + 100] @ vectors.T
-        found[start : start + 100] = np.argpartition(-scores, k, axis=1)[:, :k]
-    return found
 
 
 LOADED_RSS = """
@@ -112,16 +116,20 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["ivf"], choices=("flat", "ivf", "hnsw", "ivfpq"))
     parser.add_argument("--target_recall", type=float, default=0.95)
     parser.add_argument("--nprobe", type=int, help="IVF: this fixed setting instead of calibration")
+    parser.add_argument(
+        "--on_disk", type=Path, help="write the vectors to a memory-mapped file in this folder (10M and up)"
+    )
+    parser.add_argument("--exact_queries", type=int, default=50, help="queries timed for exact search")
     args = parser.parse_args()
 
     strength = args.centre_strength if args.data == "weak" else 1.0
-    vectors = unit_vectors(args.num_vectors, args.dim, args.clusters, 0, strength)
+    vectors = unit_vectors(args.num_vectors, args.dim, args.clusters, 0, strength, args.on_disk)
     queries = unit_vectors(args.queries, args.dim, args.clusters, 1, strength)
-    truth = exact_top_k(vectors, queries, 10)
+    truth = exact_neighbours(queries, vectors, k=10)
     exact_latency = []
-    for query in queries[:50]:
+    for query in queries[: args.exact_queries]:
         started = time.perf_counter()
-        exact_top_k(vectors, query[None], 10)
+        exact_neighbours(query[None], vectors, k=10)
         exact_latency.append(time.perf_counter() - started)
 
     rows = [

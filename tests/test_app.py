@@ -36,7 +36,8 @@ def test_the_page_answers_text_and_image_queries_like_rsitr_search(index_dir):
     page = SearchPage.open(index_dir)
     assert page.problem is None and "search 10 images" in page.header() and "exact search" in page.header()
     expected = search_images(page.index, page.model, [QUERY], k=4)[0]
-    gallery, summary = page.text_query(QUERY, 4)
+    gallery, summary, scenes = page.text_query(QUERY, 4)
+    assert scenes is None and len(page.shown(page.text_query(QUERY, 4))) == 2  # no scene gallery
     assert [caption for _, caption in gallery] == [f"{h.rank}. {h.item} ({h.score:.3f})" for h in expected]
     assert summary.startswith(f"4 best of 10 images for “{QUERY}” (") and summary.endswith(" ms)")
     first = read_image(Path(page.index.root) / expected[0].item)

@@ -1,6 +1,6 @@
 """Retrieval in practice: an image index of a folder (embeddings, incremental updates, FAISS at archive
-scale), searched by text or by image from the command line (``rsitr-search``), a web page (``rsitr-app``)
-and result grids (``rsitr-visualize``)."""
+scale; or of large scenes, window by window), searched by text or by image from the command line
+(``rsitr-search``), a web page (``rsitr-app``) and result grids (``rsitr-visualize``)."""
 
 from .ann import ANNConfig, ANNIndex
 from .cli import main
@@ -14,7 +14,8 @@ from .index import (
     read_image,
 )
 from .model import ModelIdentity, RetrievalModel, SearchError, load_adapter
-from .query import Hit, nearest_images, search_captions, search_images, similar_images
+from .query import Hit, hits_geojson, nearest_images, search_captions, search_images, similar_images
+from .scenes import SceneInfo, Tiling
 
 __all__ = [
     "ANNConfig",
@@ -22,10 +23,13 @@ __all__ = [
     "Hit",
     "ImageIndex",
     "IndexUpdate",
+    "SceneInfo",
     "ModelIdentity",
     "RetrievalModel",
     "SearchError",
+    "Tiling",
     "build_index",
+    "hits_geojson",
     "list_images",
     "load_adapter",
     "main",

@@ -23,6 +23,8 @@ ANN_KINDS = ("auto", "exact", "flat", "ivf", "hnsw", "ivfpq")
 TRAINING_POINTS_PER_LIST = 64  # k-means sample: enough for stable centroids, a few seconds at 1M vectors
 MIN_NEW_FOR_CALIBRATION = 100  # held out: a tenth of the new vectors, at most calibration_queries
 PQ_TRAINING_POINTS = 256 * 39  # FAISS's minimum for a codebook of 256 centroids, each sub-quantizer
+ADD_BLOCK = 65_536  # vectors given to FAISS per call
+EXACT_BLOCK = 32_768  # rows scored per step of exact search (Q x 32,768 scores in memory)
 
 
 class ANNUnavailable(InputError):
@@ -218,16 +220,22 @@ class ANNIndex:
             count = min(self.config.calibration_queries, len(vectors) // 10)
             rng = np.random.default_rng(self.config.seed)
             held_out[rng.choice(len(vectors), count, replace=False)] = True
-        self.add_with_ids(vectors[~held_out], ids[~held_out])
+        self.add_with_ids(vectors, ids, ~held_out)
         if all_embeddings is not None:
             self.vectors = all_embeddings
         if held_out.any():
             self.calibrate(vectors[held_out], np.asarray(all_embeddings), ids[held_out])
         self.add_with_ids(vectors[held_out], ids[held_out])
 
-    def add_with_ids(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        for start in range(0, len(vectors), 65_536):
-            self.index.faiss_index.add_with_ids(vectors[start : start + 65_536], ids[start : start + 65_536])
+    def add_with_ids(self, vectors: np.ndarray, ids: np.ndarray, chosen: np.ndarray | None = None) -> None:
+        """Add the rows of ``vectors`` (those ``chosen``, by default all) as ``ids``, a block at a time: a
+        memory-mapped array is read as it goes, never copied whole."""
+        for start in range(0, len(vectors), ADD_BLOCK):
+            block, block_ids = vectors[start : start + ADD_BLOCK], ids[start : start + ADD_BLOCK]
+            if chosen is not None:
+                keep = chosen[start : start + ADD_BLOCK]
+                block, block_ids = block[keep], block_ids[keep]
+            self.index.faiss_index.add_with_ids(np.ascontiguousarray(block, dtype=np.float32), block_ids)
 
     def summary(self) -> str:
         """The index type and what it measured of its recall, for a header (``FAISS `IVF1024,Flat`, recall@10
@@ -384,16 +392,29 @@ def powers_of_two(low: int, high: int) -> list[int]:
     return values or [high]
 
 
-def exact_neighbours(queries: np.ndarray, embeddings: np.ndarray, excluded: np.ndarray, k: int) -> np.ndarray:
-    """``(Q, k)``: the rows of ``embeddings`` (all but ``excluded``) with the ``k`` highest inner products
-    with each query; in blocks of queries, so that at most ``2**26`` scores sit in memory at once."""
-    found = np.empty((len(queries), k), dtype=np.int64)
-    block = max(1, 2**26 // max(1, len(embeddings)))
-    for start in range(0, len(queries), block):
-        scores = queries[start : start + block] @ embeddings.T
-        scores[:, excluded] = -np.inf
-        found[start : start + block] = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    return found
+def exact_neighbours(
+    queries: np.ndarray, embeddings: np.ndarray, excluded: np.ndarray | None = None, k: int = 10
+) -> np.ndarray:
+    """``(Q, k)``: the rows of ``embeddings`` (all but the rows ``excluded``) with the ``k`` highest inner
+    products with each query, in no particular order. One pass over ``embeddings``, ``EXACT_BLOCK`` rows at a
+    time, keeping each query's best ``k`` so far: a memory-mapped array larger than memory is read once."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    excluded = np.sort(np.asarray([] if excluded is None else excluded, dtype=np.int64))
+    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_rows = np.full((len(queries), k), -1, dtype=np.int64)
+    for start in range(0, len(embeddings), EXACT_BLOCK):
+        block = np.asarray(embeddings[start : start + EXACT_BLOCK], dtype=np.float32)
+        scores = queries @ block.T
+        inside = excluded[np.searchsorted(excluded, start) : np.searchsorted(excluded, start + len(block))]
+        scores[:, inside - start] = -np.inf
+        scores = np.concatenate([best_scores, scores], axis=1)
+        rows = np.concatenate(
+            [best_rows, np.broadcast_to(np.arange(start, start + len(block)), (len(queries), len(block)))],
+            axis=1,
+        )
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        best_scores, best_rows = np.take_along_axis(scores, top, 1), np.take_along_axis(rows, top, 1)
+    return best_rows
 
 
 def reranked(queries: np.ndarray, candidates: np.ndarray, vectors: np.ndarray, k: int):

@@ -3,12 +3,15 @@
     rsitr-app --index INDEX_DIR [--model BASE --adapter ADAPTER] [--top_k 12] [--host 127.0.0.1]
         [--port 7860] [--share]
 
-The index is one built by ``rsitr-search index``; its own model (base and adapter) embeds the queries
-unless ``--model`` / ``--adapter`` name another, which must be the same model. The page names the model and
+The index is one built by ``rsitr-search index`` (of images, or of scenes with ``--scenes``); its own model
+(base and adapter) embeds the queries unless ``--model`` / ``--adapter`` name another, which must be the
+same model. The page names the model and
 the index, and has two tabs: **Text → images** (a caption-like query, the top-k images with rank, file and
 cosine score) and **Image → images** (an uploaded image, the nearest indexed images). When the model is not
 the one that built the index (another base, adapter or weights, even under the same names), the page says
-so, naming both, and the search controls are disabled.
+so, naming both, and the search controls are disabled. For a scene index, each hit is the window found
+(scene, pixel window and, when georeferenced, the latitude and longitude of its centre), and a second gallery
+shows an overview of each scene with hits, their windows outlined and numbered by rank.
 
 Needs Gradio (``pip install -e ".[app]"``). The page is served on ``--host`` (default 127.0.0.1, this
 machine only); ``--share`` asks Gradio for a public link (needs the network).
@@ -19,7 +22,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,6 +33,7 @@ from ..utils.errors import InputError
 from .index import ImageIndex, index_model, model_mismatch, read_image
 from .model import RetrievalModel, SearchError
 from .query import Hit, search_images, similar_images
+from .scenes import open_scene, outline_windows, read_tile, scene_overview
 
 THUMBNAIL_SIZE = 256  # the longer side of gallery images, in pixels
 MAX_TOP_K = 50
@@ -53,10 +57,12 @@ def require_gradio():
 
 class Answer(NamedTuple):
     """What the page shows for a query: ``gallery`` (thumbnail, caption "rank. file (score)") best first,
-    and ``summary`` (how many, for which query, the time taken on the server)."""
+    ``summary`` (how many, for which query, the time taken on the server) and, for a scene index, ``scenes``:
+    an overview of each scene with hits, the hits' windows outlined and numbered by rank."""
 
     gallery: list[tuple[PIL.Image.Image, str]]
     summary: str
+    scenes: list[tuple[PIL.Image.Image, str]] | None = None
 
 
 @dataclass
@@ -68,6 +74,7 @@ class SearchPage:
     model: RetrievalModel
     index_dir: str
     problem: str | None = None
+    overviews: dict[str, PIL.Image.Image] = field(default_factory=dict)  # reduced scenes, read once
 
     @classmethod
     def open(
@@ -81,9 +88,10 @@ class SearchPage:
         """Markdown naming the model, the index and its search backend."""
         backend = self.index.ann.summary() if self.index.ann is not None else "exact search"
         return (
-            f"## rsitr-app: search {len(self.index.files):,} images\n"
+            f"## rsitr-app: search {self.index.describe()}\n"
             f"**Model:** {self.model.identity.describe()}  \n"
-            f"**Index:** `{self.index_dir}` (images under `{self.index.root}`, {backend})"
+            f"**Index:** `{self.index_dir}` ({'images' if self.index.tiles is None else 'scenes'} under "
+            f"`{self.index.root}`, {backend})"
         )
 
     def text_query(self, query: str, top_k: int) -> Answer:
@@ -108,27 +116,59 @@ class SearchPage:
     def answer(self, hits: list[Hit], query: str, started: float) -> Answer:
         gallery = []
         for hit in hits:
-            image = read_image(Path(self.index.root) / hit.item)
+            image = self.hit_image(hit)
             image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-            gallery.append((image, f"{hit.rank}. {hit.item} ({hit.score:.3f})"))
+            gallery.append((image, f"{hit.rank}. {hit.describe()} ({hit.score:.3f})"))
+        scenes = None if self.index.tiles is None else self.scene_views(hits)
         seconds = time.perf_counter() - started
-        summary = (
-            f"{len(hits)} best of {len(self.index.files):,} images for {query} ({1000 * seconds:.0f} ms)"
-        )
-        return Answer(gallery, summary)
+        best = "best" if self.index.tiles is None else "best places"
+        summary = f"{len(hits)} {best} of {self.index.describe()} for {query} ({1000 * seconds:.0f} ms)"
+        return Answer(gallery, summary, scenes)
+
+    def hit_image(self, hit: Hit) -> PIL.Image.Image:
+        """The image found, or the scene window found (read from the scene)."""
+        path = Path(self.index.root) / hit.item
+        if hit.window is None:
+            return read_image(path)
+        with open_scene(path) as scene:
+            return read_tile(scene, self.index.tiles.scenes[hit.item], hit.window)
+
+    def scene_views(self, hits: list[Hit]) -> list[tuple[PIL.Image.Image, str]]:
+        """For each scene with hits (in order of its best): its overview with the hits' windows outlined."""
+        views = []
+        for scene in dict.fromkeys(hit.item for hit in hits):
+            info = self.index.tiles.scenes[scene]
+            if scene not in self.overviews:
+                self.overviews[scene] = scene_overview(Path(self.index.root) / scene, info)
+            windows = [(str(hit.rank), hit.window) for hit in hits if hit.item == scene]
+            ranks = ", ".join(label for label, _ in windows)
+            views.append((outline_windows(self.overviews[scene], info, windows), f"{scene}: hits {ranks}"))
+        return views
+
+    def shown(self, answer: Answer) -> tuple:
+        """The answer as the page's outputs: with the scene overviews for a scene index."""
+        return tuple(answer) if self.index.tiles is not None else tuple(answer[:2])
 
 
-def shown_as_page_error(function):
-    """``function`` with a :class:`SearchError` turned into ``gradio.Error`` (a message on the page)."""
+def shown_as_page_error(function, shown=lambda answer: answer):
+    """``function`` with its answer passed through ``shown`` and a :class:`SearchError` turned into
+    ``gradio.Error`` (a message on the page)."""
     gradio = require_gradio()
 
     def run(*arguments):
         try:
-            return function(*arguments)
+            return shown(function(*arguments))
         except SearchError as error:
             raise gradio.Error(str(error)) from None
 
     return run
+
+
+def scene_gallery(gradio, page: SearchPage, elem_id: str) -> list:
+    """For a scene index, the gallery of scene overviews (hits outlined) below the hits; else none."""
+    if page.index.tiles is None:
+        return []
+    return [gradio.Gallery(label="Where in the scenes", columns=2, height="auto", elem_id=elem_id)]
 
 
 def build_app(page: SearchPage, top_k: int = 12):
@@ -158,9 +198,9 @@ def build_app(page: SearchPage, top_k: int = 12):
             )
             gradio.on(
                 [query.submit, search.click],
-                shown_as_page_error(page.text_query),
+                shown_as_page_error(page.text_query, page.shown),
                 [query, text_k],
-                [text_results, text_summary],
+                [text_results, text_summary, *scene_gallery(gradio, page, "text_scenes")],
                 api_name="search_text",
             )
         with gradio.Tab("Image → images"):
@@ -179,9 +219,9 @@ def build_app(page: SearchPage, top_k: int = 12):
                 label="Nearest images", columns=6, height="auto", elem_id="image_results"
             )
             similar.click(
-                shown_as_page_error(page.image_query),
+                shown_as_page_error(page.image_query, page.shown),
                 [image, image_k],
-                [image_results, image_summary],
+                [image_results, image_summary, *scene_gallery(gradio, page, "image_scenes")],
                 api_name="search_image",
             )
     return blocks

@@ -2,9 +2,11 @@
 
     rsitr-search index IMAGE_DIR --index INDEX_DIR --model BASE [--adapter ADAPTER] [--batch_size 32]
         [--ann auto|exact|flat|ivf|hnsw|ivfpq] [--target_recall 0.95]
+    rsitr-search index --scenes SCENE_DIR --index INDEX_DIR --model BASE [--tile 224 --stride 112]
+        [--tile_unit pixels|metres] [--bands 4,3,2] [other options as above]
     rsitr-search query --index INDEX_DIR --text "many planes parked at the airport" [--text ...] [--top_k 5]
     rsitr-search query --index INDEX_DIR --image PATH [--captions CAPTIONS.txt] [--top_k 5]
-        [--model BASE --adapter ADAPTER] [--json FILE|-]
+        [--model BASE --adapter ADAPTER] [--json FILE|-] [--geojson FILE] [--max_overlap 0]
 
 ``index`` embeds every ``.jpg/.jpeg/.png/.tif/.tiff`` image under IMAGE_DIR (recursively) with the base
 CLIP model (a folder or Hub id) and optional PEFT adapter (a folder or Hub id), and saves INDEX_DIR:
@@ -21,6 +23,17 @@ quadruples), rebuilds it. An IVF or HNSW index measures its own recall@10 agains
 is built or extended (up to 1,000 of the vectors added, drawn seeded and held out of it as queries) and
 searches with the smallest ``nprobe`` / ``efSearch`` that reaches ``--target_recall``, or says plainly that
 none does; the figure is printed, stored in ``index.json`` and shown by ``rsitr-app``.
+
+``index --scenes SCENE_DIR`` indexes large scenes (GeoTIFF, or any large image GDAL reads) instead: each
+is cut into square windows of ``--tile`` every ``--stride`` (pixels, or metres with ``--tile_unit metres``
+for scenes in a projected CRS), read window by window (never a whole scene in memory), and every window
+with valid pixels is a row; ``index.json`` also keeps each scene's size, bands, value scaling, CRS and
+geotransform and each row's window (:mod:`rsitr_hf.search.scenes` says how bands, bit depths and nodata
+are read). A query then answers with windows: the scene, the pixel window and, for a georeferenced scene,
+its footprint in WGS84; windows overlapping a better hit of their scene (by more than ``--max_overlap``,
+intersection over union) are dropped, so the top-k are k places. ``--geojson FILE`` writes the hits as a
+GeoJSON FeatureCollection (one polygon per hit with query, rank, score, scene and window), which QGIS opens.
+Needs rasterio (``pip install -e ".[scenes]"``).
 
 Embedding can be spread over processes (GPUs or nodes) with ``accelerate launch -m rsitr_hf.search index
 ...``: batches are dealt out in turn, the main process gathers them in order and saves one index, equal to
@@ -43,6 +56,7 @@ prints a table; ``--json`` writes the results too.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -51,7 +65,16 @@ from ..utils.distributed import Shards
 from .ann import ANN_KINDS, ANNConfig
 from .index import build_index, open_index, read_image
 from .model import RetrievalModel, SearchError
-from .query import format_table, read_captions, search_captions, search_images, similar_images
+from .query import (
+    Hit,
+    format_table,
+    hits_geojson,
+    read_captions,
+    search_captions,
+    search_images,
+    similar_images,
+)
+from .scenes import TILE_UNITS, Tiling
 
 
 @command
@@ -59,13 +82,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = command_parser(__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     index_help, query_help = (
-        "embed a folder of images (only the new ones)",
+        "embed a folder of images, or of large scenes window by window (only the new ones)",
         "text -> images, image -> images, or image -> captions",
     )
     index_parser = commands.add_parser(
         "index", help=index_help, description=index_help, formatter_class=HelpFormatter
     )
-    index_parser.add_argument("image_dir", help="the folder of images (searched recursively)")
+    index_parser.add_argument("image_dir", nargs="?", help="the folder of images (searched recursively)")
+    index_parser.add_argument(
+        "--scenes",
+        metavar="SCENE_DIR",
+        help="index the large scenes of this folder, window by window, instead",
+    )
+    index_parser.add_argument("--tile", type=float, default=224, help="--scenes: window size (--tile_unit)")
+    index_parser.add_argument("--stride", type=float, default=112, help="--scenes: window step (--tile_unit)")
+    index_parser.add_argument(
+        "--tile_unit",
+        default="pixels",
+        choices=TILE_UNITS,
+        help="--scenes: --tile and --stride in pixels, or in metres (scenes in a projected CRS in metres)",
+    )
+    index_parser.add_argument(
+        "--bands",
+        type=band_list,
+        help="--scenes: the 1-based bands read as red,green,blue (or one band as grey), e.g. 4,3,2 (default: "
+        "the bands marked red, green, blue, else 1,2,3, else 1)",
+    )
     index_parser.add_argument("--index", required=True, help="the index folder to create or update")
     index_parser.add_argument("--model", required=True, help="base CLIP model (folder or Hub id)")
     index_parser.add_argument("--adapter", help="PEFT adapter (folder or Hub id)")
@@ -101,17 +143,28 @@ def main(argv: list[str] | None = None) -> int:
     query_parser.add_argument("--model", help="checked against the index's model (default: that model)")
     query_parser.add_argument("--adapter", help="checked against the index's adapter")
     query_parser.add_argument("--json", help="also write the results as JSON to this file ('-': stdout only)")
+    query_parser.add_argument(
+        "--geojson", help="scene index: also write the hits as a GeoJSON FeatureCollection to this file"
+    )
+    query_parser.add_argument(
+        "--max_overlap",
+        type=float,
+        default=0.0,
+        help="scene index: drop a window overlapping a better hit of its scene by more than this "
+        "intersection over union (0: any overlap; 1: keep all)",
+    )
     args = parse_arguments(parser, argv)
     if args.command == "index":
+        if bool(args.image_dir) == bool(args.scenes):
+            raise SearchError("give an IMAGE_DIR, or --scenes SCENE_DIR (not both)")
+        tiling = Tiling(args.tile, args.stride, args.tile_unit, args.bands) if args.scenes else None
         shards = Shards.from_launcher()
         model = RetrievalModel(args.model, args.adapter, device=shards.device)
         config = ANNConfig(kind=args.ann, target_recall=args.target_recall)
-        update = build_index(args.image_dir, args.index, model, args.batch_size, config, shards)
+        folder = args.scenes or args.image_dir
+        update = build_index(folder, args.index, model, args.batch_size, config, shards, tiling)
         if shards.is_main:
-            print(
-                f"{args.index}: {update.total} images ({len(update.added)} embedded now, "
-                f"{len(update.removed)} gone; FAISS index: {update.ann})"
-            )
+            print(update.describe(args.index))
             if update.calibration is not None:
                 print(f"{args.index}: search {update.calibration.describe()}")
         shards.close()
@@ -123,28 +176,25 @@ def run_query(args) -> int:
     if bool(args.text) == bool(args.image) or (args.captions and not args.image):
         raise SearchError("give --text QUERY (repeatable), or --image PATH (with --captions FILE: captions)")
     index, model = open_index(args.index, args.model, args.adapter)
+    if args.geojson and (index.tiles is None or args.captions):
+        raise SearchError(f"--geojson: {args.index} is not a scene index (rsitr-search index --scenes)")
     if args.captions:
         key, queries, prefix, print_prefix = "caption", [str(args.image)], None, ""
         found = [search_captions(model, args.image, read_captions(args.captions), args.top_k)]
     else:  # the table shows paths relative to the indexed folder, the JSON full paths
-        key, prefix, print_prefix = "path", Path(index.root), f" (images under {index.root})"
+        kind = "images" if index.tiles is None else "scenes"
+        key, prefix, print_prefix = "path", Path(index.root), f" ({kind} under {index.root})"
         if args.text:
-            queries, found = args.text, search_images(index, model, args.text, args.top_k)
+            queries, found = args.text, search_images(index, model, args.text, args.top_k, args.max_overlap)
         else:
-            queries = [str(args.image)]
-            found = [similar_images(index, model, read_image(Path(args.image)), args.top_k)]
+            queries, image = [str(args.image)], read_image(Path(args.image))
+            found = [similar_images(index, model, image, args.top_k, args.max_overlap)]
     if args.json != "-":
         for query, hits in zip(queries, found, strict=True):
             print(format_table(query + print_prefix, hits))
     if args.json:
         results = [
-            {
-                "query": query,
-                "hits": [
-                    {"rank": h.rank, "score": h.score, key: str(prefix / h.item) if prefix else h.item}
-                    for h in hits
-                ],
-            }
+            {"query": query, "hits": [hit_record(hit, key, prefix) for hit in hits]}
             for query, hits in zip(queries, found, strict=True)
         ]
         text = json.dumps(results, indent=2)
@@ -152,4 +202,24 @@ def run_query(args) -> int:
             print(text)
         else:
             Path(args.json).write_text(text, encoding="utf-8")
+    if args.geojson:
+        collection = hits_geojson(list(zip(queries, found, strict=True)))
+        Path(args.geojson).write_text(json.dumps(collection, indent=1), encoding="utf-8")
     return 0
+
+
+def hit_record(hit: Hit, key: str, prefix: Path | None) -> dict:
+    """A hit for ``--json``: rank, score, the item (a full path under ``prefix``), and a tile's window and
+    footprint."""
+    record = {"rank": hit.rank, "score": hit.score, key: str(prefix / hit.item) if prefix else hit.item}
+    if hit.window is not None:
+        record |= {"window": list(hit.window), "footprint": hit.footprint}
+    return record
+
+
+def band_list(text: str) -> tuple[int, ...]:
+    """``"4,3,2"`` -> ``(4, 3, 2)``."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected band numbers separated by commas, got {text!r}") from None

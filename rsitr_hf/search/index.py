@@ -14,7 +14,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from ..utils.errors import InputError, first_line
 from ..utils.files import write_json
 from .ann import ANNConfig, ANNIndex, Calibration
 from .model import ModelIdentity, RetrievalModel, SearchError
+from .scenes import SceneInfo, Tiling, Window, describe_scene, read_tiles
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
 INDEX_FILE, EMBEDDINGS_FILE = "index.json", "embeddings.safetensors"  # the latter: format 1's fixed name
@@ -66,14 +67,49 @@ def read_image(path: Path) -> PIL.Image.Image:
 
 
 @dataclass
+class SceneTiles:
+    """What a scene index adds to an image index: how its scenes were cut (``tiling``), each scene's
+    :class:`~rsitr_hf.search.scenes.SceneInfo` (``scenes``, by name), the pixel window of each row
+    (``windows[i]`` of scene ``files[i]``) and the scenes whose tiling an interruption cut short
+    (``pending``: tiled again by the next run)."""
+
+    tiling: Tiling
+    scenes: dict[str, SceneInfo] = field(default_factory=dict)
+    windows: list[Window] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "tiling": self.tiling.to_dict(),
+            "scenes": {name: asdict(info) for name, info in self.scenes.items()},
+            "windows": [list(window) for window in self.windows],
+            "pending": self.pending,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SceneTiles:
+        scenes = {name: SceneInfo(**info) for name, info in values["scenes"].items()}
+        windows = [tuple(int(value) for value in window) for window in values["windows"]]
+        return cls(Tiling.from_dict(values["tiling"]), scenes, windows, list(values["pending"]))
+
+
+@dataclass
 class ImageIndex:
-    """Embeddings of the images of ``root``: row ``i`` of ``embeddings`` is ``root / files[i]``."""
+    """Embeddings of the images of ``root``: row ``i`` of ``embeddings`` is ``root / files[i]``; in a scene
+    index (``tiles`` set) it is the window ``tiles.windows[i]`` of the scene ``root / files[i]``."""
 
     root: str
     files: list[str]
     embeddings: torch.Tensor
     model: ModelIdentity
     ann: ANNIndex | None = None  # a FAISS index over ``embeddings`` (else search is exact)
+    tiles: SceneTiles | None = None
+
+    def describe(self) -> str:
+        """``"1,204 images"`` or ``"1,204 tiles of 3 scenes"``."""
+        if self.tiles is None:
+            return f"{len(self.files):,} images"
+        return f"{len(self.files):,} tiles of {len(self.tiles.scenes):,} scenes"
 
     def save(self, index_dir: str | os.PathLike) -> None:
         """Write the embeddings under a new name, then replace ``index.json`` (the rename that makes the new
@@ -89,6 +125,8 @@ class ImageIndex:
             "embeddings_file": embeddings_file,
             "model": asdict(self.model),
         }
+        if self.tiles is not None:
+            metadata["scene_tiles"] = self.tiles.to_dict()
         if self.ann is not None:
             ann_file = f"ann-{uuid.uuid4().hex[:12]}.faiss"
             metadata["ann"] = {"file": ann_file, "settings": self.ann.save(index_dir / ann_file)}
@@ -112,9 +150,11 @@ class ImageIndex:
             metadata = json.loads((index_dir / INDEX_FILE).read_text(encoding="utf-8"))
             root, files, model = metadata["root"], metadata["files"], ModelIdentity(**metadata["model"])
             embeddings_file = metadata.get("embeddings_file", EMBEDDINGS_FILE)
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+            tiles = SceneTiles.from_dict(metadata["scene_tiles"]) if "scene_tiles" in metadata else None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
             raise SearchError(f"{index_dir / INDEX_FILE} is damaged ({error}): {rebuild}") from None
-        outside = next((name for name in files if not isinstance(name, str) or not confined(name)), None)
+        named = files + (list(tiles.scenes) if tiles is not None else [])
+        outside = next((name for name in named if not isinstance(name, str) or not confined(name)), None)
         if outside is not None or not confined(embeddings_file):
             raise SearchError(
                 f"{index_dir / INDEX_FILE} lists {outside or embeddings_file!r}, outside its folder; an "
@@ -132,10 +172,15 @@ class ImageIndex:
                 f"{index_dir}: {embeddings_file} has {tuple(embeddings.shape)} embeddings for {len(files)} "
                 f"files: {rebuild}"
             )
+        if tiles is not None and (len(tiles.windows) != len(files) or not set(files) <= set(tiles.scenes)):
+            raise SearchError(
+                f"{index_dir / INDEX_FILE}: {len(tiles.windows)} windows for {len(files)} tiles, or tiles of "
+                f"scenes it does not describe: {rebuild}"
+            )
         ann = load_ann(index_dir, metadata.get("ann"), len(files), rebuild)
         if ann is not None:
             ann.vectors = mapped  # re-ranks a quantised index, read from disk as needed
-        return cls(root, files, embeddings, model, ann)
+        return cls(root, files, embeddings, model, ann, tiles)
 
 
 SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
@@ -185,15 +230,33 @@ def load_ann(index_dir: Path, entry: dict | None, num_files: int, rebuild: str) 
 
 @dataclass
 class IndexUpdate:
-    """What :func:`build_index` did: images embedded now, dropped (gone from the folder), the total, what
-    became of the FAISS index (``"none"``, ``"built <factory>"`` or ``"extended <factory>"``) and the recall
-    it measured (``None`` for exact search)."""
+    """What :func:`build_index` did: images (or scenes) embedded now, dropped (gone from the folder), the
+    total, what became of the FAISS index (``"none"``, ``"built <factory>"`` or ``"extended <factory>"``) and
+    the recall it measured (``None`` for exact search). For scenes also: the windows of the scenes added
+    (``tiles``, in row order), how each added scene is read (``scenes``) and the windows without valid pixels
+    (``skipped``: not indexed)."""
 
     added: list[str]
     removed: list[str]
     total: int
     ann: str = "none"
     calibration: Calibration | None = None
+    tiles: list[tuple[str, Window]] | None = None
+    scenes: dict[str, SceneInfo] = field(default_factory=dict)
+    skipped: int = 0
+
+    def work(self) -> list[tuple[str, Window | None]]:
+        """What is embedded, in row order: ``(image, None)`` for each image, else ``(scene, window)``."""
+        return self.tiles if self.tiles is not None else [(name, None) for name in self.added]
+
+    def describe(self, index_dir) -> str:
+        gone = f"{len(self.removed)} gone; FAISS index: {self.ann}"
+        if self.tiles is None:
+            return f"{index_dir}: {self.total} images ({len(self.added)} embedded now, {gone})"
+        return (
+            f"{index_dir}: {self.total} scenes ({len(self.added)} tiled now: {len(self.tiles)} windows, "
+            f"{self.skipped} without data skipped; {gone})"
+        )
 
 
 def model_mismatch(index: ImageIndex, model: RetrievalModel, index_dir) -> str | None:
@@ -239,10 +302,12 @@ def build_index(
     batch_size: int = 32,
     ann: ANNConfig | None = None,
     shards: Shards | None = None,
+    tiling: Tiling | None = None,
 ) -> IndexUpdate:
     """Create or update the index of ``image_dir`` in ``index_dir``, embedding only images not yet in it,
     and extend or rebuild its FAISS index when ``ann`` asks for one at this size (default ``ANNConfig()``:
-    exact below 100,000 images, IVF above).
+    exact below 100,000 images, IVF above). Given ``tiling``, the files are scenes, cut into windows
+    (:mod:`rsitr_hf.search.scenes`), and each window with valid pixels is a row: a scene index.
 
     Under ``accelerate launch`` every process calls this with its ``shards``: the main process holds the
     index's lock, plans the update, and appends and saves what all of them embed. A second indexer of the
@@ -251,13 +316,13 @@ def build_index(
     shards = shards or Shards.single()
     if not shards.is_main:
         root, plan = shards.from_main()
-        for _ in embedded_rounds(plan.added, root, model, batch_size, shards):
+        for _ in embedded_rounds(plan, root, model, batch_size, shards):
             pass
         return plan
     Path(index_dir).mkdir(parents=True, exist_ok=True)
     with FileLock(str(Path(index_dir) / LOCK_FILE)):
         try:
-            index, plan = plan_update(image_dir, index_dir, model)
+            index, plan = plan_update(image_dir, index_dir, model, tiling)
         except Exception as error:
             shards.from_main(error=error)  # the other processes stop with its message
             raise
@@ -266,9 +331,13 @@ def build_index(
 
 
 def plan_update(
-    image_dir: str | os.PathLike, index_dir: str | os.PathLike, model: RetrievalModel
+    image_dir: str | os.PathLike,
+    index_dir: str | os.PathLike,
+    model: RetrievalModel,
+    tiling: Tiling | None = None,
 ) -> tuple[ImageIndex, IndexUpdate]:
-    """The index as saved (or a new, empty one) and what updating it means: images to add and to drop."""
+    """The index as saved (or a new, empty one) and what updating it means: images (or scenes, whose
+    windows it lists) to add and to drop."""
     root = str(Path(image_dir).resolve())
     files = list_images(root)
     if (Path(index_dir) / INDEX_FILE).is_file():
@@ -276,28 +345,59 @@ def plan_update(
         check_same_model(index, model, index_dir)
         if index.root != root:
             raise SearchError(f"{index_dir} indexes {index.root}, not {root}: use another index folder")
+        check_same_tiling(index, tiling, index_dir)
     else:
-        index = ImageIndex(root, [], torch.empty(0, model.model.config.projection_dim), model.identity)
-    present, known = set(files), set(index.files)
-    added = [name for name in files if name not in known]
-    removed = [name for name in index.files if name not in present]
-    return index, IndexUpdate(added, removed, len(files))
+        empty, tiles = torch.empty(0, model.model.config.projection_dim), tiling and SceneTiles(tiling)
+        index = ImageIndex(root, [], empty, model.identity, tiles=tiles)
+    present = set(files)
+    complete = set(index.files) if index.tiles is None else set(index.tiles.scenes) - set(index.tiles.pending)
+    added = [name for name in files if name not in complete]
+    known = index.files if index.tiles is None else list(index.tiles.scenes)
+    plan = IndexUpdate(added, [name for name in dict.fromkeys(known) if name not in present], len(files))
+    if tiling is not None:
+        plan.scenes = {name: describe_scene(Path(root) / name, tiling) for name in added}
+        plan.tiles = [(name, window) for name, info in plan.scenes.items() for window in info.windows()]
+    return index, plan
 
 
-def embedded_rounds(names: list[str], root: str, model: RetrievalModel, batch_size: int, shards: Shards):
-    """Embed the images ``root / name`` in batches of ``batch_size``, one batch per process per round.
-    Yields, on every process, each round's ``(B, D)`` embeddings in order (each row computed from the same
-    batch as in a one-process run) and how many images are done."""
-    batches = [names[start : start + batch_size] for start in range(0, len(names), batch_size)]
+def check_same_tiling(index: ImageIndex, tiling: Tiling | None, index_dir) -> None:
+    """An index of images stays one, and a scene index keeps its tiling (its windows would not compare)."""
+    built = None if index.tiles is None else index.tiles.tiling
+    if (built is None) != (tiling is None):
+        kinds = ("an index of images", "a scene index (rsitr-search index --scenes)")
+        raise SearchError(f"{index_dir} is {kinds[built is not None]}, not {kinds[tiling is not None]}")
+    if built is not None and built != tiling:
+        raise SearchError(
+            f"{index_dir} cuts its scenes as {built.to_dict()}, not {tiling.to_dict()}: use the same --tile, "
+            "--stride, --tile_unit and --bands, or another index folder"
+        )
+
+
+def embedded_rounds(plan: IndexUpdate, root: str, model: RetrievalModel, batch_size: int, shards: Shards):
+    """Embed ``plan.work()`` (images, or windows of scenes, under ``root``) in batches of ``batch_size``, one
+    batch per process per round. Yields, on every process, how many items are done and each round's ``(B,
+    D)`` embeddings in order (each row computed from the same batch as in a one-process run; a window without
+    valid pixels is a row of NaN)."""
+    work = plan.work()
+    batches = [work[start : start + batch_size] for start in range(0, len(work), batch_size)]
     done = 0
 
-    def read_batch(batch: list[str]) -> list[PIL.Image.Image]:
-        return [read_image(Path(root) / name) for name in batch]
+    def read_batch(batch: list[tuple[str, Window | None]]) -> list[PIL.Image.Image | None]:
+        if plan.tiles is not None:
+            return read_tiles(root, batch, plan.scenes)
+        return [read_image(Path(root) / name) for name, _ in batch]
 
-    rounds = embed_batches(
-        batches, model.embed_images, shards, load=read_batch, batches_per_round=1, desc="embedding images"
-    )
-    for embedded in rounds:
+    def embed(images: list[PIL.Image.Image | None]) -> torch.Tensor:
+        valid = [image for image in images if image is not None]
+        if len(valid) == len(images):
+            return model.embed_images(images)
+        rows = torch.full((len(images), model.model.config.projection_dim), torch.nan)
+        if valid:
+            rows[[image is not None for image in images]] = model.embed_images(valid).float().cpu()
+        return rows
+
+    desc = "embedding images" if plan.tiles is None else "embedding scene windows"
+    for embedded in embed_batches(batches, embed, shards, load=read_batch, batches_per_round=1, desc=desc):
         done += sum(len(piece) for piece in embedded)
         yield done, embedded
 
@@ -311,22 +411,40 @@ def apply_update(
     shards: Shards,
     ann: ANNConfig,
 ) -> IndexUpdate:
-    """Drop ``plan.removed``, append the embeddings of ``plan.added`` (saving every ``SAVE_EVERY_SECONDS``,
-    so that an interrupted run keeps its work), then extend or rebuild the FAISS index and save."""
-    removed = set(plan.removed)
-    keep = [row for row, name in enumerate(index.files) if name not in removed]
+    """Drop ``plan.removed`` (and scenes an interruption left half done), append the embeddings of
+    ``plan.work()`` (saving every ``SAVE_EVERY_SECONDS``, so that an interrupted run keeps its work), then
+    extend or rebuild the FAISS index and save."""
+    dropped = set(plan.removed) | set(index.tiles.pending if index.tiles is not None else ())
+    keep = [row for row, name in enumerate(index.files) if name not in dropped]
     previous_ann, previous_count = index.ann, len(index.files)
-    kept_files, pieces = [index.files[row] for row in keep], [index.embeddings[keep]]
-    last_save = time.monotonic()
-    for done, embedded in embedded_rounds(plan.added, index.root, model, batch_size, shards):
-        pieces += embedded
-        if time.monotonic() - last_save >= SAVE_EVERY_SECONDS and done < len(plan.added):
-            index.files, index.embeddings = kept_files + plan.added[:done], torch.cat(pieces)
+    work = plan.work()
+    files, pieces = [index.files[row] for row in keep], [index.embeddings[keep]]
+    if index.tiles is not None:
+        tiles = index.tiles
+        tiles.windows = [tiles.windows[row] for row in keep]
+        tiles.scenes = {name: info for name, info in tiles.scenes.items() if name not in dropped}
+        tiles.scenes.update(plan.scenes)
+    last_save, done = time.monotonic(), 0
+    for done, embedded in embedded_rounds(plan, index.root, model, batch_size, shards):
+        block = torch.cat(embedded)
+        valid = ~block.isnan().any(dim=1)
+        kept = [item for item, ok in zip(work[done - len(block) : done], valid.tolist(), strict=True) if ok]
+        pieces.append(block[valid])
+        files += [name for name, _ in kept]
+        if index.tiles is not None:
+            index.tiles.windows += [window for _, window in kept]
+        plan.skipped += len(block) - len(kept)
+        if time.monotonic() - last_save >= SAVE_EVERY_SECONDS and done < len(work):
+            index.files, index.embeddings = list(files), torch.cat(pieces)
+            if index.tiles is not None:  # scenes with windows still to come are tiled again next time
+                index.tiles.pending = list(dict.fromkeys(name for name, _ in work[done:]))
             index.ann, pieces = None, [index.embeddings]  # the FAISS index is made at the end
             index.save(index_dir)
             last_save = time.monotonic()
-    index.files, index.embeddings = kept_files + plan.added, torch.cat(pieces)
-    extendable = not removed and previous_ann is not None and len(previous_ann) == previous_count
+    index.files, index.embeddings = files, torch.cat(pieces)
+    if index.tiles is not None:
+        index.tiles.pending = []
+    extendable = not dropped and previous_ann is not None and len(previous_ann) == previous_count
     index.ann, plan.ann = updated_ann(index.embeddings.numpy(), ann, previous_ann if extendable else None)
     plan.calibration = index.ann.calibration if index.ann is not None else None
     index.save(index_dir)

@@ -12,15 +12,33 @@ import torch
 from ..data.images import to_rgb
 from .index import ImageIndex, read_image
 from .model import RetrievalModel, SearchError
+from .scenes import Window, window_iou
+
+SEARCH_GROWTH = 4  # a scene index fetches this many times more candidates while overlaps leave too few
 
 
 @dataclass
 class Hit:
-    """One result: ``rank`` (1 = best), cosine ``score``, and the image path or caption found."""
+    """One result: ``rank`` (1 = best), cosine ``score``, and the image path or caption found; from a scene
+    index, the scene and the ``window`` (column, row, width, height in pixels) and, for a georeferenced
+    scene, its ``footprint`` (a closed ring of WGS84 ``[longitude, latitude]``)."""
 
     rank: int
     score: float
     item: str
+    window: Window | None = None
+    footprint: list[list[float]] | None = None
+
+    def describe(self) -> str:
+        """The item, with the window and the footprint's centre for a tile."""
+        if self.window is None:
+            return self.item
+        column, row, width, height = self.window
+        text = f"{self.item} [x {column}, y {row}, {width}x{height}]"
+        if self.footprint is not None:
+            longitude, latitude = (sum(values[:-1]) / 4 for values in zip(*self.footprint, strict=True))
+            text += f" at {latitude:.6f}, {longitude:.6f}"
+        return text
 
 
 def top_k(similarity: torch.Tensor, items: list[str], k: int) -> list[list[Hit]]:
@@ -36,34 +54,75 @@ def top_k(similarity: torch.Tensor, items: list[str], k: int) -> list[list[Hit]]
 
 
 def search_images(
-    index: ImageIndex, model: RetrievalModel, queries: list[str], k: int = 5
+    index: ImageIndex, model: RetrievalModel, queries: list[str], k: int = 5, max_overlap: float = 0.0
 ) -> list[list[Hit]]:
-    """Text -> image: the ``k`` best indexed images (paths under ``index.root``) for each query."""
+    """Text -> image: the ``k`` best indexed images (paths under ``index.root``), or scene windows, for each
+    query (``max_overlap``: see :func:`nearest_images`)."""
     if not queries or any(not query.strip() for query in queries):
         raise SearchError("text queries must be non-empty")
-    return nearest_images(index, model.embed_texts(queries), k)
+    return nearest_images(index, model.embed_texts(queries), k, max_overlap)
 
 
-def similar_images(index: ImageIndex, model: RetrievalModel, image: PIL.Image.Image, k: int = 5) -> list[Hit]:
-    """Image -> image: the ``k`` indexed images nearest to ``image`` (itself first when it is indexed)."""
-    return nearest_images(index, model.embed_images([to_rgb(image)]), k)[0]
+def similar_images(
+    index: ImageIndex, model: RetrievalModel, image: PIL.Image.Image, k: int = 5, max_overlap: float = 0.0
+) -> list[Hit]:
+    """Image -> image: the ``k`` indexed images (or scene windows) nearest to ``image`` (itself first when it
+    is indexed)."""
+    return nearest_images(index, model.embed_images([to_rgb(image)]), k, max_overlap)[0]
 
 
-def nearest_images(index: ImageIndex, query_embeds: torch.Tensor, k: int) -> list[list[Hit]]:
+def nearest_images(
+    index: ImageIndex, query_embeds: torch.Tensor, k: int, max_overlap: float = 0.0
+) -> list[list[Hit]]:
     """For each of ``(Q, D)`` unit ``query_embeds``: the ``k`` indexed images of highest cosine, through the
-    FAISS index when there is one, else exactly."""
-    if index.ann is None:
-        return top_k(query_embeds @ index.embeddings.T, index.files, k)
-    scores, rows = index.ann.search(query_embeds.numpy(), k)
-    hits = []
-    for query_scores, query_rows in zip(scores, rows, strict=True):
+    FAISS index when there is one, else exactly. From a scene index, the ``k`` best windows of which no two
+    of one scene overlap by more than ``max_overlap`` (intersection over union; 0: not at all): a window
+    overlapping a better one is dropped (non-maximum suppression), so that the hits are ``k`` places."""
+    fetch = k if index.tiles is None else k * SEARCH_GROWTH
+    while True:
+        scores, rows = nearest_rows(index, query_embeds, min(fetch, len(index.files)))
         found = [
-            (float(score), index.files[row])
-            for score, row in zip(query_scores, query_rows, strict=True)
-            if row >= 0  # IVF: fewer than k in the probed lists
-        ]
-        hits.append([Hit(rank + 1, score, item) for rank, (score, item) in enumerate(found)])
-    return hits
+            [(score, row) for score, row in zip(query_scores, query_rows, strict=True) if row >= 0]
+            for query_scores, query_rows in zip(scores.tolist(), rows.tolist(), strict=True)
+        ]  # IVF: fewer than asked when the probed lists hold fewer
+        if index.tiles is not None:
+            found = [suppress_overlaps(index, candidates, max_overlap)[:k] for candidates in found]
+        if index.tiles is None or fetch >= len(index.files) or all(len(hits) == k for hits in found):
+            return [
+                [hit_of_row(index, rank + 1, score, row) for rank, (score, row) in enumerate(hits)]
+                for hits in found
+            ]
+        fetch *= SEARCH_GROWTH
+
+
+def nearest_rows(index: ImageIndex, query_embeds: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scores, rows)``, each ``(Q, k)``, best first (rows of -1 where FAISS found fewer)."""
+    if index.ann is None:
+        return (query_embeds @ index.embeddings.T).topk(k, dim=1)
+    scores, rows = index.ann.search(query_embeds.numpy(), k)
+    return torch.from_numpy(scores), torch.from_numpy(rows)
+
+
+def suppress_overlaps(index: ImageIndex, candidates: list[tuple[float, int]], max_overlap: float):
+    """``candidates`` (score, row), best first, without those overlapping a better kept one of their scene
+    by more than ``max_overlap``."""
+    kept: list[tuple[float, int]] = []
+    windows = index.tiles.windows
+    for score, row in candidates:
+        scene, window = index.files[row], windows[row]
+        if all(
+            index.files[other] != scene or window_iou(window, windows[other]) <= max_overlap
+            for _, other in kept
+        ):
+            kept.append((score, row))
+    return kept
+
+
+def hit_of_row(index: ImageIndex, rank: int, score: float, row: int) -> Hit:
+    if index.tiles is None:
+        return Hit(rank, score, index.files[row])
+    scene, window = index.files[row], index.tiles.windows[row]
+    return Hit(rank, score, scene, window, index.tiles.scenes[scene].footprint(window))
 
 
 def read_captions(path: str | os.PathLike) -> list[str]:
@@ -86,7 +145,29 @@ def search_captions(
 
 
 def format_table(query: str, hits: list[Hit]) -> str:
-    width = max([len(hit.item) for hit in hits] + [4])
-    lines = [f"query: {query}", f"  rank  score   {'item'.ljust(width)}"]
-    lines += [f"  {hit.rank:>4}  {hit.score:.4f}  {hit.item}" for hit in hits]
+    lines = [f"query: {query}", "  rank  score   item"]
+    lines += [f"  {hit.rank:>4}  {hit.score:.4f}  {hit.describe()}" for hit in hits]
     return "\n".join(lines)
+
+
+def hits_geojson(results: list[tuple[str, list[Hit]]]) -> dict:
+    """The hits of each ``(query, hits)`` as a GeoJSON FeatureCollection (RFC 7946: WGS84 longitude,
+    latitude): one Polygon feature per hit, its footprint (``null`` geometry for a scene without
+    georeference), with the query, rank, score, scene and pixel window as flat properties (a GIS's
+    attribute table)."""
+    features = []
+    for query, hits in results:
+        for hit in hits:
+            column, row, width, height = hit.window or (None,) * 4
+            polygon = None if hit.footprint is None else {"type": "Polygon", "coordinates": [hit.footprint]}
+            features.append(
+                {
+                    "type": "Feature",
+                    "geometry": polygon,
+                    "properties": {
+                        "query": query, "rank": hit.rank, "score": round(hit.score, 6), "scene": hit.item,
+                        "col_off": column, "row_off": row, "width": width, "height": height,
+                    },
+                }
+            )  # fmt: skip
+    return {"type": "FeatureCollection", "features": features}

@@ -1,0 +1,335 @@
+"""Scene indexes (rsitr-search index --scenes): large GeoTIFF and plain scenes tiled window by window,
+hits with their windows and WGS84 footprints, GeoJSON, overlap suppression, incremental updates, sharding
+over two processes, and rsitr-app's scene view (answers and headless chromium)."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from browser import BrowserUnavailable, ask_image, headless_chromium, open_page, wait_for
+from conftest import TWO_PROCESS_LAUNCH, subprocess_env
+
+rasterio = pytest.importorskip("rasterio", reason="scene indexes need rasterio (pip install -e '.[scenes]')")
+from rasterio.warp import transform as reproject_points  # noqa: E402
+
+import rsitr_hf.search.index  # noqa: E402
+import rsitr_hf.search.scenes  # noqa: E402
+from rsitr_hf.search import ImageIndex, RetrievalModel, SearchError, build_index, main  # noqa: E402
+from rsitr_hf.search.query import hits_geojson, similar_images  # noqa: E402
+from rsitr_hf.search.scenes import Tiling, describe_scene, open_scene, read_tile, window_iou  # noqa: E402
+from rsitr_hf.utils.errors import InputError  # noqa: E402
+
+ORIGIN, PIXEL = (500_000.0, 5_000_000.0), 0.5  # UTM zone 33N (EPSG:32633), metres
+OBJECT_WINDOW = (672, 336, 224, 224)  # where the object is planted, in pixels
+NODATA_COLUMNS = 300  # the scene's left strip is nodata
+
+
+def planted_object() -> np.ndarray:
+    """A white cross on black, ``(224, 224, 3)`` uint8: the query."""
+    image = np.zeros((224, 224, 3), np.uint8)
+    image[40:180, 100:124] = 255
+    image[90:120, 30:194] = 255
+    return image
+
+
+def write_scenes(folder: Path) -> Path:
+    """``utm.tif``: 1200 x 900 px, 4 bands of 12-bit values in uint16 (multiples of 16, so that scaling by the
+    scene's maximum 4080 gives back 8-bit values exactly), georeferenced in UTM, nodata 0 in the left strip,
+    the object planted at ``OBJECT_WINDOW``; ``plain.png``: a 500 x 300 8-bit image without georeference."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    values = (rng.integers(1, 256, (4, 900, 1200)) * 16).astype(np.uint16)
+    column, row, width, height = OBJECT_WINDOW
+    values[:3, row : row + height, column : column + width] = (
+        planted_object().transpose(2, 0, 1).astype(np.uint16) * 16
+    )
+    values[:, :, :NODATA_COLUMNS] = 0
+    profile = {
+        "driver": "GTiff", "width": 1200, "height": 900, "count": 4, "dtype": "uint16", "crs": "EPSG:32633",
+        "transform": rasterio.Affine(PIXEL, 0, ORIGIN[0], 0, -PIXEL, ORIGIN[1]), "nodata": 0, "tiled": True,
+    }  # fmt: skip
+    with rasterio.open(folder / "utm.tif", "w", **profile) as scene:
+        scene.write(values)
+    PIL.Image.fromarray(rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)).save(folder / "plain.png")
+    return folder
+
+
+def object_centre_lon_lat() -> tuple[float, float]:
+    column, row, width, height = OBJECT_WINDOW
+    x, y = ORIGIN[0] + (column + width / 2) * PIXEL, ORIGIN[1] - (row + height / 2) * PIXEL
+    longitudes, latitudes = reproject_points("EPSG:32633", "EPSG:4326", [x], [y])
+    return longitudes[0], latitudes[0]
+
+
+def inside(point: tuple[float, float], ring: list[list[float]]) -> bool:
+    """Ray casting: whether ``point`` lies inside the closed ``ring``."""
+    x, y = point
+    crossings = 0
+    for (x0, y0), (x1, y1) in zip(ring, ring[1:], strict=False):
+        if (y0 > y) != (y1 > y) and x < x0 + (y - y0) * (x1 - x0) / (y1 - y0):
+            crossings += 1
+    return crossings % 2 == 1
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    folder = write_scenes(tmp_path_factory.mktemp("scenes") / "scenes")
+    PIL.Image.fromarray(planted_object()).save(folder.parent / "query.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scene_index(tmp_path_factory, scenes, tiny_clip_dir) -> Path:
+    index_dir = tmp_path_factory.mktemp("scene_index") / "index"
+    arguments = ["index", "--scenes", str(scenes), "--index", str(index_dir), "--model", str(tiny_clip_dir)]
+    assert main([*arguments, "--batch_size", "16"]) == 0
+    return index_dir
+
+
+# windows: utm.tif 10 columns (0, 112, ..., 896, then 976) x 8 rows (0, ..., 672, then 676), of which the
+# 8 of column 0 lie in the nodata strip; plain.png 4 x 2
+WINDOWS, SKIPPED = 80 + 8, 8
+
+
+def test_scenes_are_read_window_by_window_and_the_top_hit_footprint_holds_the_object(
+    tmp_path, scenes, tiny_clip_dir, monkeypatch, capsys
+):
+    reads = []
+    original_read = rasterio.io.DatasetReader.read
+
+    def recorded_read(self, *arguments, **options):
+        values = original_read(self, *arguments, **options)
+        reads.append(values.shape)
+        return values
+
+    monkeypatch.setattr(rasterio.io.DatasetReader, "read", recorded_read)
+    monkeypatch.setattr(rsitr_hf.search.scenes, "SCALE_READ_SIDE", 200)
+    index_dir = tmp_path / "index"
+    arguments = ["index", "--scenes", str(scenes), "--index", str(index_dir), "--model", str(tiny_clip_dir)]
+    assert main(arguments) == 0
+    out = capsys.readouterr().out
+    assert f"2 scenes (2 tiled now: {WINDOWS} windows, {SKIPPED} without data skipped; 0 gone" in out
+    # one read per window and one reduced read for the 16-bit scene's value range; none larger than a window
+    assert len(reads) == WINDOWS + 1
+    assert max(int(np.prod(shape[1:])) for shape in reads) <= 224 * 224 < 1200 * 900
+    index = ImageIndex.load(index_dir)
+    assert index.embeddings.shape[0] == len(index.tiles.windows) == WINDOWS - SKIPPED
+    utm = [window for name, window in zip(index.files, index.tiles.windows, strict=True) if name == "utm.tif"]
+    assert len(utm) == 72 and min(column for column, *_ in utm) == 112
+
+    geojson, results = tmp_path / "hits.geojson", tmp_path / "hits.json"
+    query = ["query", "--index", str(index_dir), "--image", str(scenes.parent / "query.png"), "--top_k", "3"]
+    assert main([*query, "--geojson", str(geojson), "--json", str(results)]) == 0
+    table = capsys.readouterr().out
+    top = json.loads(geojson.read_text())["features"][0]
+    assert top["properties"] | {"query": None} == {
+        "query": None, "rank": 1, "score": 1.0, "scene": "utm.tif",
+        "col_off": 672, "row_off": 336, "width": 224, "height": 224,
+    }  # fmt: skip
+    ring = top["geometry"]["coordinates"][0]
+    assert top["geometry"]["type"] == "Polygon" and len(ring) == 5 and ring[0] == ring[-1]
+    longitude, latitude = object_centre_lon_lat()
+    assert inside((longitude, latitude), ring)
+    assert not inside((longitude + 0.01, latitude), ring)
+    assert sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:], strict=False)) > 0  # CCW
+    first = json.loads(results.read_text())[0]["hits"][0]
+    assert first["window"] == [672, 336, 224, 224] and first["footprint"] == ring
+    assert first["path"] == str(scenes.resolve() / "utm.tif")
+    assert f"utm.tif [x 672, y 336, 224x224] at {latitude:.4f}" in table.replace(
+        f"{latitude:.6f}", f"{latitude:.4f}"
+    )
+
+
+def test_overlapping_hits_of_a_scene_are_suppressed(scene_index, scenes, tiny_clip_dir):
+    index, model = ImageIndex.load(scene_index), RetrievalModel(tiny_clip_dir)
+    query = PIL.Image.open(scenes.parent / "query.png")
+    places = similar_images(index, model, query, k=6)
+    assert len(places) == 6 and places[0].window == OBJECT_WINDOW and places[0].score == pytest.approx(1.0)
+    for first in places:
+        for second in places:
+            if first is not second and first.item == second.item:
+                assert window_iou(first.window, second.window) == 0
+    everything = similar_images(index, model, query, k=6, max_overlap=1.0)
+    scores = model.embed_images([query]) @ index.embeddings.T
+    expected = scores[0].topk(6).indices.tolist()
+    assert [(hit.item, hit.window) for hit in everything] == [
+        (index.files[row], index.tiles.windows[row]) for row in expected
+    ]
+    assert any(window_iou(a.window, b.window) > 0 for a in everything for b in everything if a is not b)
+
+    plain = next(hit for hit in similar_images(index, model, query, k=60) if hit.item == "plain.png")
+    assert plain.footprint is None
+    assert hits_geojson([("q", [plain])])["features"][0]["geometry"] is None
+
+
+def test_bands_bit_depth_nodata_and_metres_are_read_as_documented(scenes):
+    info = describe_scene(scenes / "utm.tif", Tiling())
+    assert info.bands == [1, 2, 3] and info.scale == [0.0, 4080.0] and info.georeferenced
+    assert info.tile == [224, 224] and info.stride == [112, 112] and len(info.windows()) == 80
+    with open_scene(scenes / "utm.tif") as scene:
+        assert np.array_equal(np.asarray(read_tile(scene, info, OBJECT_WINDOW)), planted_object())
+        assert read_tile(scene, info, (0, 0, 224, 224)) is None  # nodata only
+        partial = np.asarray(read_tile(scene, info, (112, 0, 224, 224)))
+        assert (partial[:, : NODATA_COLUMNS - 112] == 0).all() and partial[:, NODATA_COLUMNS - 112 :].any()
+        reversed_bands = describe_scene(scenes / "utm.tif", Tiling(bands=(3, 2, 1)))
+        tile = np.asarray(read_tile(scene, reversed_bands, (400, 0, 224, 224)))
+        assert np.array_equal(tile, np.asarray(read_tile(scene, info, (400, 0, 224, 224)))[..., ::-1])
+    plain = describe_scene(scenes / "plain.png", Tiling())
+    assert plain.scale is None and not plain.georeferenced and plain.footprint((0, 0, 224, 224)) is None
+    assert [window[:2] for window in plain.windows()] == [(0, 0), (112, 0), (224, 0), (276, 0)] + [
+        (0, 76), (112, 76), (224, 76), (276, 76)
+    ]  # fmt: skip
+    with open_scene(scenes / "plain.png") as scene:
+        expected = np.asarray(PIL.Image.open(scenes / "plain.png"))[76:300, 276:500]
+        assert np.array_equal(np.asarray(read_tile(scene, plain, (276, 76, 224, 224))), expected)
+    metres = describe_scene(scenes / "utm.tif", Tiling(112, 56, "metres"))
+    assert metres.tile == [224, 224] and metres.stride == [112, 112]
+    with pytest.raises(InputError, match=r"plain\.png: --tile_unit metres needs a scene in a projected CRS"):
+        describe_scene(scenes / "plain.png", Tiling(112, 56, "metres"))
+    with pytest.raises(InputError, match=r"utm\.tif: --bands 5, but the scene has 4 band\(s\)"):
+        describe_scene(scenes / "utm.tif", Tiling(bands=(5,)))
+    with pytest.raises(InputError, match="one or three band numbers"):
+        Tiling(bands=(1, 2))
+
+
+def test_a_scene_index_updates_by_scene_and_keeps_its_tiling(tmp_path, scenes, tiny_clip_dir, monkeypatch):
+    folder = tmp_path / "scenes"
+    shutil.copytree(scenes, folder)
+    model = RetrievalModel(tiny_clip_dir)
+    build_index(folder, tmp_path / "index", model, batch_size=16, tiling=Tiling())
+    embedded = []
+    original = RetrievalModel.embed_images
+    model.embed_images = lambda images: embedded.append(len(images)) or original(model, images)
+    assert build_index(folder, tmp_path / "index", model, tiling=Tiling()).tiles == []
+    assert embedded == []
+    shutil.copy(folder / "plain.png", folder / "plain_copy.png")
+    (folder / "utm.tif").unlink()
+    update = build_index(folder, tmp_path / "index", model, batch_size=16, tiling=Tiling())
+    assert update.added == ["plain_copy.png"] and update.removed == ["utm.tif"] and sum(embedded) == 8
+    index = ImageIndex.load(tmp_path / "index")
+    assert index.files == ["plain.png"] * 8 + ["plain_copy.png"] * 8 and set(index.tiles.scenes) == {
+        "plain.png",
+        "plain_copy.png",
+    }
+    torch.testing.assert_close(index.embeddings[:8], index.embeddings[8:], rtol=0, atol=1e-6)
+    with pytest.raises(SearchError, match="cuts its scenes as .* use the same --tile"):
+        build_index(folder, tmp_path / "index", model, tiling=Tiling(stride=56))
+    with pytest.raises(SearchError, match="is a scene index .*, not an index of images"):
+        build_index(folder, tmp_path / "index", model)
+
+    # interrupted in the middle of a scene: that scene is tiled again, whole, by the next run
+    monkeypatch.setattr(rsitr_hf.search.index, "SAVE_EVERY_SECONDS", 0)
+    calls = []
+
+    def failing_fourth_batch(images):
+        calls.append(len(images))
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return original(model, images)
+
+    model.embed_images = failing_fourth_batch
+    with pytest.raises(KeyboardInterrupt):
+        build_index(scenes, tmp_path / "interrupted", model, batch_size=20, tiling=Tiling())
+    partial = ImageIndex.load(tmp_path / "interrupted")
+    # 3 batches of 20 saved: plain.png's 8 windows, then utm.tif's first 52 (rows 0-4 and 2 of row 5), of
+    # which the 6 in column 0 are nodata
+    assert partial.tiles.pending == ["utm.tif"] and len(partial.files) == 60 - 6
+    model.embed_images = lambda images: original(model, images)
+    update = build_index(scenes, tmp_path / "interrupted", model, batch_size=20, tiling=Tiling())
+    assert update.added == ["utm.tif"] and len(update.tiles) == 80 and update.skipped == 8
+    build_index(scenes, tmp_path / "fresh", model, batch_size=20, tiling=Tiling())
+    resumed, fresh = ImageIndex.load(tmp_path / "interrupted"), ImageIndex.load(tmp_path / "fresh")
+    assert resumed.tiles.pending == [] and resumed.files == fresh.files
+    assert resumed.tiles.windows == fresh.tiles.windows
+    torch.testing.assert_close(resumed.embeddings, fresh.embeddings, rtol=0, atol=1e-6)
+
+
+def test_bad_scene_arguments_are_one_line_errors(tmp_path, scenes, tiny_clip_dir, capsys):
+    base = ["index", "--index", str(tmp_path / "index"), "--model", str(tiny_clip_dir)]
+    assert main([*base, str(scenes), "--scenes", str(scenes)]) == 2
+    assert "give an IMAGE_DIR, or --scenes SCENE_DIR (not both)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_status:
+        main([*base, "--scenes", str(scenes), "--bands", "4,x"])
+    assert exit_status.value.code == 2
+    assert "expected band numbers separated by commas" in capsys.readouterr().err
+    assert main([*base, "--scenes", str(scenes), "--tile_unit", "metres"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "plain.png: --tile_unit metres needs a scene in a projected CRS" in err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "scene.tif").write_bytes(b"II*\x00 not a tiff")
+    assert main([*base, "--scenes", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"error: {broken / 'scene.tif'}: not a readable scene" in err
+
+
+def test_a_two_process_sharded_scene_index_equals_the_one_process_index(tmp_path, scenes, scene_index):
+    """``accelerate launch -m rsitr_hf.search index --scenes``: two gloo processes share the windows."""
+    single = ImageIndex.load(scene_index)
+    arguments = ["index", "--scenes", str(scenes), "--model", single.model.base_model, "--batch_size", "16"]
+    arguments += ["--index", str(tmp_path / "i")]
+    result = subprocess.run(
+        [sys.executable, *TWO_PROCESS_LAUNCH, "-m", "rsitr_hf.search", *arguments],
+        capture_output=True, text=True, env=subprocess_env(), timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(f"2 scenes (2 tiled now: {WINDOWS} windows, {SKIPPED} without data") == 1
+    sharded = ImageIndex.load(tmp_path / "i")
+    assert sharded.files == single.files and sharded.tiles.windows == single.tiles.windows
+    assert sharded.tiles.scenes == single.tiles.scenes
+    torch.testing.assert_close(sharded.embeddings, single.embeddings, rtol=0, atol=1e-5)
+
+
+def test_the_app_shows_each_hit_window_and_its_scene_with_the_windows_drawn(scene_index, scenes):
+    pytest.importorskip("gradio", reason="rsitr-app needs gradio (pip install -e '.[app]')")
+    from rsitr_hf.search.app import SearchPage
+
+    page = SearchPage.open(scene_index)
+    assert "search 80 tiles of 2 scenes" in page.header()
+    gallery, summary, views = page.image_query(PIL.Image.open(scenes.parent / "query.png"), 3)
+    assert summary.startswith("3 best places of 80 tiles of 2 scenes for the image (")
+    assert gallery[0][1].startswith("1. utm.tif [x 672, y 336, 224x224] at 45.15") and gallery[0][1].endswith(
+        "(1.000)"
+    )
+    assert np.array_equal(np.asarray(gallery[0][0]), planted_object())  # the window, read from the scene
+    overview, caption = views[0]
+    assert caption.startswith("utm.tif: hits 1") and overview.size == (1024, 768)
+    pixels = np.asarray(overview)
+    column, row, width, height = (round(value * 1024 / 1200) for value in OBJECT_WINDOW)
+    assert tuple(pixels[row + height // 2, column]) == (255, 40, 40)  # the window outlined in red
+    assert len(page.shown(page.image_query(PIL.Image.open(scenes.parent / "query.png"), 3))) == 3
+
+
+@pytest.fixture
+def browser():
+    try:
+        driver = headless_chromium()
+    except BrowserUnavailable as reason:
+        pytest.skip(str(reason))
+    yield driver
+    driver.quit()
+
+
+def test_in_a_browser_an_image_query_shows_windows_and_scene_overviews(scene_index, scenes, browser):
+    from selenium.webdriver.common.by import By
+
+    from rsitr_hf.search.app import SearchPage, build_app
+
+    blocks = build_app(SearchPage.open(scene_index), top_k=3)
+    blocks.launch(prevent_thread_lock=True, quiet=True)
+    try:
+        open_page(browser, blocks.local_url)
+        answer = ask_image(browser, scenes.parent / "query.png")
+        assert answer.captions[0].startswith("1. utm.tif [x 672, y 336, 224x224]")
+        views = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#image_scenes .caption-label"))
+        assert views[0].text.startswith("utm.tif: hits 1")
+        shown = browser.find_element(By.CSS_SELECTOR, "#image_scenes img")
+        assert shown.get_attribute("naturalWidth") == "1024"
+    finally:
+        blocks.close()
