@@ -1,8 +1,9 @@
 """End-to-end training speed and evaluation time on an RSICD-shaped task, through the real ``train()``.
 
     python benchmarks/bench_end_to_end.py [--device cpu|cuda] [--work_dir DIR]
-        [--methods mrs posapl lora full] [--only pipeline train evaluation] [--batch_size N] [--steps N]
-        [--workers N ...] [--pipeline_batch_size N] [--compile] [--pos_model TAGGER.pt] [--out FILE.json]
+        [--methods mrs posapl lora full harma] [--only pipeline train evaluation] [--batch_size N] [--steps N]
+        [--workers N ...] [--pipeline_batch_size N] [--compile] [--pos_model TAGGER.pt] [--toy]
+        [--out FILE.json]
 
 The task (built once in ``--work_dir``): the real RSICD split files (packaged ``rsitr_splits/rsicd_precomp``:
 9,828 train + 1,093 test images, 54,605 captions), one synthetic 224-px JPEG per file name (rendered aerial
@@ -26,7 +27,8 @@ Sections, each measurement in a fresh process (its own Accelerate state, compile
 Defaults: batch 256, bf16 and 30 steps on CUDA; batch 8, bf16 and 20 steps on the CPU. Methods: ``mrs``
 (MRS-Adapter + HMMC), ``posapl`` (POSAPL's RSICD recipe; needs a POS tagger: ``--pos_model``,
 ``$RSITR_POS_MODEL``, or one trained offline from UD English-EWT into the work dir, about 3 minutes),
-``lora`` (LoRA r=8 + HMMC), ``full`` (full fine-tuning + HMMC).
+``lora`` (LoRA r=8 + HMMC), ``full`` (full fine-tuning + HMMC), ``harma`` (HarMA with its loss and the
+release's AdamW). ``--toy``: the first 48 train and 16 test images and a tiny CLIP, for dry runs.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,7 +61,14 @@ METHODS = {
     },
     "lora": {"method": {"name": "lora", "config": {"r": 8}}, "loss": {"name": "hmmc"}},
     "full": {"method": {"name": "full"}, "loss": {"name": "hmmc"}, "optimizer": {"lr": 1.0e-5}},
+    "harma": {
+        "method": {"name": "harma"},
+        "loss": {"name": "harma", "margin": 0.2, "power": 2.0},
+        "data": {"augment": True},
+        "optimizer": {"name": "adamw", "lr": 4.0e-4, "weight_decay": 0.04, "betas": [0.9, 0.98]},
+    },
 }
+TOY_IMAGES = {"train": 48, "test": 16}  # --toy: the first images of each split, and a small CLIP (12 layers)
 
 
 # --- The task ------------------------------------------------------------------------------------------
@@ -74,14 +82,19 @@ def write_image(job: tuple[str, int, str]) -> None:
     image.save(path, quality=90)
 
 
-def build_task(work_dir: Path) -> tuple[Path, Path]:
-    """``(data folder, model folder)`` of the RSICD-shaped task, built on first use."""
-    data = work_dir / "rsicd_precomp"
+def build_task(work_dir: Path, toy: bool = False) -> tuple[Path, Path]:
+    """``(data folder, model folder)`` of the RSICD-shaped task, built on first use; ``toy``: the first
+    ``TOY_IMAGES`` of each split with a tiny CLIP (for dry runs on a CPU)."""
+    data = work_dir / ("toy" if toy else "") / "rsicd_precomp"
     images = data / "rsicd_images"
     if not (data / "done").is_file():
         images.mkdir(parents=True, exist_ok=True)
         for name in SPLIT_FILES:
-            shutil.copyfile(RSICD_SPLITS / name, data / name)
+            lines = (RSICD_SPLITS / name).read_text(encoding="utf-8").splitlines()
+            if toy:  # train: one file name per image, five captions; test: one file name per caption
+                per_image = 5 if name == "train_caps.txt" or name.startswith("test") else 1
+                lines = lines[: per_image * TOY_IMAGES[name.split("_")[0]]]
+            (data / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
         jobs = []
         for split in ("train", "test"):
             names = (data / f"{split}_filename.txt").read_text(encoding="utf-8").split()
@@ -94,12 +107,18 @@ def build_task(work_dir: Path) -> tuple[Path, Path]:
             f"wrote {len(jobs):,} synthetic 224-px JPEGs in {time.perf_counter() - started:.0f} s", flush=True
         )
         (data / "done").write_text("")
-    model = work_dir / "vit_b32_shaped"
+    model = work_dir / ("tiny_clip" if toy else "vit_b32_shaped")
     if not (model / "config.json").is_file():
         from rsitr_hf.demo.tiny_clip import save_tiny_clip
 
         captions = (data / "train_caps.txt").read_text(encoding="utf-8").split("\n")
         words = sorted({word for caption in captions for word in caption.lower().split() if word.isascii()})
+        if toy:
+            save_tiny_clip(
+                model, words, seed=0, text_width=256, vision_width=256, projection_dim=128, num_layers=12,
+                num_heads=4, image_size=64, patch_size=16,
+            )  # fmt: skip
+            return data, model
         save_tiny_clip(
             model, words, seed=0, text_width=512, vision_width=768, projection_dim=512, num_layers=12,
             num_heads=8, image_size=224, patch_size=32,
@@ -242,7 +261,10 @@ def measure_model_only(args, data: Path, model: Path) -> dict:
 
         batch = next(iter(loader))
         clip.train()
-        for _ in range(args.warmup):
+        started = time.perf_counter()
+        optimizer_step(batch).item()  # with --compile: compiles
+        first_step = time.perf_counter() - started
+        for _ in range(args.warmup - 1):
             optimizer_step(batch)
         loss = optimizer_step(batch)
         loss.item()
@@ -252,7 +274,12 @@ def measure_model_only(args, data: Path, model: Path) -> dict:
         loss.item()  # waits for the device
         seconds = (time.perf_counter() - started) / args.steps
         peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    return {"pairs_per_second": args.batch_size / seconds, "seconds_per_step": seconds, "peak_cuda_mb": peak}
+    return {
+        "pairs_per_second": args.batch_size / seconds,
+        "seconds_per_step": seconds,
+        "first_step_seconds": first_step,
+        "peak_cuda_mb": peak,
+    }
 
 
 def measure_evaluation(args, data: Path, model: Path) -> dict:
@@ -316,6 +343,8 @@ def common_arguments(args) -> list[str]:
         values.append("--compile")
     if args.pos_model:
         values += ["--pos_model", args.pos_model]
+    if args.toy:
+        values.append("--toy")
     return values
 
 
@@ -416,6 +445,7 @@ def main() -> None:
         "--pipeline_batch_size", type=int, default=256, help="pipeline section (the GPU recipes' batch)"
     )
     parser.add_argument("--pos_model", help="stanza tagger .pt for POSAPL")
+    parser.add_argument("--toy", action="store_true", help=f"a toy task ({TOY_IMAGES} images, tiny CLIP)")
     parser.add_argument("--out", help="also write the results as JSON")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
@@ -426,7 +456,7 @@ def main() -> None:
     args.eval_batch_size = args.eval_batch_size or (256 if on_gpu else 64)
     args.steps = args.steps or (30 if on_gpu else 20)
     args.work_dir = args.work_dir.resolve()
-    data, model = build_task(args.work_dir)
+    data, model = build_task(args.work_dir, args.toy)
     if args.measure:
         print(json.dumps(MEASUREMENTS[args.measure](args, data, model)))
         return

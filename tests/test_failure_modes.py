@@ -508,32 +508,88 @@ def adapter_dir(tmp_path, tiny_clip_dir) -> Path:
     return tmp_path / "adapter"
 
 
-def truncate_weights(adapter: Path) -> None:
+def truncate_weights(adapter: Path) -> str:
     weights = adapter / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:50])
+    return f"{weights}: not a readable safetensors file"
 
 
-def pickle_weights(adapter: Path) -> None:
+def pickle_as_safetensors(adapter: Path) -> str:
     weights = adapter / "adapter_model.safetensors"
-    weights.write_bytes(pickle.dumps({"not": "safetensors"}))
+    weights.write_bytes(pickle.dumps({"weight": Canary(adapter.parent / "unpickled")}))
+    return f"{weights}: not a readable safetensors file"
 
 
-def wrong_peft_type(adapter: Path) -> None:
+def pickle_as_bin(adapter: Path) -> str:
+    """peft's pickled format, alone in the folder: a crafted pickle that would create a file."""
+    (adapter / "adapter_model.safetensors").unlink()
+    (adapter / "adapter_model.bin").write_bytes(
+        pickle.dumps({"weight": Canary(adapter.parent / "unpickled")})
+    )
+    return (
+        f"{adapter / 'adapter_model.bin'} is a pickled weights file, which rsitr_hf does not load "
+        "(unpickling can run code); save the adapter as safetensors"
+    )
+
+
+def wrong_peft_type(adapter: Path) -> str:
     config = json.loads((adapter / "adapter_config.json").read_text())
     config["peft_type"] = "NO_SUCH_METHOD"
     (adapter / "adapter_config.json").write_text(json.dumps(config))
+    return f"{adapter / 'adapter_config.json'}: field peft_type: 'NO_SUCH_METHOD' is not a PEFT type"
 
 
-@pytest.mark.parametrize("damage", [truncate_weights, pickle_weights, wrong_peft_type])
-def test_an_unreadable_adapter_is_named(damage, adapter_dir, tiny_clip_dir, image_folder, tmp_path, capsys):
-    damage(adapter_dir)
-    with pytest.raises(AdapterFileError, match=f"--adapter {adapter_dir}: not a loadable adapter"):
+def class_folders(image_folder: Path, tmp_path: Path) -> Path:
+    """Two classes of two images each, for rsitr-zeroshot."""
+    images = sorted(image_folder.iterdir())
+    for number, name in enumerate(("river", "forest")):
+        (tmp_path / "classes" / name).mkdir(parents=True)
+        for image in images[2 * number : 2 * number + 2]:
+            shutil.copy(image, tmp_path / "classes" / name / image.name)
+    return tmp_path / "classes"
+
+
+ADAPTER_COMMANDS = ["search index", "search query", "app", "zeroshot", "audit", "visualize"]
+
+
+def run_with_adapter(command: str, adapter: Path, index_dir: Path, model, folders: dict) -> int:
+    """Exit status of ``command`` given ``adapter`` (rsitr-visualize: the adapter of the index it opens)."""
+    from rsitr_hf.search.app import main as app_main
+    from rsitr_hf.tools.audit import main as audit_main
+    from rsitr_hf.tools.zeroshot import main as zeroshot_main
+
+    named = ["--model", str(model), "--adapter", str(adapter)]
+    if command == "search index":
+        return search_main(["index", str(folders["images"]), "--index", str(folders["tmp"] / "new"), *named])
+    if command == "search query":
+        return search_main(["query", "--index", str(index_dir), "--text", "a river", *named])
+    if command == "app":
+        return app_main(["--index", str(index_dir), "--adapter", str(adapter)])
+    if command == "zeroshot":
+        return zeroshot_main([str(class_folders(folders["images"], folders["tmp"])), *named])
+    if command == "audit":
+        return audit_main([str(folders["data"]), "--output_dir", str(folders["tmp"] / "audit"), *named])
+    queries = write_queries(folders["tmp"])
+    return visualize_main(
+        ["--index", str(index_dir), "--queries", str(queries), "--out", str(folders["tmp"] / "g.png")]
+    )
+
+
+@pytest.mark.parametrize("command", ADAPTER_COMMANDS)
+@pytest.mark.parametrize("damage", [truncate_weights, pickle_as_safetensors, pickle_as_bin, wrong_peft_type])
+def test_an_unreadable_adapter_is_one_line_naming_its_file_in_every_command(
+    command, damage, adapter_dir, tiny_clip_dir, image_folder, synthetic_dir, tmp_path, capsys
+):
+    index_dir = tmp_path / "index"
+    build_index(image_folder, index_dir, RetrievalModel(tiny_clip_dir, adapter_dir), batch_size=8)
+    expected = damage(adapter_dir)
+    capsys.readouterr()
+    folders = {"images": image_folder, "tmp": tmp_path, "data": synthetic_dir}
+    status = run_with_adapter(command, adapter_dir, index_dir, tiny_clip_dir, folders)
+    assert_one_line_error(capsys, status, expected)
+    assert not (tmp_path / "unpickled").exists()  # refused without being unpickled
+    with pytest.raises(AdapterFileError, match="(safetensors|peft_type|pickled)"):
         RetrievalModel(tiny_clip_dir, adapter_dir)
-    status = search_main(
-        ["index", str(image_folder), "--index", str(tmp_path / "index"), "--model", str(tiny_clip_dir),
-         "--adapter", str(adapter_dir)]
-    )  # fmt: skip
-    assert_one_line_error(capsys, status, "not a loadable adapter")
 
 
 def test_torchscript_archives_are_read_only_when_trusted(tmp_path, monkeypatch, capsys):

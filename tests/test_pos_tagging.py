@@ -186,3 +186,24 @@ def test_paper_normalisation_is_the_releases_on_real_test_captions():
         assert not any(set(",.'!?\"()*#:;~-/") & set(caption) for caption in paper)
         glued = [p for p, c in zip(paper, captions, strict=True) if "it's " in c.lower()]
         assert all("its " in p for p in glued)
+
+
+def test_an_empty_split_gets_the_pos_columns_with_their_types(
+    tagger, stanza_tagger_path, synthetic_dir, tiny_clip_dir, tmp_path
+):
+    """A validation carve smaller than one image leaves an empty split; it must still have the columns."""
+    import datasets
+
+    dataset = load_rsitr(synthetic_dir)
+    dataset["validation"] = dataset["train"].select([])
+    tokenizer = CLIPProcessor.from_pretrained(tiny_clip_dir).tokenizer
+    tagged = add_pos_columns(dataset, tagger, tokenizer)
+    assert len(tagged["validation"]) == 0
+    assert tagged["validation"].features == tagged["train"].features
+    assert isinstance(tagged["train"].features["pos_tag_ids"], datasets.List)
+    cached = cached_pos_dataset(dataset, {"test": "empty split"}, tokenizer, cache_dir=tmp_path,
+                                pos_model_path=str(stanza_tagger_path))  # fmt: skip
+    again = cached_pos_dataset(dataset, {"test": "empty split"}, tokenizer, cache_dir=tmp_path,
+                               pos_model_path=str(stanza_tagger_path))  # fmt: skip
+    assert len(again["validation"]) == 0 and "pos_tag_ids" in again["validation"].column_names
+    assert cached["train"]["pos_tag_ids"] == again["train"]["pos_tag_ids"] == tagged["train"]["pos_tag_ids"]

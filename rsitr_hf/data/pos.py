@@ -187,6 +187,12 @@ def aligned_tag_ids(
 
 
 POS_COLUMNS = ("pos_captions", "pos_tags", "pos_sentences", "pos_tag_ids")
+POS_FEATURES = {
+    "pos_captions": datasets.List(datasets.Value("string")),
+    "pos_tags": datasets.List(datasets.List(datasets.Value("string"))),
+    "pos_sentences": datasets.List(datasets.Value("string")),
+    "pos_tag_ids": datasets.List(datasets.List(datasets.Value("int64"))),
+}
 
 
 def add_pos_columns(
@@ -220,7 +226,17 @@ def add_pos_columns(
             ],
         }
 
-    return dataset_dict.map(annotate, batched=True, batch_size=1000, desc="POS tagging")
+    tagged = dataset_dict.map(annotate, batched=True, batch_size=1000, desc="POS tagging")
+    for name, split in tagged.items():  # map leaves an empty split as it is: give it the columns too
+        if len(split) == 0:
+            tagged[name] = with_empty_pos_columns(split)
+    return tagged
+
+
+def with_empty_pos_columns(split: datasets.Dataset) -> datasets.Dataset:
+    """An empty ``split`` with the POS columns added (typed as a tagged split's)."""
+    features = datasets.Features({**split.features, **POS_FEATURES})
+    return datasets.Dataset.from_dict({column: [] for column in features}, features=features)
 
 
 def cached_pos_dataset(
@@ -254,7 +270,10 @@ def cached_pos_dataset(
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "pos"
     folder = root / hashlib.sha256(key.encode()).hexdigest()[:16]
     if not (folder / "dataset_dict.json").is_file():
-        captions = dataset_dict.select_columns(["captions"])
+        # empty splits are left out (datasets cannot load an empty split back) and given empty columns
+        captions = datasets.DatasetDict(
+            {name: split.select_columns(["captions"]) for name, split in dataset_dict.items() if len(split)}
+        )
         tagger = StanzaTagger(pos_model_path, resources_dir)
         tagged = add_pos_columns(captions, tagger, tokenizer, normalisation=normalisation)
         tagged.select_columns(list(POS_COLUMNS)).save_to_disk(str(folder))
@@ -262,6 +281,9 @@ def cached_pos_dataset(
     saved = datasets.load_from_disk(str(folder))
     joined = {}
     for name, split in dataset_dict.items():
+        if len(split) == 0:
+            joined[name] = with_empty_pos_columns(split)
+            continue
         columns = saved[name].select_columns(list(POS_COLUMNS))
         if len(columns) != len(split):
             raise InputError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from ..utils.errors import AdapterFileError, InputError, first_line
 
 PROBE_CAPTION = "an aerial image of a river next to green fields and a road"
 FINGERPRINT_TOLERANCE = 1e-3  # identical weights on another device or library version stay within this
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+PICKLED_WEIGHTS = "adapter_model.bin"  # peft's pickled format: never loaded
 
 
 class SearchError(InputError, ValueError):
@@ -123,15 +126,59 @@ class RetrievalModel:
 
 
 def load_adapter(model, adapter: str | os.PathLike):
-    """``PeftModel.from_pretrained(model, adapter)``, with an :class:`AdapterFileError` naming the adapter
-    when its config or weights cannot be read (not an adapter, another method, a damaged weights file)."""
+    """``PeftModel.from_pretrained(model, adapter)``, with an :class:`AdapterFileError` naming the file (and
+    field) when an adapter folder cannot be read (:func:`check_adapter_folder`), or naming the adapter when
+    a Hub download cannot. Pickled weights are never loaded."""
     from peft import PeftModel
     from safetensors import SafetensorError
 
+    if Path(adapter).is_dir():
+        check_adapter_folder(Path(adapter))
     try:
         return PeftModel.from_pretrained(model, adapter)
+    except pickle.UnpicklingError:  # a Hub adapter with pickled weights only: torch refused to run them
+        raise AdapterFileError(pickled_refusal(f"--adapter {adapter}: {PICKLED_WEIGHTS}")) from None
     except (OSError, ValueError, KeyError, SafetensorError, json.JSONDecodeError) as error:
         hint = " (a PEFT type rsitr_hf and peft do not know)" if isinstance(error, KeyError) else ""
         raise AdapterFileError(
             f"--adapter {adapter}: not a loadable adapter{hint}: {first_line(error)}"
         ) from None
+
+
+def check_adapter_folder(folder: Path) -> None:
+    """Refuse, before peft reads it, an adapter folder whose ``adapter_config.json`` is not JSON or names a
+    ``peft_type`` that neither peft nor rsitr_hf registers, or whose weights are pickled
+    (``adapter_model.bin`` alone: never unpickled, as unpickling can run code) or are not a readable
+    safetensors file; each error names the file (and field)."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+    from safetensors import safe_open
+
+    config_file, weights = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
+    if not config_file.is_file():
+        raise AdapterFileError(f"--adapter {folder}: no {ADAPTER_CONFIG} (not a PEFT adapter folder)")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AdapterFileError(f"{config_file}: not valid JSON ({error})") from None
+    peft_type = config.get("peft_type") if isinstance(config, dict) else None
+    if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
+        raise AdapterFileError(
+            f"{config_file}: field peft_type: {peft_type!r} is not a PEFT type that peft or rsitr_hf "
+            "registers (expected one of peft.PeftType's values, e.g. LORA or MRS_ADAPTER)"
+        )
+    if not weights.is_file():
+        if (folder / PICKLED_WEIGHTS).is_file():
+            raise AdapterFileError(pickled_refusal(str(folder / PICKLED_WEIGHTS)))
+        raise AdapterFileError(f"--adapter {folder}: no {ADAPTER_WEIGHTS} (the adapter's weights)")
+    try:
+        with safe_open(str(weights), framework="pt") as opened:
+            opened.keys()
+    except Exception as error:  # safetensors raises its own error types for damaged headers
+        raise AdapterFileError(f"{weights}: not a readable safetensors file ({first_line(error)})") from None
+
+
+def pickled_refusal(where: str) -> str:
+    return (
+        f"{where} is a pickled weights file, which rsitr_hf does not load (unpickling can run code); save "
+        f"the adapter as safetensors ({ADAPTER_WEIGHTS}, save_pretrained's default)"
+    )
