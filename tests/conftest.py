@@ -202,3 +202,32 @@ def reloaded_in_fresh_process(
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return expected, torch.load(tmp_path / "out.pt")
+
+
+@pytest.fixture
+def browser():
+    """Debian's headless chromium through selenium (``tests/browser.py``); the test is skipped, with the
+    reason, where it is absent."""
+    from browser import BrowserUnavailable, headless_chromium
+
+    try:
+        driver = headless_chromium()
+    except BrowserUnavailable as reason:
+        pytest.skip(str(reason))
+    yield driver
+    driver.quit()
+
+
+def interrupted_embedding(model, after_batches: int):
+    """Make ``model.embed_images`` (a ``RetrievalModel``'s) raise ``KeyboardInterrupt`` on batch
+    ``after_batches + 1``, as a kill would; returns the function that restores it."""
+    original, calls = type(model).embed_images, []
+
+    def embed(images):
+        calls.append(len(images))
+        if len(calls) == after_batches + 1:
+            raise KeyboardInterrupt
+        return original(model, images)
+
+    model.embed_images = embed
+    return lambda: setattr(model, "embed_images", lambda images: original(model, images))

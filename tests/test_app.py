@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from browser import BrowserUnavailable, ask_image, ask_text, headless_chromium, open_page, wait_for
+from browser import ask_image, ask_text, open_page, wait_for
 
 from rsitr_hf.demo.synthetic import vocabulary
 from rsitr_hf.demo.tiny_clip import save_tiny_clip
@@ -65,16 +65,6 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
     assert main(["--index", str(tmp_path), "--top_k", "0"]) == 2
     assert "--top_k: expected 1 to 50, got 0" in capsys.readouterr().err
-
-
-@pytest.fixture
-def browser():
-    try:
-        driver = headless_chromium()
-    except BrowserUnavailable as reason:
-        pytest.skip(str(reason))
-    yield driver
-    driver.quit()
 
 
 def launched(page: SearchPage, top_k: int):

@@ -12,8 +12,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from browser import BrowserUnavailable, ask_image, headless_chromium, open_page, wait_for
-from conftest import TWO_PROCESS_LAUNCH, subprocess_env
+from browser import ask_image, open_page, wait_for
+from conftest import TWO_PROCESS_LAUNCH, interrupted_embedding, subprocess_env
 
 rasterio = pytest.importorskip("rasterio", reason="scene indexes need rasterio (pip install -e '.[scenes]')")
 from rasterio.warp import transform as reproject_points  # noqa: E402
@@ -225,22 +225,14 @@ def test_a_scene_index_updates_by_scene_and_keeps_its_tiling(tmp_path, scenes, t
 
     # interrupted in the middle of a scene: that scene is tiled again, whole, by the next run
     monkeypatch.setattr(rsitr_hf.search.index, "SAVE_EVERY_SECONDS", 0)
-    calls = []
-
-    def failing_fourth_batch(images):
-        calls.append(len(images))
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return original(model, images)
-
-    model.embed_images = failing_fourth_batch
+    restore = interrupted_embedding(model, after_batches=3)
     with pytest.raises(KeyboardInterrupt):
         build_index(scenes, tmp_path / "interrupted", model, batch_size=20, tiling=Tiling())
     partial = ImageIndex.load(tmp_path / "interrupted")
     # 3 batches of 20 saved: plain.png's 8 windows, then utm.tif's first 52 (rows 0-4 and 2 of row 5), of
     # which the 6 in column 0 are nodata
     assert partial.tiles.pending == ["utm.tif"] and len(partial.files) == 60 - 6
-    model.embed_images = lambda images: original(model, images)
+    restore()
     update = build_index(scenes, tmp_path / "interrupted", model, batch_size=20, tiling=Tiling())
     assert update.added == ["utm.tif"] and len(update.tiles) == 80 and update.skipped == 8
     build_index(scenes, tmp_path / "fresh", model, batch_size=20, tiling=Tiling())
@@ -304,16 +296,6 @@ def test_the_app_shows_each_hit_window_and_its_scene_with_the_windows_drawn(scen
     column, row, width, height = (round(value * 1024 / 1200) for value in OBJECT_WINDOW)
     assert tuple(pixels[row + height // 2, column]) == (255, 40, 40)  # the window outlined in red
     assert len(page.shown(page.image_query(PIL.Image.open(scenes.parent / "query.png"), 3))) == 3
-
-
-@pytest.fixture
-def browser():
-    try:
-        driver = headless_chromium()
-    except BrowserUnavailable as reason:
-        pytest.skip(str(reason))
-    yield driver
-    driver.quit()
 
 
 def test_in_a_browser_an_image_query_shows_windows_and_scene_overviews(scene_index, scenes, browser):

@@ -8,7 +8,7 @@ import sys
 import PIL.Image
 import pytest
 import torch
-from conftest import TWO_PROCESS_LAUNCH, subprocess_env
+from conftest import TWO_PROCESS_LAUNCH, interrupted_embedding, subprocess_env
 from peft import get_peft_model
 from transformers import CLIPModel
 
@@ -205,21 +205,12 @@ def test_an_interrupted_index_keeps_its_work(tmp_path, image_folder, tiny_clip_d
 
     monkeypatch.setattr(rsitr_hf.search.index, "SAVE_EVERY_SECONDS", 0)
     model = RetrievalModel(tiny_clip_dir)
-    calls = []
-    original = RetrievalModel.embed_images
-
-    def failing_third_batch(images):
-        calls.append(len(images))
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original(model, images)
-
-    model.embed_images = failing_third_batch
+    restore = interrupted_embedding(model, after_batches=2)
     with pytest.raises(KeyboardInterrupt):
         build_index(image_folder, tmp_path / "index", model, batch_size=4)
     partial = ImageIndex.load(tmp_path / "index")
     assert partial.files == list_images(image_folder)[:8] and partial.embeddings.shape[0] == 8
-    model.embed_images = lambda images: original(model, images)
+    restore()
     update = build_index(image_folder, tmp_path / "index", model, batch_size=4)
     assert update.added == list_images(image_folder)[8:] and update.total == 13
 

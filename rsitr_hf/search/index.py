@@ -347,7 +347,8 @@ def plan_update(
             raise SearchError(f"{index_dir} indexes {index.root}, not {root}: use another index folder")
         check_same_tiling(index, tiling, index_dir)
     else:
-        empty, tiles = torch.empty(0, model.model.config.projection_dim), tiling and SceneTiles(tiling)
+        tiles = None if tiling is None else SceneTiles(tiling)
+        empty = torch.empty(0, model.model.config.projection_dim)
         index = ImageIndex(root, [], empty, model.identity, tiles=tiles)
     present = set(files)
     complete = set(index.files) if index.tiles is None else set(index.tiles.scenes) - set(index.tiles.pending)
