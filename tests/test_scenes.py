@@ -315,3 +315,15 @@ def test_in_a_browser_an_image_query_shows_windows_and_scene_overviews(scene_ind
         assert shown.get_attribute("naturalWidth") == "1024"
     finally:
         blocks.close()
+
+
+def test_rsitr_visualize_draws_the_windows_of_a_scene_index(scene_index, tmp_path):
+    from rsitr_hf.search.visualize import index_rows
+    from rsitr_hf.search.visualize import main as visualize_main
+
+    rows = index_rows(scene_index, [("a white cross", None)], top_k=3)
+    assert len(rows[0].images) == 3 and all(image.size == (224, 224) for image in rows[0].images)
+    (tmp_path / "queries.tsv").write_text("a white cross\n")
+    arguments = ["--index", str(scene_index), "--queries", str(tmp_path / "queries.tsv"), "--out"]
+    assert visualize_main([*arguments, str(tmp_path / "grid.png")]) == 0
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"

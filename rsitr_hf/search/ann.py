@@ -65,7 +65,7 @@ class ANNConfig:
             the dimension at most this).
         rerank: ``ivfpq``: candidates re-ranked by their full-precision vectors, per result asked for
             (``None``: the smallest power of two, at most ``max_rerank``, that reaches ``target_recall`` at
-            the calibrated ``nprobe``, itself calibrated with ``max_rerank``).
+            the calibrated ``nprobe``).
         max_rerank: the largest ``rerank`` calibration tries.
         seed: seed of the k-means training sample and of the calibration queries.
     """
@@ -83,7 +83,7 @@ class ANNConfig:
     max_ef_search: int = 2048
     pq_bytes: int = 64
     rerank: int | None = None
-    max_rerank: int = 64
+    max_rerank: int = 512
     seed: int = 0
 
     def __post_init__(self):
@@ -289,32 +289,40 @@ class ANNIndex:
         """Measure the recall@k of this index against exact search for ``queries``, the rows ``held_out`` of
         ``embeddings`` (row ``i`` = id ``i``), over the other rows, which the index holds now, and search with
         the smallest setting that reaches the target (:func:`smallest_reaching`; the largest tried when none
-        does; the config's when it fixes one). A quantised index finds its ``nprobe`` re-ranking
-        ``max_rerank`` candidates a result, then the fewest candidates that reach the target there."""
+        does; the config's when it fixes one). A quantised index chooses its ``nprobe`` by the share of true
+        neighbours in the lists it probes (:meth:`coarse_recall`, which bounds what re-ranking can find;
+        aiming halfway between the target and 1), then the fewest candidates a result (powers of two up to
+        ``max_rerank``) whose re-ranking reaches the target there (or comes within half the target's
+        distance from 1 of that share, when the share is lower); ``tried`` then holds that share."""
         config = self.config
         k = min(config.recall_k, len(embeddings) - len(held_out))
         truth = exact_neighbours(queries, embeddings, held_out, k)
         tried, rerank_tried = {}, {}
         if self.quantised:
             self.rerank = config.rerank or config.max_rerank
+            rows = np.unique(truth)
+            true_lists = self.lists_of(np.asarray(embeddings[rows]), rows, truth)
 
         def measure(value: int) -> bool:
             self.set_search_value(value)
+            if self.quantised:
+                tried[value] = self.coarse_recall(queries, true_lists, value)
+                return tried[value] >= 1 - (1 - config.target_recall) / 2
             tried[value] = recall_at_k(self.search(queries, k)[1], truth, k)
             return tried[value] >= config.target_recall
 
-        def measure_rerank(value: int) -> bool:
-            self.rerank = value
-            rerank_tried[value] = recall_at_k(self.search(queries, k)[1], truth, k)
-            return rerank_tried[value] >= config.target_recall
+        def measure_rerank(candidates: int) -> bool:  # the target, or near the lists' bound when lower
+            self.rerank = candidates
+            rerank_tried[candidates] = recall_at_k(self.search(queries, k)[1], truth, k)
+            margin = (1 - config.target_recall) / 2
+            return rerank_tried[candidates] >= min(config.target_recall, tried[value] - margin)
 
         value = smallest_reaching(self.candidate_values(), measure) or max(tried)
         recall = tried[value]
-        if self.quantised and config.rerank is None:  # then as few candidates as reach it there
+        if self.quantised:  # then as few candidates as reach the target there
             self.set_search_value(value)
-            self.rerank = smallest_reaching(powers_of_two(1, config.max_rerank), measure_rerank) or max(
-                rerank_tried
-            )
+            choices = [config.rerank] if config.rerank is not None else powers_of_two(1, config.max_rerank)
+            self.rerank = smallest_reaching(choices, measure_rerank) or max(rerank_tried)
             recall = rerank_tried[self.rerank]
         tried = dict(sorted(tried.items()))
         fixed = (config.nprobe if self.parameter == "nprobe" else config.ef_search) is not None
@@ -324,6 +332,23 @@ class ANNIndex:
         )  # fmt: skip
         self.set_search_value(value)
         return self.calibration
+
+    def lists_of(self, vectors: np.ndarray, rows: np.ndarray, truth: np.ndarray) -> np.ndarray:
+        """``(Q, k)``: the IVF list of each true neighbour in ``truth`` (``vectors``: the rows ``rows``)."""
+        faiss = require_faiss()
+        quantizer = faiss.extract_index_ivf(self.index.faiss_index).quantizer
+        assigned = quantizer.assign(np.ascontiguousarray(vectors, dtype=np.float32), 1).ravel()
+        return assigned[np.searchsorted(rows, truth)]
+
+    def coarse_recall(self, queries: np.ndarray, true_lists: np.ndarray, nprobe: int) -> float:
+        """The share of each query's true neighbours (their lists: ``true_lists``) that lie in the ``nprobe``
+        lists the query probes: the most a search of those lists can find."""
+        faiss = require_faiss()
+        quantizer = faiss.extract_index_ivf(self.index.faiss_index).quantizer
+        probed = quantizer.search(np.ascontiguousarray(queries, dtype=np.float32), nprobe)[1]
+        return float(
+            np.mean([np.isin(lists, seen).mean() for lists, seen in zip(true_lists, probed, strict=True)])
+        )
 
     def __len__(self) -> int:
         return self.index.faiss_index.ntotal

@@ -30,10 +30,10 @@ import PIL.Image
 
 from ..utils.cli import command, command_parser, parse_arguments
 from ..utils.errors import InputError
-from .index import ImageIndex, index_model, model_mismatch, read_image
+from .index import ImageIndex, index_model, model_mismatch
 from .model import RetrievalModel, SearchError
-from .query import Hit, search_images, similar_images
-from .scenes import open_scene, outline_windows, read_tile, scene_overview
+from .query import Hit, hit_image, search_images, similar_images
+from .scenes import outline_windows, scene_overview
 
 THUMBNAIL_SIZE = 256  # the longer side of gallery images, in pixels
 MAX_TOP_K = 50
@@ -116,7 +116,7 @@ class SearchPage:
     def answer(self, hits: list[Hit], query: str, started: float) -> Answer:
         gallery = []
         for hit in hits:
-            image = self.hit_image(hit)
+            image = hit_image(self.index, hit)
             image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
             gallery.append((image, f"{hit.rank}. {hit.describe()} ({hit.score:.3f})"))
         scenes = None if self.index.tiles is None else self.scene_views(hits)
@@ -124,14 +124,6 @@ class SearchPage:
         best = "best" if self.index.tiles is None else "best places"
         summary = f"{len(hits)} {best} of {self.index.describe()} for {query} ({1000 * seconds:.0f} ms)"
         return Answer(gallery, summary, scenes)
-
-    def hit_image(self, hit: Hit) -> PIL.Image.Image:
-        """The image found, or the scene window found (read from the scene)."""
-        path = Path(self.index.root) / hit.item
-        if hit.window is None:
-            return read_image(path)
-        with open_scene(path) as scene:
-            return read_tile(scene, self.index.tiles.scenes[hit.item], hit.window)
 
     def scene_views(self, hits: list[Hit]) -> list[tuple[PIL.Image.Image, str]]:
         """For each scene with hits (in order of its best): its overview with the hits' windows outlined."""

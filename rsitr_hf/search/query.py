@@ -12,7 +12,7 @@ import torch
 from ..data.images import to_rgb
 from .index import ImageIndex, read_image
 from .model import RetrievalModel, SearchError
-from .scenes import Window, window_iou
+from .scenes import Window, open_scene, read_tile, window_iou
 
 SEARCH_GROWTH = 4  # a scene index fetches this many times more candidates while overlaps leave too few
 
@@ -123,6 +123,15 @@ def hit_of_row(index: ImageIndex, rank: int, score: float, row: int) -> Hit:
         return Hit(rank, score, index.files[row])
     scene, window = index.files[row], index.tiles.windows[row]
     return Hit(rank, score, scene, window, index.tiles.scenes[scene].footprint(window))
+
+
+def hit_image(index: ImageIndex, hit: Hit) -> PIL.Image.Image:
+    """The image found, or the window found (read from its scene, never the whole scene), as RGB."""
+    path = Path(index.root) / hit.item
+    if hit.window is None:
+        return read_image(path)
+    with open_scene(path) as scene:
+        return read_tile(scene, index.tiles.scenes[hit.item], hit.window)
 
 
 def read_captions(path: str | os.PathLike) -> list[str]:

@@ -21,8 +21,8 @@ from pathlib import Path
 from ..data import load_rsitr
 from ..evaluation.grids import GridRow, plot_retrieval_grid, spread
 from ..utils.cli import command, command_parser, parse_arguments
-from .index import SearchError, open_index, read_image
-from .query import search_images
+from .index import SearchError, open_index
+from .query import hit_image, search_images
 
 
 def read_queries(path: str | os.PathLike) -> list[tuple[str, str | None]]:
@@ -45,7 +45,7 @@ def index_rows(index_dir, queries: list[tuple[str, str | None]], top_k: int) -> 
     return [
         GridRow(
             query=query,
-            images=[read_image(Path(index.root) / hit.item) for hit in hits],
+            images=[hit_image(index, hit) for hit in hits],
             scores=[hit.score for hit in hits],
             is_ground_truth=[truth is not None and hit.item == Path(truth).as_posix() for hit in hits],
         )
