@@ -35,11 +35,15 @@ def unit_vectors(
     count: int, dim: int, clusters: int, seed: int, centre_strength: float = 1.0, folder: Path | None = None
 ) -> np.ndarray:
     """``(count, dim)`` unit vectors, in memory or, given ``folder``, in a memory-mapped ``.npy`` file there
-    (written 100,000 rows at a time: ten million vectors need 20 GB of disk, not of memory)."""
+    (written 100,000 rows at a time: ten million vectors need 20 GB of disk, not of memory; a file there
+    from an earlier run with the same arguments is reused)."""
     rng = np.random.default_rng(seed)
     centres = np.random.default_rng(12345).standard_normal((clusters, dim)).astype(np.float32)
     shared = np.random.default_rng(54321).standard_normal(dim).astype(np.float32)
-    path = None if folder is None else Path(folder) / f"vectors-{count}x{dim}-{seed}.npy"
+    name = f"vectors-{count}x{dim}-{clusters}-{centre_strength:g}-{seed}.npy"
+    path = None if folder is None else Path(folder) / name
+    if path is not None and path.is_file():  # written by an earlier run (same seed, size and data)
+        return np.load(path, mmap_mode="r")
     if path is None:
         vectors = np.empty((count, dim), dtype=np.float32)
     else:
