@@ -115,14 +115,32 @@ def test_the_command_prints_the_recall_which_index_json_and_the_app_keep(tmp_pat
         write_seed_layout(tmp_path, "many", num_train=150, num_test=10, seed=4, image_size=32) / "many_images"
     )
     arguments = ["index", str(folder), "--index", str(tmp_path / "index"), "--model", str(tiny_clip_dir)]
-    assert search_main([*arguments, "--ann", "hnsw", "--target_recall", "0.9"]) == 0
+    (tmp_path / "searches.txt").write_text("many planes at the airport\na river\n\na river\n")
+    texts = ["--calibration_texts", str(tmp_path / "searches.txt")]  # two distinct queries
+    assert search_main([*arguments, "--ann", "hnsw", "--target_recall", "0.9", *texts]) == 0
     printed = capsys.readouterr().out
     settings = json.loads((tmp_path / "index" / "index.json").read_text())["ann"]["settings"]
     measured = settings["calibration"]
     assert measured["queries"] == 16 and measured["target"] == 0.9 and measured["parameter"] == "efSearch"
+    assert measured["text_queries"] == 2
     line = f"search recall@10 {measured['recall']:.3f} at efSearch {measured['value']}, measured with 16"
-    assert line in printed
+    assert line + " held-out vectors and 2 text queries" in printed
     header = SearchPage.open(tmp_path / "index").header()
     assert (
         f"FAISS `HNSW32,Flat`, recall@10 {measured['recall']:.3f} at efSearch {measured['value']}" in header
     )
+
+
+def test_real_text_queries_are_measured_beside_the_held_out_vectors(vectors):
+    """Queries of another kind (here: vectors of no cluster, spread as another modality's) can need more lists
+    than the held-out vectors; given, they are measured too, and the setting serves both."""
+    texts = weakly_clustered(300, strength=0.0, seed=7)
+    config = ANNConfig(kind="ivf", max_nprobe_fraction=1.0)  # the texts need more than half the lists
+    plain = ANNIndex.build(vectors, config)
+    with_texts = ANNIndex.build(vectors, config, queries=texts)
+    measured = with_texts.calibration
+    assert measured.text_queries == 300 and measured.queries == plain.calibration.queries == 1000
+    assert "held-out vectors and 300 text queries" in measured.describe()
+    assert independent_recall(plain, vectors, texts) < 0.95  # the vectors' setting misses the texts
+    assert measured.value > plain.calibration.value and measured.reached
+    assert independent_recall(with_texts, vectors, texts) >= 0.95 - 0.02  # measured afresh, all rows in

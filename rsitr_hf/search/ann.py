@@ -124,7 +124,8 @@ class Calibration:
     vectors it indexes, drawn (seeded) and held out of it while it was measured, so that they are queries
     it has not seen, at each ``parameter`` value tried (``tried``: value -> recall, increasing), and the
     value it searches with (``value``, recall ``recall``). ``reached``: whether that recall reaches
-    ``target``; ``fixed``: the value was given, not chosen."""
+    ``target``; ``fixed``: the value was given, not chosen; ``text_queries``: real text queries measured
+    beside the held-out vectors (``rsitr-search index --calibration_texts``)."""
 
     parameter: str
     value: int
@@ -136,6 +137,7 @@ class Calibration:
     fixed: bool
     tried: dict[int, float]
     rerank: int | None = None  # ivfpq: candidates re-ranked per result
+    text_queries: int = 0
 
     def describe(self) -> str:
         """One line for a person: the recall, the setting, and what to do when the target is not met."""
@@ -143,6 +145,7 @@ class Calibration:
         setting += f", {self.rerank} candidates re-ranked a result" if self.rerank else ""
         line = (
             f"recall@{self.k} {self.recall:.3f} at {setting}, measured with {self.queries:,} held-out vectors"
+            + (f" and {self.text_queries:,} text queries" if self.text_queries else "")
         )
         if self.reached:
             return f"{line} (target {self.target:g})"
@@ -168,7 +171,9 @@ class ANNIndex:
         self.set_search_value(self.search_value())
 
     @classmethod
-    def build(cls, embeddings: np.ndarray, config: ANNConfig | None = None) -> ANNIndex:
+    def build(
+        cls, embeddings: np.ndarray, config: ANNConfig | None = None, queries: np.ndarray | None = None
+    ) -> ANNIndex:
         """A FAISS index of ``embeddings`` (``(N, D)`` unit vectors, row ``i`` = id ``i``); an IVF or HNSW one
         is calibrated on a held-out sample of them (:meth:`calibrate`) before the sample goes in."""
         faiss = require_faiss()
@@ -193,7 +198,7 @@ class ANNIndex:
             rows = np.random.default_rng(config.seed).permutation(len(vectors))[:wanted]
             index.train(vectors[np.sort(rows)])
         built = cls(FaissIndex(custom_index=index), config, factory)
-        built.add(vectors, all_embeddings=vectors)
+        built.add(vectors, all_embeddings=vectors, queries=queries)
         return built
 
     def can_extend(self, config: ANNConfig, num_vectors: int) -> bool:
@@ -204,11 +209,17 @@ class ANNIndex:
         same_type = config.factory(num_vectors, self.index.faiss_index.d) == self.factory
         return numbered_by_us and config == self.config and same_type
 
-    def add(self, embeddings: np.ndarray, all_embeddings: np.ndarray | None = None) -> None:
+    def add(
+        self,
+        embeddings: np.ndarray,
+        all_embeddings: np.ndarray | None = None,
+        queries: np.ndarray | None = None,
+    ) -> None:
         """Append ``(M, D)`` vectors as ids ``len(self)`` to ``len(self) + M - 1`` (IVF keeps its lists).
         Given ``all_embeddings`` (every vector indexed once these are in), an IVF or HNSW index holds a seeded
-        sample of the new vectors out, calibrates on it (:meth:`calibrate`), then adds it; with fewer than
-        ``MIN_NEW_FOR_CALIBRATION`` new vectors its measured setting stands."""
+        sample of the new vectors out, calibrates on it and on ``queries`` (real text queries' embeddings,
+        when given; :meth:`calibrate`), then adds it; with fewer than ``MIN_NEW_FOR_CALIBRATION`` new vectors
+        its measured setting stands."""
         vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
         first = len(self)
         if self.parameter is None:  # exact: FAISS numbers the rows itself
@@ -224,7 +235,7 @@ class ANNIndex:
         if all_embeddings is not None:
             self.vectors = all_embeddings
         if held_out.any():
-            self.calibrate(vectors[held_out], np.asarray(all_embeddings), ids[held_out])
+            self.calibrate(vectors[held_out], np.asarray(all_embeddings), ids[held_out], queries)
         self.add_with_ids(vectors[held_out], ids[held_out])
 
     def add_with_ids(self, vectors: np.ndarray, ids: np.ndarray, chosen: np.ndarray | None = None) -> None:
@@ -285,7 +296,13 @@ class ANNIndex:
             return [config.ef_search]
         return powers_of_two(max(16, config.recall_k), config.max_ef_search)
 
-    def calibrate(self, queries: np.ndarray, embeddings: np.ndarray, held_out: np.ndarray) -> Calibration:
+    def calibrate(
+        self,
+        queries: np.ndarray,
+        embeddings: np.ndarray,
+        held_out: np.ndarray,
+        text_queries: np.ndarray | None = None,
+    ) -> Calibration:
         """Measure the recall@k of this index against exact search for ``queries``, the rows ``held_out`` of
         ``embeddings`` (row ``i`` = id ``i``), over the other rows, which the index holds now, and search with
         the smallest setting that reaches the target (:func:`smallest_reaching`; the largest tried when none
@@ -293,10 +310,20 @@ class ANNIndex:
         neighbours in the lists it probes (:meth:`coarse_recall`, which bounds what re-ranking can find;
         aiming halfway between the target and 1), then the fewest candidates a result (powers of two up to
         ``max_rerank``) whose re-ranking reaches the target there (or comes within half the target's
-        distance from 1 of that share, when the share is lower); ``tried`` then holds that share."""
+        distance from 1 of that share, when the share is lower); ``tried`` then holds that share.
+        ``text_queries`` (``(T, D)``), when given, are measured beside ``queries``, over the same rows, and
+        the recall that counts is the lower of the two groups' (the setting must serve both)."""
         config = self.config
         k = min(config.recall_k, len(embeddings) - len(held_out))
+        held_out_queries = len(queries)
+        if text_queries is not None and len(text_queries):
+            queries = np.concatenate([queries, np.asarray(text_queries, dtype=np.float32)])
         truth = exact_neighbours(queries, embeddings, held_out, k)
+        groups = [slice(0, held_out_queries), slice(held_out_queries, len(queries))]
+
+        def recall(shares: np.ndarray) -> float:  # the lower of the two groups' mean (an empty one: none)
+            return min(float(np.mean(shares[group])) for group in groups if group.stop > group.start)
+
         tried, rerank_tried = {}, {}
         if self.quantised:
             self.rerank = config.rerank or config.max_rerank
@@ -306,29 +333,30 @@ class ANNIndex:
         def measure(value: int) -> bool:
             self.set_search_value(value)
             if self.quantised:
-                tried[value] = self.coarse_recall(queries, true_lists, value)
+                tried[value] = recall(self.coarse_recall(queries, true_lists, value))
                 return tried[value] >= 1 - (1 - config.target_recall) / 2
-            tried[value] = recall_at_k(self.search(queries, k)[1], truth, k)
+            tried[value] = recall(recall_shares(self.search(queries, k)[1], truth, k))
             return tried[value] >= config.target_recall
 
         def measure_rerank(candidates: int) -> bool:  # the target, or near the lists' bound when lower
             self.rerank = candidates
-            rerank_tried[candidates] = recall_at_k(self.search(queries, k)[1], truth, k)
+            rerank_tried[candidates] = recall(recall_shares(self.search(queries, k)[1], truth, k))
             margin = (1 - config.target_recall) / 2
             return rerank_tried[candidates] >= min(config.target_recall, tried[value] - margin)
 
         value = smallest_reaching(self.candidate_values(), measure) or max(tried)
-        recall = tried[value]
+        measured = tried[value]
         if self.quantised:  # then as few candidates as reach the target there
             self.set_search_value(value)
             choices = [config.rerank] if config.rerank is not None else powers_of_two(1, config.max_rerank)
             self.rerank = smallest_reaching(choices, measure_rerank) or max(rerank_tried)
-            recall = rerank_tried[self.rerank]
+            measured = rerank_tried[self.rerank]
         tried = dict(sorted(tried.items()))
         fixed = (config.nprobe if self.parameter == "nprobe" else config.ef_search) is not None
         self.calibration = Calibration(
-            self.parameter, value, recall, k, config.target_recall, recall >= config.target_recall,
-            len(queries), fixed, tried, self.rerank if self.quantised else None,
+            self.parameter, value, measured, k, config.target_recall, measured >= config.target_recall,
+            held_out_queries, fixed, tried, self.rerank if self.quantised else None,
+            len(queries) - held_out_queries,
         )  # fmt: skip
         self.set_search_value(value)
         return self.calibration
@@ -340,15 +368,13 @@ class ANNIndex:
         assigned = quantizer.assign(np.ascontiguousarray(vectors, dtype=np.float32), 1).ravel()
         return assigned[np.searchsorted(rows, truth)]
 
-    def coarse_recall(self, queries: np.ndarray, true_lists: np.ndarray, nprobe: int) -> float:
-        """The share of each query's true neighbours (their lists: ``true_lists``) that lie in the ``nprobe``
-        lists the query probes: the most a search of those lists can find."""
+    def coarse_recall(self, queries: np.ndarray, true_lists: np.ndarray, nprobe: int) -> np.ndarray:
+        """``(Q,)``: the share of each query's true neighbours (their lists: ``true_lists``) that lie in the
+        ``nprobe`` lists the query probes: the most a search of those lists can find."""
         faiss = require_faiss()
         quantizer = faiss.extract_index_ivf(self.index.faiss_index).quantizer
         probed = quantizer.search(np.ascontiguousarray(queries, dtype=np.float32), nprobe)[1]
-        return float(
-            np.mean([np.isin(lists, seen).mean() for lists, seen in zip(true_lists, probed, strict=True)])
-        )
+        return np.array([np.isin(lists, seen).mean() for lists, seen in zip(true_lists, probed, strict=True)])
 
     def __len__(self) -> int:
         return self.index.faiss_index.ntotal
@@ -455,8 +481,11 @@ def reranked(queries: np.ndarray, candidates: np.ndarray, vectors: np.ndarray, k
     return scores, rows
 
 
+def recall_shares(found: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
+    """``(Q,)``: the share of each query's true ``k`` nearest rows (``truth``) that ``found`` holds."""
+    return np.array([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(found, truth, strict=True)])
+
+
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
     """The mean share of each query's true ``k`` nearest rows (``truth``) that ``found`` holds."""
-    return float(
-        np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(found, truth, strict=True)])
-    )
+    return float(np.mean(recall_shares(found, truth, k)))

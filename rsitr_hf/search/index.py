@@ -303,11 +303,13 @@ def build_index(
     ann: ANNConfig | None = None,
     shards: Shards | None = None,
     tiling: Tiling | None = None,
+    calibration_texts: list[str] | None = None,
 ) -> IndexUpdate:
     """Create or update the index of ``image_dir`` in ``index_dir``, embedding only images not yet in it,
     and extend or rebuild its FAISS index when ``ann`` asks for one at this size (default ``ANNConfig()``:
     exact below 100,000 images, IVF above). Given ``tiling``, the files are scenes, cut into windows
-    (:mod:`rsitr_hf.search.scenes`), and each window with valid pixels is a row: a scene index.
+    (:mod:`rsitr_hf.search.scenes`), and each window with valid pixels is a row: a scene index. Given
+    ``calibration_texts`` (real text queries), a FAISS index measures its recall on them too.
 
     Under ``accelerate launch`` every process calls this with its ``shards``: the main process holds the
     index's lock, plans the update, and appends and saves what all of them embed. A second indexer of the
@@ -327,7 +329,10 @@ def build_index(
             shards.from_main(error=error)  # the other processes stop with its message
             raise
         shards.from_main((index.root, plan))
-        return apply_update(index, plan, Path(index_dir), model, batch_size, shards, ann or ANNConfig())
+        config = ann or ANNConfig()
+        return apply_update(
+            index, plan, Path(index_dir), model, batch_size, shards, config, calibration_texts
+        )
 
 
 def plan_update(
@@ -411,6 +416,7 @@ def apply_update(
     batch_size: int,
     shards: Shards,
     ann: ANNConfig,
+    calibration_texts: list[str] | None = None,
 ) -> IndexUpdate:
     """Drop ``plan.removed`` (and scenes an interruption left half done), append the embeddings of
     ``plan.work()`` (saving every ``SAVE_EVERY_SECONDS``, so that an interrupted run keeps its work), then
@@ -446,22 +452,28 @@ def apply_update(
     if index.tiles is not None:
         index.tiles.pending = []
     extendable = not dropped and previous_ann is not None and len(previous_ann) == previous_count
-    index.ann, plan.ann = updated_ann(index.embeddings.numpy(), ann, previous_ann if extendable else None)
+    measured_on_texts = calibration_texts and ann.uses_faiss(len(index.files))
+    texts = model.embed_texts(calibration_texts).numpy() if measured_on_texts else None
+    previous = previous_ann if extendable else None
+    index.ann, plan.ann = updated_ann(index.embeddings.numpy(), ann, previous, texts)
     plan.calibration = index.ann.calibration if index.ann is not None else None
     index.save(index_dir)
     return plan
 
 
 def updated_ann(
-    embeddings: np.ndarray, config: ANNConfig, previous: ANNIndex | None
+    embeddings: np.ndarray, config: ANNConfig, previous: ANNIndex | None, queries: np.ndarray | None = None
 ) -> tuple[ANNIndex | None, str]:
     """The FAISS index for ``embeddings`` and what was done: ``previous`` (covering a prefix of the rows)
     extended with the new rows when it is still what ``config`` asks for at this size, else a new one; either
-    way its recall is measured again on a held-out sample of the rows added (:meth:`ANNIndex.add`)."""
+    way its recall is measured again on a held-out sample of the rows added and on ``queries`` (real text
+    queries' embeddings), when given (:meth:`ANNIndex.add`)."""
     if not config.uses_faiss(len(embeddings)) or len(embeddings) == 0:
         return None, "none"
     if previous is not None and previous.can_extend(config, len(embeddings)):
-        previous.add(embeddings[len(previous) :], all_embeddings=embeddings)  # and measured again
+        previous.add(
+            embeddings[len(previous) :], all_embeddings=embeddings, queries=queries
+        )  # measured again
         return previous, f"extended {previous.factory}"
-    built = ANNIndex.build(embeddings, config)
+    built = ANNIndex.build(embeddings, config, queries)
     return built, f"built {built.factory}"
