@@ -147,7 +147,7 @@ def measure_launches(args, data: Path, model: Path) -> dict:
             ]
             command += ["--config", str(launch_recipe(args, data, model, output_dir))]
             started = time.perf_counter()
-            completed = subprocess.run(command, capture_output=True, text=True, env=launch_environment())
+            completed = subprocess.run(command, capture_output=True, text=True)
             if completed.returncode != 0:
                 raise RuntimeError(f"{name} failed:\n{completed.stderr[-4000:]}")
             cost = json.loads((output_dir / "metrics.json").read_text())["cost"]
@@ -162,12 +162,6 @@ def measure_launches(args, data: Path, model: Path) -> dict:
             }
             print(name, json.dumps(launches[name]), flush=True)
     return launches
-
-
-def launch_environment() -> dict:
-    """This environment with the repository on ``PYTHONPATH`` (the launched script imports rsitr_hf)."""
-    paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 # --- Report ----------------------------------------------------------------------------------------------

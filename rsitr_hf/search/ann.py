@@ -223,7 +223,7 @@ class ANNIndex:
         vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
         first = len(self)
         if self.parameter is None:  # exact: FAISS numbers the rows itself
-            self.index.add_vectors(vectors, batch_size=65_536)
+            self.index.add_vectors(vectors, batch_size=ADD_BLOCK)
             return
         ids = np.arange(first, first + len(vectors), dtype=np.int64)
         held_out = np.zeros(len(vectors), dtype=bool)
@@ -327,8 +327,7 @@ class ANNIndex:
         tried, rerank_tried = {}, {}
         if self.quantised:
             self.rerank = config.rerank or config.max_rerank
-            rows = np.unique(truth)
-            true_lists = self.lists_of(np.asarray(embeddings[rows]), rows, truth)
+            true_lists = self.lists_of(embeddings, truth)
 
         def measure(value: int) -> bool:
             self.set_search_value(value)
@@ -361,19 +360,22 @@ class ANNIndex:
         self.set_search_value(value)
         return self.calibration
 
-    def lists_of(self, vectors: np.ndarray, rows: np.ndarray, truth: np.ndarray) -> np.ndarray:
-        """``(Q, k)``: the IVF list of each true neighbour in ``truth`` (``vectors``: the rows ``rows``)."""
-        faiss = require_faiss()
-        quantizer = faiss.extract_index_ivf(self.index.faiss_index).quantizer
-        assigned = quantizer.assign(np.ascontiguousarray(vectors, dtype=np.float32), 1).ravel()
-        return assigned[np.searchsorted(rows, truth)]
+    @property
+    def coarse_quantizer(self):
+        """The IVF index's quantizer: the lists' centroids."""
+        return require_faiss().extract_index_ivf(self.index.faiss_index).quantizer
+
+    def lists_of(self, embeddings: np.ndarray, truth: np.ndarray) -> np.ndarray:
+        """``(Q, k)``: the IVF list of each true neighbour (a row of ``embeddings``) in ``truth``; each
+        distinct row is read once."""
+        rows = np.unique(truth)
+        vectors = np.ascontiguousarray(embeddings[rows], dtype=np.float32)
+        return self.coarse_quantizer.assign(vectors, 1).ravel()[np.searchsorted(rows, truth)]
 
     def coarse_recall(self, queries: np.ndarray, true_lists: np.ndarray, nprobe: int) -> np.ndarray:
         """``(Q,)``: the share of each query's true neighbours (their lists: ``true_lists``) that lie in the
         ``nprobe`` lists the query probes: the most a search of those lists can find."""
-        faiss = require_faiss()
-        quantizer = faiss.extract_index_ivf(self.index.faiss_index).quantizer
-        probed = quantizer.search(np.ascontiguousarray(queries, dtype=np.float32), nprobe)[1]
+        probed = self.coarse_quantizer.search(np.ascontiguousarray(queries, dtype=np.float32), nprobe)[1]
         return np.array([np.isin(lists, seen).mean() for lists, seen in zip(true_lists, probed, strict=True)])
 
     def __len__(self) -> int:

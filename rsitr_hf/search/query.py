@@ -12,7 +12,7 @@ import torch
 from ..data.images import to_rgb
 from .index import ImageIndex, read_image
 from .model import RetrievalModel, SearchError
-from .scenes import Window, open_scene, read_tile, window_iou
+from .scenes import Window, read_tiles, window_iou
 
 SEARCH_GROWTH = 4  # a scene index fetches this many times more candidates while overlaps leave too few
 
@@ -78,9 +78,18 @@ def nearest_images(
     FAISS index when there is one, else exactly. From a scene index, the ``k`` best windows of which no two
     of one scene overlap by more than ``max_overlap`` (intersection over union; 0: not at all): a window
     overlapping a better one is dropped (non-maximum suppression), so that the hits are ``k`` places."""
+    # exact search scores every row once, however many candidates the overlaps make it fetch
+    similarity = query_embeds @ index.embeddings.T if index.ann is None else None
+
+    def nearest(count: int) -> tuple[torch.Tensor, torch.Tensor]:  # (scores, rows), best first
+        if similarity is not None:
+            return similarity.topk(count, dim=1)
+        scores, rows = index.ann.search(query_embeds.numpy(), count)  # rows of -1 where FAISS found fewer
+        return torch.from_numpy(scores), torch.from_numpy(rows)
+
     fetch = k if index.tiles is None else k * SEARCH_GROWTH
     while True:
-        scores, rows = nearest_rows(index, query_embeds, min(fetch, len(index.files)))
+        scores, rows = nearest(min(fetch, len(index.files)))
         found = [
             [(score, row) for score, row in zip(query_scores, query_rows, strict=True) if row >= 0]
             for query_scores, query_rows in zip(scores.tolist(), rows.tolist(), strict=True)
@@ -93,14 +102,6 @@ def nearest_images(
                 for hits in found
             ]
         fetch *= SEARCH_GROWTH
-
-
-def nearest_rows(index: ImageIndex, query_embeds: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scores, rows)``, each ``(Q, k)``, best first (rows of -1 where FAISS found fewer)."""
-    if index.ann is None:
-        return (query_embeds @ index.embeddings.T).topk(k, dim=1)
-    scores, rows = index.ann.search(query_embeds.numpy(), k)
-    return torch.from_numpy(scores), torch.from_numpy(rows)
 
 
 def suppress_overlaps(index: ImageIndex, candidates: list[tuple[float, int]], max_overlap: float):
@@ -127,11 +128,9 @@ def hit_of_row(index: ImageIndex, rank: int, score: float, row: int) -> Hit:
 
 def hit_image(index: ImageIndex, hit: Hit) -> PIL.Image.Image:
     """The image found, or the window found (read from its scene, never the whole scene), as RGB."""
-    path = Path(index.root) / hit.item
     if hit.window is None:
-        return read_image(path)
-    with open_scene(path) as scene:
-        return read_tile(scene, index.tiles.scenes[hit.item], hit.window)
+        return read_image(Path(index.root) / hit.item)
+    return read_tiles(index.root, [(hit.item, hit.window)], index.tiles.scenes)[0]
 
 
 def read_captions(path: str | os.PathLike) -> list[str]:

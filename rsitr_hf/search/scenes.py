@@ -208,11 +208,17 @@ def window_size(path: Path, scene, tiling: Tiling, georeferenced: bool) -> tuple
     return tile, [max(1, round(tiling.stride / size)) for size in resolution]
 
 
+def reduced_read(scene, bands: list[int], side: int) -> np.ma.MaskedArray:
+    """``(C, H, W)`` masked values of ``bands`` of the open ``scene``, read reduced to at most ``side``
+    pixels on the longer side (GDAL resamples block by block: the scene is not loaded whole)."""
+    factor = max(1.0, max(scene.width, scene.height) / side)
+    shape = (len(bands), max(1, int(scene.height / factor)), max(1, int(scene.width / factor)))
+    return scene.read(bands, out_shape=shape, masked=True)
+
+
 def value_range(scene, bands: list[int]) -> list[float]:
     """``[min(0, low), high]`` of the valid pixels of ``bands`` in a read reduced to ``SCALE_READ_SIDE``."""
-    factor = max(1.0, max(scene.width, scene.height) / SCALE_READ_SIDE)
-    shape = (len(bands), max(1, int(scene.height / factor)), max(1, int(scene.width / factor)))
-    values = scene.read(bands, out_shape=shape, masked=True).compressed()
+    values = reduced_read(scene, bands, SCALE_READ_SIDE).compressed()
     if values.size == 0:
         return [0.0, 0.0]
     return [min(0.0, float(values.min())), float(values.max())]
@@ -256,10 +262,8 @@ def read_tiles(root: str, tiles: list[tuple[str, Window]], infos: dict[str, Scen
 
 def scene_overview(path: Path, info: SceneInfo) -> PIL.Image.Image:
     """The scene reduced to at most ``OVERVIEW_SIDE`` pixels on its longer side (one reduced read)."""
-    factor = max(1.0, max(info.width, info.height) / OVERVIEW_SIDE)
-    shape = (len(info.bands), max(1, round(info.height / factor)), max(1, round(info.width / factor)))
     with open_scene(path) as scene:
-        return PIL.Image.fromarray(to_rgb_array(scene.read(info.bands, out_shape=shape, masked=True), info))
+        return PIL.Image.fromarray(to_rgb_array(reduced_read(scene, info.bands, OVERVIEW_SIDE), info))
 
 
 def outline_windows(overview: PIL.Image.Image, info: SceneInfo, windows: list[tuple[str, Window]]):
