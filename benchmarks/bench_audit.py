@@ -25,8 +25,8 @@ import PIL.ImageEnhance
 
 from rsitr_hf.data.duplicates import fingerprint, image_pairs, read_images
 from rsitr_hf.demo.synthetic import make_example
+from rsitr_hf.evaluation.inference import RetrievalModel
 from rsitr_hf.search.duplicates import MIN_COSINE, embedding_method
-from rsitr_hf.search.model import RetrievalModel
 
 SIZE = 256
 

@@ -144,7 +144,7 @@ def recipe_values(method: str, args, data: Path, model: Path, output_dir: Path) 
     values = {
         "base_model": str(model),
         "output_dir": str(output_dir),
-        "data": {"path": str(data), "validation_fraction": 0.01, "pos_cache": str(args.work_dir / "pos")},
+        "data": {"path": str(data), "validation_fraction": 0.01},
         "schedule": {"name": "cosine"},
         "training": {
             "epochs": 1,
@@ -159,7 +159,8 @@ def recipe_values(method: str, args, data: Path, model: Path, output_dir: Path) 
     for section, entries in METHODS[method].items():
         values[section] = {**values.get(section, {}), **entries}
     if method == "posapl":
-        values["data"]["pos_model"] = pos_tagger(args.work_dir, args.pos_model)
+        tagger = pos_tagger(args.work_dir, args.pos_model)
+        values["text"] = {"pos_model": tagger, "pos_cache": str(args.work_dir / "pos")}
     return values
 
 
@@ -176,6 +177,7 @@ def measure_pipeline(args, data: Path, model: Path) -> dict:
     from rsitr_hf.data import load_rsitr
     from rsitr_hf.data.pixels import DecodedPixels, cached_pixels
     from rsitr_hf.data.preprocessing import RetrievalCollator, caption_pairs
+    from rsitr_hf.data.text_inputs import TextInputs
 
     processor = CLIPProcessor.from_pretrained(model)
     train = load_rsitr(data, validation_fraction=0.0)["train"]
@@ -185,14 +187,15 @@ def measure_pipeline(args, data: Path, model: Path) -> dict:
     else:
         pixels = DecodedPixels(train, processor.image_processor)
     prepared = time.perf_counter() - started
-    pairs = caption_pairs(train, processor.tokenizer)
+    text_inputs = TextInputs(processor.tokenizer)
+    pairs = caption_pairs(train, text_inputs)
     loader = DataLoader(
         pairs,
         batch_size=args.pipeline_batch_size,
         shuffle=True,
         num_workers=args.workers[0],
         persistent_workers=args.workers[0] > 0,
-        collate_fn=RetrievalCollator(pixels, processor.tokenizer.pad_token_id),
+        collate_fn=RetrievalCollator(pixels, text_inputs),
         generator=torch.Generator().manual_seed(0),
     )
     batches = iter(loader)
@@ -205,7 +208,8 @@ def measure_pipeline(args, data: Path, model: Path) -> dict:
 
 def measure_train(args, data: Path, model: Path) -> dict:
     from rsitr_hf.training import train
-    from rsitr_hf.training.recipe import Recipe, build
+    from rsitr_hf.training.recipe import Recipe
+    from rsitr_hf.utils.config import build
 
     with tempfile.TemporaryDirectory() as output_dir:
         recipe = build(Recipe, recipe_values(args.method, args, data, model, Path(output_dir)))
@@ -224,17 +228,14 @@ def measure_model_only(args, data: Path, model: Path) -> dict:
     import torch
     from transformers import CLIPProcessor
 
+    from rsitr_hf.data.text_inputs import text_inputs_of
+    from rsitr_hf.objectives.table import get_loss
     from rsitr_hf.training.data import image_transform, prepare_data, training_loader
-    from rsitr_hf.training.recipe import Recipe, build
-    from rsitr_hf.training.setup import (
-        build_model,
-        build_optimizer,
-        create_accelerator,
-        method_config,
-        token_dropout_of,
-    )
+    from rsitr_hf.training.recipe import Recipe
+    from rsitr_hf.training.setup import build_model, build_optimizer, create_accelerator, method_config
     from rsitr_hf.training.step import TrainingStep
     from rsitr_hf.tuners import get_method
+    from rsitr_hf.utils.config import build
 
     with tempfile.TemporaryDirectory() as output_dir:
         recipe = build(Recipe, recipe_values(args.method, args, data, model, Path(output_dir)))
@@ -242,13 +243,13 @@ def measure_model_only(args, data: Path, model: Path) -> dict:
         accelerator = create_accelerator(recipe)
         clip = build_model(recipe, method)
         processor = CLIPProcessor.from_pretrained(recipe.base_model)
-        run_data = prepare_data(recipe, processor, method.pos_mode(method_config(clip)), accelerator)
-        loader = training_loader(recipe, run_data, processor.tokenizer.pad_token_id, accelerator.device)
+        text_inputs = text_inputs_of(method, processor.tokenizer, method_config(clip), recipe.text.options)
+        run_data = prepare_data(recipe, processor, text_inputs, accelerator)
+        loader = training_loader(recipe, run_data, accelerator.device)
         optimizer = build_optimizer(recipe, clip)
         clip, optimizer, loader = accelerator.prepare(clip, optimizer, loader)
-        unwrapped = accelerator.unwrap_model(clip, keep_torch_compile=False)
         step = TrainingStep(
-            clip, recipe.loss, image_transform(recipe, processor), token_dropout_of(unwrapped)
+            clip, get_loss(recipe.loss.name), recipe.loss.options, image_transform(recipe, processor)
         )
 
         def optimizer_step(batch: dict) -> torch.Tensor:

@@ -109,7 +109,7 @@ def measure_train_step(
 
     def step():
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            views = encode_views(forward, pixel_values, input_ids, None, token_dropout=0.2)
+            views = encode_views(forward, pixel_values, {"input_ids": input_ids}, token_dropout=0.2)
         loss = hmmc_loss(views.image, views.text, views.image_aug, views.text_aug, image_ids=image_ids)
         loss.backward()
         optimizer.step()
@@ -166,7 +166,7 @@ def measure_views(mode: str, batch_size: int, device: str) -> dict:
         return [F.normalize(e, dim=-1) for e in (image, text, image_aug, text_aug)]
 
     def batched():
-        views = encode_views(model, pixel_values, input_ids, None, token_dropout=0.2)
+        views = encode_views(model, pixel_values, {"input_ids": input_ids}, token_dropout=0.2)
         return views.image, views.text, views.image_aug, views.text_aug
 
     def step():
@@ -268,7 +268,7 @@ def measure_casts(variant: str, device: str) -> dict:
 
     def step():
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=variant != "bf16 backbone"):
-            views = encode_views(model, pixel_values, input_ids, None, token_dropout=0.2)
+            views = encode_views(model, pixel_values, {"input_ids": input_ids}, token_dropout=0.2)
         hmmc_loss(views.image, views.text, views.image_aug, views.text_aug, image_ids=image_ids).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -4,8 +4,7 @@ Importing the package registers its PEFT methods, so ``peft.get_peft_model`` and
 ``PeftModel.from_pretrained`` accept their configs and checkpoints, and fills the method table
 (:mod:`rsitr_hf.tuners.methods`). The packages, bottom layer first (each imports only the ones before it):
 ``utils``, ``tuners`` (methods), ``objectives``, ``data``, ``evaluation``, ``training``, ``search``,
-``demo``, ``tools``. They load on first use (``rsitr_hf.training``); the module paths of rsitr_hf 0.1
-(``rsitr_hf.losses``, ``rsitr_hf.recipe`` ...) still work, with a warning naming the new one.
+``demo``, ``tools``. They load on first use (``rsitr_hf.training``).
 """
 
 import importlib
@@ -29,18 +28,15 @@ from .tuners import (
     get_method,
     register_method,
 )
-from .utils.deprecation import MOVED_MODULES, install_moved_module_finder
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 PACKAGES = ("utils", "tuners", "objectives", "data", "evaluation", "training", "search", "demo", "tools")
 
-install_moved_module_finder()
-
 
 def __getattr__(name: str):
-    """``rsitr_hf.<package>`` (and a module path of 0.1, with its warning) without importing it first."""
-    if name in PACKAGES or f"{__name__}.{name}" in MOVED_MODULES:
+    """``rsitr_hf.<package>`` without importing it first."""
+    if name in PACKAGES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -34,6 +34,9 @@ def pytest_configure(config) -> None:
         )
 
 
+# a guard against a hung subprocess, never a speed limit: a loaded machine is slow, not wrong
+HANG_TIMEOUT = 3600
+
 # two real gloo processes on a CPU-only machine (the scripts must create Accelerator(cpu=True))
 TWO_PROCESS_LAUNCH = [
     "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
@@ -103,7 +106,7 @@ def run_script(arguments: list[str], launcher: list[str] | None = None) -> subpr
     """``train_accelerate.py arguments`` in a new process (under ``launcher``, e.g. ``accelerate launch``)."""
     command = [*(launcher or [sys.executable]), str(ROOT / "train_accelerate.py"), *arguments]
     return subprocess.run(
-        command, capture_output=True, text=True, env=subprocess_env(), timeout=600, cwd=ROOT
+        command, capture_output=True, text=True, env=subprocess_env(), timeout=HANG_TIMEOUT, cwd=ROOT
     )
 
 
@@ -119,7 +122,7 @@ def run_in_fresh_process(tmp_path: Path, source: str, *arguments) -> subprocess.
     script = tmp_path / "fresh_process.py"
     script.write_text(source)
     command = [sys.executable, str(script), *map(str, arguments)]
-    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=HANG_TIMEOUT)
 
 
 def tiny_inputs(seed: int = 0, batch: int = 3):
@@ -231,3 +234,15 @@ def interrupted_embedding(model, after_batches: int):
 
     model.embed_images = embed
     return lambda: setattr(model, "embed_images", lambda images: original(model, images))
+
+
+def assert_one_line_error(capsys, status: int, *expected: str) -> str:
+    """Exit status 2, the error on the last stderr line (progress bars may come before it), no traceback."""
+    err = capsys.readouterr().err
+    assert status == 2, err[-2000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert ": error: " in last
+    for text in expected:
+        assert text in last, last
+    return last

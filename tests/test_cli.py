@@ -1,5 +1,5 @@
-"""One flag convention for every command (``--snake_case``, legacy ``--kebab-case`` accepted with a
-warning), a full ``--help``, recipe fields as options, and logging instead of prints for progress."""
+"""One flag convention for every command (``--snake_case``), a full ``--help``, recipe fields as options, and
+logging instead of prints for progress."""
 
 import configparser
 import dataclasses
@@ -31,14 +31,23 @@ def help_of(target: str, arguments: list[str], capsys) -> str:
 
 
 def recipe_paths() -> list[str]:
+    """Every recipe option: each field, and in a section with declared options (the loss's, the text
+    inputs'), each option that any registered entry declares."""
     paths = []
     hints = typing.get_type_hints(Recipe)
     for recipe_field in dataclasses.fields(Recipe):
         section = hints[recipe_field.name]
-        if dataclasses.is_dataclass(section):
-            paths += [f"{recipe_field.name}.{inner.name}" for inner in dataclasses.fields(section)]
-        else:
+        if not dataclasses.is_dataclass(section):
             paths.append(recipe_field.name)
+            continue
+        for inner in dataclasses.fields(section):
+            declared_by = inner.metadata.get("declared_by")
+            names = (
+                [f.name for o in declared_by().values() for f in dataclasses.fields(o)]
+                if declared_by
+                else [inner.name]
+            )
+            paths += [f"{recipe_field.name}.{name}" for name in dict.fromkeys(names)]
     return paths
 
 
@@ -65,6 +74,7 @@ def test_training_help_lists_every_recipe_field_with_its_default(capsys):
         assert f"--{path} " in text, path
     assert "--push_to_hub" in text and "--hub_model_id" in text  # transformers' spellings
     assert "(default: 30)" in text  # training.epochs
+    assert "--loss.token_dropout" in text and "--text.pos_model" in text  # options the tables declare
 
 
 def test_recipe_options_override_the_file_and_bare_booleans_mean_true(tmp_path):
@@ -91,26 +101,23 @@ def test_unknown_options_exit_2_naming_them(capsys):
     assert "unrecognized arguments: --training.bach_size 3" in capsys.readouterr().err
 
 
-def test_legacy_kebab_case_flags_still_work_with_a_warning(caplog):
+def test_kebab_case_spellings_are_unknown_options(capsys):
+    """rsitr_hf 0.2 has one spelling: ``--top-k`` (0.1's) is an unknown option, exit status 2."""
     parser = cli.command_parser("test")
     parser.add_argument("--top_k", type=int, default=5)
-    parser.add_argument("--output_dir")
-    parser.add_argument("--text")
-    with caplog.at_level(logging.WARNING, logger="rsitr_hf"):
-        arguments = cli.parse_arguments(parser, ["--top-k", "3", "--output-dir=out", "--text", "a-b"])
-    assert arguments.top_k == 3 and arguments.output_dir == "out"
-    messages = [record.getMessage() for record in caplog.records]
-    assert any("--top-k is deprecated" in message and "use --top_k" in message for message in messages)
-    assert any("use --output_dir" in message for message in messages)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_arguments(parser, ["--top-k", "3"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --top-k 3" in capsys.readouterr().err
+    assert cli.parse_arguments(parser, ["--top_k", "3"]).top_k == 3
 
 
 def test_progress_goes_to_loggers_and_results_to_stdout(caplog, capsys, tmp_path):
     """The PETL runner's progress is a log record (stderr in a terminal), its table the command's output."""
-    from rsitr_hf.tools.petl import logger
+    from rsitr_hf.tools.petl_harness import logger
 
     with caplog.at_level(logging.INFO, logger="rsitr_hf"):
         logger.info("[rsitr-petl] %s, seed %d -> %s", "mrs", 0, tmp_path)
-    assert caplog.records[-1].name == "rsitr_hf.tools.petl"
+    assert caplog.records[-1].name == "rsitr_hf.tools.petl_harness"
     cli.configure_logging()
     cli.configure_logging()  # once per process: no duplicate handlers
     handlers = [h for h in logging.getLogger("rsitr_hf").handlers if isinstance(h, cli.StderrHandler)]

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import subprocess_env
+from conftest import HANG_TIMEOUT, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +17,9 @@ def test_the_gpu_check_dry_run_measures_every_target_and_checks_the_launcher(tmp
         sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry_run", "--work_dir",
         str(tmp_path / "work"), "--out_dir", str(out_dir), "--pos_model", str(stanza_tagger_path),
     ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=600)
+    completed = subprocess.run(
+        command, capture_output=True, text=True, env=subprocess_env(), timeout=HANG_TIMEOUT
+    )
     assert completed.returncode == 0, completed.stderr[-4000:]
     record = json.loads((out_dir / "gpu_check.json").read_text())
     assert record["dry_run"] is True and record["batch_size"] == 8 and record["steps"] == 4
@@ -55,4 +57,3 @@ def test_the_gpu_check_dry_run_measures_every_target_and_checks_the_launcher(tmp
     report = (out_dir / "gpu_check.md").read_text()
     assert report.startswith("# GPU check: CPU") and "(CPU dry run: toy task)" in report
     assert all(target in report for target in targets) and report.count("| met |") == 2
-    assert record["seconds"] < 300

@@ -23,8 +23,8 @@ from peft import PeftModel, get_peft_model
 from transformers import CLIPConfig, CLIPModel
 
 from rsitr_hf import HarMAConfig
+from rsitr_hf.evaluation.inference import RetrievalModel
 from rsitr_hf.objectives import harma_loss, multi_positive_infonce, weighted_triplet_loss
-from rsitr_hf.search.model import RetrievalModel
 from rsitr_hf.training import train
 from rsitr_hf.training.recipe import load_recipe
 from rsitr_hf.tuners.harma import HarMAEncoderLayer, open_clip_ids, trainable_temperature
@@ -304,7 +304,8 @@ def test_release_recipes_match_the_release_configs():
         recipe = load_recipe(ROOT / "hub_configs" / f"{name}.yaml")
         assert (recipe.base_model, recipe.optimizer.lr, recipe.training.epochs) == (base_model, lr, epochs)
         assert recipe.method.name == "harma" and recipe.method.config["share_across_modalities"] is False
-        assert (recipe.loss.name, recipe.loss.margin, recipe.loss.power, recipe.loss.mask_same_image) == (
+        options = recipe.loss.options
+        assert (recipe.loss.name, options.margin, options.power, options.mask_same_image) == (
             "harma", 0.2, 2.0, False
         )  # fmt: skip
         optimizer = recipe.optimizer

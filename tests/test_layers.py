@@ -1,5 +1,5 @@
 """The package's layers: every import points down, none runs in a circle, methods stand alone, training loads
-no search code, and the module paths of rsitr_hf 0.1 still import (with a warning)."""
+no search code."""
 
 import ast
 import json
@@ -7,10 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from conftest import HANG_TIMEOUT
 
 import rsitr_hf
-from rsitr_hf.utils.deprecation import MOVED_MODULES
 
 PACKAGE = Path(rsitr_hf.__file__).parent
 LAYERS = ("utils", "tuners", "objectives", "data", "evaluation", "training", "search", "demo", "tools")
@@ -106,7 +105,9 @@ def test_a_method_imports_no_other_method():
 def loaded_after(statement: str) -> set[str]:
     """The modules ``sys.modules`` holds after ``statement`` in a fresh interpreter."""
     code = f"import json, sys\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_TIMEOUT
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return set(json.loads(result.stdout.strip().splitlines()[-1]))
 
@@ -123,37 +124,31 @@ def test_importing_rsitr_hf_loads_only_the_methods():
     assert {name.split(".")[1] for name in loaded if name.startswith("rsitr_hf.")} == {"tuners", "utils"}
 
 
-def test_the_module_paths_of_0_1_import_the_moved_modules_with_a_warning():
-    code = """
-import importlib, json, warnings
-import rsitr_hf
-from rsitr_hf.utils.deprecation import MOVED_MODULES
-found = {}
-for old, new in MOVED_MODULES.items():
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        module = importlib.import_module(old)
-    found[old] = [module is importlib.import_module(new), module.__name__, [str(w.message) for w in caught]]
-from rsitr_hf.recipe import load_recipe
-from rsitr_hf.training.recipe import load_recipe as moved
-found["same function"] = load_recipe is moved
-found["attribute"] = rsitr_hf.losses.hmmc_loss is importlib.import_module("rsitr_hf.objectives").hmmc_loss
-print(json.dumps(found))
-"""
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    found = json.loads(result.stdout.strip().splitlines()[-1])
-    for old, new in MOVED_MODULES.items():
-        same, name, messages = found[old]
-        assert same and name == new, old
-        assert any(f"{old} moved to {new}" in message for message in messages), (old, messages)
-    assert found["same function"] and found["attribute"]
+def test_the_training_step_imports_no_tuner():
+    """The step calls the recipe's loss without knowing which it is (the loss table knows)."""
+    assert not {target for target in import_graph()["rsitr_hf.training.step"] if ".tuners" in target}
 
 
-@pytest.mark.parametrize("old", ["rsitr_hf.train", "rsitr_hf.evaluation.ucm_ties"])
-def test_python_m_with_a_module_path_of_0_1_runs_the_moved_command(old):
-    result = subprocess.run(
-        [sys.executable, "-m", old, "--help"], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "usage:" in result.stdout and f"{old} moved to {MOVED_MODULES[old]}" in result.stderr
+def test_no_module_outside_a_method_compares_a_method_or_loss_name_with_a_string():
+    """What depends on the method, its loss or its text inputs is read from their declarations: no module
+    outside a method's own package (``tuners/<method>/``) compares a registered name with a string literal."""
+    from rsitr_hf.data.text_inputs import TEXT_INPUTS
+    from rsitr_hf.objectives.table import LOSSES
+    from rsitr_hf.tuners.methods import METHODS
+
+    names = set(METHODS) | set(LOSSES) | set(TEXT_INPUTS)
+    methods = {path.parent.name for path in (PACKAGE / "tuners").glob("*/__init__.py")}
+    found = []
+    for name, path in module_files().items():
+        parts = name.split(".")
+        if parts[1:2] == ["tuners"] and len(parts) > 2 and parts[2] in methods:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            literals = set()
+            for operand in (node.left, *node.comparators):
+                items = operand.elts if isinstance(operand, ast.Tuple | ast.List | ast.Set) else [operand]
+                literals |= {item.value for item in items if isinstance(item, ast.Constant)}
+            found += [f"{name}:{node.lineno} {literal!r}" for literal in sorted(literals & names, key=str)]
+    assert len(names) >= 9 and found == []

@@ -14,6 +14,8 @@ from rsitr_hf.tuners.mrs_adapter import MRSAdapterEncoderLayer
 
 SMALL = {"bottleneck_dim": 16, "shared_dim": 8}  # tiny towers are 48 (vision) and 32 (text) wide
 
+TOKEN_DROPOUT = 0.2  # PE-RSITR's, HMMC's default (rsitr_hf.objectives.HMMCOptions)
+
 
 def randomise_adapter(peft_model, seed=0):
     generator = torch.Generator().manual_seed(seed)
@@ -60,7 +62,7 @@ def test_one_step_changes_the_shared_adapter_seen_by_every_block(base):
         before_t = clip.text_model(input_ids=input_ids, output_hidden_states=True).hidden_states
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
-    views = encode_views(model, pixel_values, input_ids, None, model.peft_config["default"].token_dropout)
+    views = encode_views(model, pixel_values, {"input_ids": input_ids}, TOKEN_DROPOUT)
     loss = hmmc_loss(views.image, views.text, views.image_aug, views.text_aug, margin=1.0)
     loss.backward()
     shared = model.base_model.mrs_adapter["default"].shared_up
@@ -99,7 +101,7 @@ def test_views_are_one_batched_pass_and_clean_views_match_plain_encoding(base):
     model.eval()
     calls = []
     hook = model.get_base_model().vision_model.encoder.register_forward_hook(lambda m, a, o: calls.append(1))
-    views = encode_views(model, pixel_values, input_ids, None, model.peft_config["default"].token_dropout)
+    views = encode_views(model, pixel_values, {"input_ids": input_ids}, TOKEN_DROPOUT)
     hook.remove()
     assert len(calls) == 1
     image, text = clip_embeddings(model, pixel_values, input_ids)
@@ -108,7 +110,7 @@ def test_views_are_one_batched_pass_and_clean_views_match_plain_encoding(base):
     torch.testing.assert_close(views.image_aug, views.image)  # eval mode: token dropout off
     model.train()
     torch.manual_seed(0)
-    trained = encode_views(model, pixel_values, input_ids, None, model.peft_config["default"].token_dropout)
+    trained = encode_views(model, pixel_values, {"input_ids": input_ids}, TOKEN_DROPOUT)
     assert not torch.allclose(trained.image_aug, trained.image) and not torch.allclose(
         trained.text_aug, trained.text
     )
@@ -185,7 +187,7 @@ def test_lora_baseline_goes_through_the_same_views_and_loss(base):
     pixel_values, input_ids = tiny_inputs(batch=4)
     model = get_peft_model(base, lora_baseline_config(r=4))
     model.train()
-    views = encode_views(model, pixel_values, input_ids, None, token_dropout=0.2)
+    views = encode_views(model, pixel_values, {"input_ids": input_ids}, TOKEN_DROPOUT)
     hmmc_loss(views.image, views.text, views.image_aug, views.text_aug, margin=1.0).backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     assert with_grad and all("lora_" in n for n in with_grad)

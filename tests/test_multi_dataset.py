@@ -16,6 +16,7 @@ from transformers import CLIPModel, CLIPProcessor
 import rsitr_hf  # noqa: F401  (registers the tuners with peft)
 from rsitr_hf.data import load_rsitr
 from rsitr_hf.data.sampling import EpochWeightedSampler
+from rsitr_hf.data.text_inputs import TextInputs
 from rsitr_hf.evaluation import METRIC_KEYS, evaluate_retrieval
 from rsitr_hf.training import load_recipe, model_card, train
 from rsitr_hf.training.data import drop_test_duplicates, prepare_data, training_loader
@@ -89,21 +90,27 @@ def test_bad_dataset_lists_name_the_field(overrides, message):
         load_recipe(None, overrides)
 
 
+def processor_and_tokens(model_dir) -> tuple:
+    """The processor of ``model_dir`` and CLIP's tokens as the text inputs (``prepare_data``'s)."""
+    processor = CLIPProcessor.from_pretrained(model_dir)
+    return processor, TextInputs(processor.tokenizer)
+
+
 def test_names_must_differ(tmp_path, tiny_clip_dir, synthetic_dir):
     recipe = two_dataset_recipe(tmp_path, tiny_clip_dir, synthetic_dir, synthetic_dir)
     with pytest.raises(RecipeError, match=r"data\.datasets\[1\]: a second dataset named 'synthrs'"):
-        prepare_data(recipe, CLIPProcessor.from_pretrained(tiny_clip_dir), None, Accelerator(cpu=True))
+        prepare_data(recipe, *processor_and_tokens(tiny_clip_dir), Accelerator(cpu=True))
     recipe.data.datasets[1].name = "again"  # the same folder under another name is allowed
     recipe.evaluation.test_datasets = [str(synthetic_dir)]
     with pytest.raises(RecipeError, match=r"evaluation\.test_datasets: .* is a dataset the run trains on"):
-        prepare_data(recipe, CLIPProcessor.from_pretrained(tiny_clip_dir), None, Accelerator(cpu=True))
+        prepare_data(recipe, *processor_and_tokens(tiny_clip_dir), Accelerator(cpu=True))
 
 
 def test_training_concatenates_the_datasets_with_distinct_image_ids(
     tmp_path, tiny_clip_dir, synthetic_dir, second_dir
 ):
     recipe = two_dataset_recipe(tmp_path, tiny_clip_dir, synthetic_dir, second_dir)
-    data = prepare_data(recipe, CLIPProcessor.from_pretrained(tiny_clip_dir), None, Accelerator(cpu=True))
+    data = prepare_data(recipe, *processor_and_tokens(tiny_clip_dir), Accelerator(cpu=True))
     first, second = load_rsitr(synthetic_dir), load_rsitr(second_dir)
     assert list(data.splits) == ["synthrs", "synthb"]
     assert list(data.train["filename"]) == [*first["train"]["filename"], *second["train"]["filename"]]
@@ -114,7 +121,7 @@ def test_training_concatenates_the_datasets_with_distinct_image_ids(
     row = len(first["train"]) + 3
     own = prepare_data(
         load_recipe(None, {"data.path": str(second_dir), "base_model": str(tiny_clip_dir)}),
-        CLIPProcessor.from_pretrained(tiny_clip_dir), None, Accelerator(cpu=True),
+        *processor_and_tokens(tiny_clip_dir), Accelerator(cpu=True),
     )  # fmt: skip
     assert (data.train_pixels.take([row]) == own.train_pixels.take([3])).all()
     assert {name: entry["share"] for name, entry in data.mix.items()} == pytest.approx(
@@ -124,11 +131,11 @@ def test_training_concatenates_the_datasets_with_distinct_image_ids(
 
 def test_weights_set_each_datasets_share_of_the_draws(tmp_path, tiny_clip_dir, synthetic_dir, second_dir):
     recipe = two_dataset_recipe(tmp_path, tiny_clip_dir, synthetic_dir, second_dir, second_weight=3.0)
-    data = prepare_data(recipe, CLIPProcessor.from_pretrained(tiny_clip_dir), None, Accelerator(cpu=True))
+    data = prepare_data(recipe, *processor_and_tokens(tiny_clip_dir), Accelerator(cpu=True))
     first_pairs = data.mix["synthrs"]["train_pairs"]
     assert data.pair_weights == [1.0] * first_pairs + [3.0] * data.mix["synthb"]["train_pairs"]
     assert data.mix["synthb"]["share"] == pytest.approx(3 * 80 / (120 + 3 * 80))
-    loader = training_loader(recipe, data, 0, torch.device("cpu"))
+    loader = training_loader(recipe, data, torch.device("cpu"))
     assert isinstance(loader.sampler, EpochWeightedSampler) and len(loader.sampler) == len(data.pairs)
     drawn = []
     for epoch in range(40):

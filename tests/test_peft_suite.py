@@ -60,7 +60,7 @@ TUNERS = {
     for name, spec in METHODS.items()
     if spec.is_peft and issubclass(spec.config_class, ExternalPeftConfig)
 }
-POS_INPUT_CONFIGS = {spec.config_class for spec in TUNERS.values() if spec.pos_inputs}
+POS_INPUT_CONFIGS = {spec.config_class for spec in TUNERS.values() if spec.text_inputs == "pos_tags"}
 
 # peft's tests that merge: they run up to merge_adapter() / merge_and_unload(), which must refuse
 MERGING_TESTS = {

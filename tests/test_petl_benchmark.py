@@ -13,7 +13,9 @@ from transformers import CLIPModel, CLIPProcessor
 import rsitr_hf  # noqa: F401  (registers the tuners with peft)
 from rsitr_hf.data import load_rsitr
 from rsitr_hf.evaluation import METRIC_KEYS, evaluate_retrieval
-from rsitr_hf.tools.petl import main, results_markdown, run_benchmark, summarise
+from rsitr_hf.tools.petl import main
+from rsitr_hf.tools.petl_harness import run_benchmark, summarise
+from rsitr_hf.tools.petl_tables import results_markdown
 from rsitr_hf.training.recipe import RecipeError
 
 METHODS = {
@@ -148,7 +150,7 @@ def test_runs_finished_before_test_ties_still_give_the_main_table(benchmark_run,
 
 
 def test_the_benchmark_files_plan_every_method_harma_included():
-    from rsitr_hf.tools.petl import load_benchmark, run_recipes
+    from rsitr_hf.tools.petl_harness import load_benchmark, run_recipes
 
     root = Path(__file__).resolve().parents[1]
     for name in ("petl_rsicd", "petl_rsitmd", "petl_ucm", "petl_synthetic"):
@@ -219,7 +221,7 @@ def test_the_transfer_matrix_trains_on_each_domain_and_tests_on_both(tmp_path, t
 
 
 def test_the_transfer_benchmark_files_plan_every_method_on_every_dataset():
-    from rsitr_hf.tools.petl import load_benchmark, run_recipes
+    from rsitr_hf.tools.petl_harness import load_benchmark, run_recipes
 
     root = Path(__file__).resolve().parents[1]
     for name, datasets in (

@@ -1,3 +1,4 @@
+import json
 from collections import Counter
 
 import datasets
@@ -5,20 +6,21 @@ import pytest
 from conftest import SPLITS_DIR, UD_ENGLISH_DIR
 from transformers import CLIPProcessor
 
+import rsitr_hf.data.pos_inputs
+from rsitr_hf import POSPromptConfig
 from rsitr_hf.data import explode_captions, load_rsitr
-from rsitr_hf.data.pixels import DecodedPixels, image_keys
+from rsitr_hf.data.pixels import DecodedPixels
 from rsitr_hf.data.pos import (
     PAD_TAG_ID,
-    POS_COLUMNS,
     SPECIAL_TAG_ID,
     UPOS_TAGS,
     POSModelMissing,
     StanzaTagger,
     add_pos_columns,
-    cached_pos_dataset,
     normalise_caption,
     pos_sentence,
 )
+from rsitr_hf.data.pos_inputs import POSTextInputs, POSTextOptions
 from rsitr_hf.data.pos_tagger import caption_like_conllu, read_conllu_upos
 from rsitr_hf.data.preprocessing import RetrievalCollator, caption_pairs
 from rsitr_hf.data.seed_layout import read_lines
@@ -76,7 +78,9 @@ class CountingTagger:
         return self.tagger.tag(sentences)
 
 
-def test_pos_columns_align_with_clip_tokens(tagger, synthetic_dir, tiny_clip_dir):
+def test_pos_columns_align_with_clip_tokens(
+    tagger, synthetic_dir, tiny_clip_dir, stanza_tagger_path, tmp_path
+):
     dataset = load_rsitr(synthetic_dir)
     tokenizer = CLIPProcessor.from_pretrained(tiny_clip_dir).tokenizer
     counting = CountingTagger(tagger)
@@ -94,69 +98,76 @@ def test_pos_columns_align_with_clip_tokens(tagger, synthetic_dir, tiny_clip_dir
         assert len(ids) == len(tokenizer(caption)["input_ids"])
         assert ids[0] == ids[-1] == SPECIAL_TAG_ID and all(0 <= i < len(UPOS_TAGS) for i in ids[1:-1])
         assert ids[1] == UPOS_TAGS.index(tags[0])
+    # POSAPL's text inputs give a caption the inputs these columns describe
     pairs = explode_captions(tagged["train"])
-    assert {"pos_caption", "pos_tags", "pos_sentence", "pos_tag_ids"} <= set(pairs.column_names)
-    processor = CLIPProcessor.from_pretrained(tiny_clip_dir)
-    collator = RetrievalCollator(
-        DecodedPixels(tagged["train"], processor.image_processor), tokenizer.pad_token_id
-    )
-    aligned_pairs = caption_pairs(tagged["train"], tokenizer, pos_mode="aligned")
+    options = POSTextOptions(pos_model=str(stanza_tagger_path), pos_cache=str(tmp_path / "tags"))
+    aligned_inputs = POSTextInputs(tokenizer, POSPromptConfig(pos_mode="aligned"), options)
+    aligned_pairs = caption_pairs(tagged["train"], aligned_inputs)
     assert aligned_pairs["input_ids"][:6] == tokenizer(pairs["pos_caption"][:6])["input_ids"]
-    aligned = collator([aligned_pairs[i] for i in range(6)])
+    assert aligned_pairs["pos_tag_ids"] == pairs["pos_tag_ids"]
+    processor = CLIPProcessor.from_pretrained(tiny_clip_dir)
+    pixels = DecodedPixels(tagged["train"], processor.image_processor)
+    aligned = RetrievalCollator(pixels, aligned_inputs)([aligned_pairs[i] for i in range(6)])["text"]
     assert aligned["pos_tag_ids"].shape == aligned["input_ids"].shape
     assert (aligned["pos_tag_ids"][aligned["attention_mask"] == 0] == PAD_TAG_ID).all()
     assert (aligned["pos_tag_ids"][aligned["attention_mask"] == 1] != PAD_TAG_ID).all()
-    sentence_pairs = caption_pairs(tagged["train"], tokenizer, pos_mode="sentence")
+    sentence_inputs = POSTextInputs(tokenizer, POSPromptConfig(pos_mode="sentence"), options)
+    sentence_pairs = caption_pairs(tagged["train"], sentence_inputs)
     assert "pos_tag_ids" not in sentence_pairs.column_names
-    sentence = collator([sentence_pairs[i] for i in range(6)])
+    sentence = RetrievalCollator(pixels, sentence_inputs)([sentence_pairs[i] for i in range(6)])["text"]
     expected = tokenizer(pairs["pos_sentence"][:6], padding="longest", return_tensors="pt")["input_ids"]
     assert sentence["pos_input_ids"].tolist() == expected.tolist()
     assert (
         tokenizer.decode(sentence["pos_input_ids"][0], skip_special_tokens=True) == pairs["pos_sentence"][0]
     )
+    assert sentence_inputs(pairs["caption"][:6])["pos_input_ids"].tolist() == expected.tolist()
 
 
-def test_the_pos_cache_holds_the_tags_and_leaves_the_images_where_they_are(
-    stanza_tagger_path, synthetic_dir, tiny_clip_dir, tmp_path
-):
-    dataset = load_rsitr(synthetic_dir)
-    tokenizer = CLIPProcessor.from_pretrained(tiny_clip_dir).tokenizer
-    identity = {"path": str(synthetic_dir)}
-
-    def tagged_once():
-        return cached_pos_dataset(
-            dataset, identity, tokenizer, str(tmp_path / "pos"), str(stanza_tagger_path)
-        )
-
-    first = tagged_once()
-    (folder,) = (tmp_path / "pos").iterdir()
-    assert datasets.load_from_disk(str(folder))["train"].column_names == list(POS_COLUMNS)
-    expected = add_pos_columns(dataset, StanzaTagger(str(stanza_tagger_path)), tokenizer)
-    for name in dataset:
-        assert first[name].column_names == expected[name].column_names
-        assert (
-            first[name].select_columns(list(POS_COLUMNS)).to_dict()
-            == expected[name].select_columns(list(POS_COLUMNS)).to_dict()
-        )
-        # the same image files as the untagged split, so the pixel store shares their rows
-        assert image_keys(first[name]) == image_keys(dataset[name])
-        assert image_keys(first[name])[0].startswith("p:")
-    stamp = (folder / "dataset_dict.json").stat().st_mtime_ns
-    again = tagged_once()
-    assert (folder / "dataset_dict.json").stat().st_mtime_ns == stamp
-    assert again["test"]["pos_tag_ids"] == first["test"]["pos_tag_ids"]
-
-
-def test_the_pos_cache_lives_under_rsitr_cache_as_the_pixel_cache_does(
+def test_the_tag_cache_tags_each_caption_once_for_every_run_and_command(
     stanza_tagger_path, synthetic_dir, tiny_clip_dir, tmp_path, monkeypatch
 ):
-    monkeypatch.setenv("RSITR_CACHE", str(tmp_path / "cache"))
     dataset = load_rsitr(synthetic_dir)
     tokenizer = CLIPProcessor.from_pretrained(tiny_clip_dir).tokenizer
-    identity = {"path": str(synthetic_dir)}
-    cached_pos_dataset(dataset, identity, tokenizer, pos_model_path=str(stanza_tagger_path))
+    captions = [c for split in dataset.values() for row in split["captions"] for c in row]
+    options = POSTextOptions(pos_model=str(stanza_tagger_path), pos_cache=str(tmp_path / "pos"))
+    first = POSTextInputs(tokenizer, POSPromptConfig(), options)
+    first.prepare(captions)
+    (folder,) = (tmp_path / "pos").iterdir()
+    lines = (folder / "tags.jsonl").read_text().splitlines()
+    expected = add_pos_columns(dataset, StanzaTagger(str(stanza_tagger_path)), tokenizer)
+    tags = {
+        c: t
+        for split in expected.values()
+        for row in split
+        for c, t in zip(row["pos_captions"], row["pos_tags"], strict=True)
+    }
+    assert {json.loads(line)["text"]: json.loads(line)["tags"] for line in lines} == tags
+    assert len(lines) == len(tags)  # each caption once
+
+    def no_tagger(*arguments, **options):
+        raise AssertionError("tagged again")
+
+    monkeypatch.setattr(rsitr_hf.data.pos_inputs, "StanzaTagger", no_tagger)
+    again = POSTextInputs(tokenizer, POSPromptConfig(), options)  # another run, another command
+    assert again.encode(captions) == first.encode(captions)
+    # a line a kill cut short is skipped, and its caption tagged again on a line of its own
+    (folder / "tags.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:-7])
+    monkeypatch.undo()
+    after_kill = POSTextInputs(tokenizer, POSPromptConfig(), options)
+    assert after_kill.encode(captions) == first.encode(captions)
+    kept = (folder / "tags.jsonl").read_text().splitlines()
+    assert len(kept) == len(lines) + 1 and kept[-1] == lines[-1]
+
+
+def test_the_tag_cache_lives_under_rsitr_cache_as_the_pixel_cache_does(
+    stanza_tagger_path, tiny_clip_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("RSITR_CACHE", str(tmp_path / "cache"))
+    tokenizer = CLIPProcessor.from_pretrained(tiny_clip_dir).tokenizer
+    options = POSTextOptions(pos_model=str(stanza_tagger_path))
+    POSTextInputs(tokenizer, POSPromptConfig(), options).prepare(["a river next to a road"])
     (folder,) = (tmp_path / "cache" / "pos").iterdir()
-    assert (folder / "dataset_dict.json").is_file()
+    assert (folder / "tags.jsonl").is_file()
 
 
 def test_missing_model_says_how_to_get_it(tmp_path):
@@ -188,11 +199,8 @@ def test_paper_normalisation_is_the_releases_on_real_test_captions():
         assert all("its " in p for p in glued)
 
 
-def test_an_empty_split_gets_the_pos_columns_with_their_types(
-    tagger, stanza_tagger_path, synthetic_dir, tiny_clip_dir, tmp_path
-):
+def test_an_empty_split_gets_the_pos_columns_with_their_types(tagger, synthetic_dir, tiny_clip_dir):
     """A validation carve smaller than one image leaves an empty split; it must still have the columns."""
-    import datasets
 
     dataset = load_rsitr(synthetic_dir)
     dataset["validation"] = dataset["train"].select([])
@@ -201,9 +209,3 @@ def test_an_empty_split_gets_the_pos_columns_with_their_types(
     assert len(tagged["validation"]) == 0
     assert tagged["validation"].features == tagged["train"].features
     assert isinstance(tagged["train"].features["pos_tag_ids"], datasets.List)
-    cached = cached_pos_dataset(dataset, {"test": "empty split"}, tokenizer, cache_dir=tmp_path,
-                                pos_model_path=str(stanza_tagger_path))  # fmt: skip
-    again = cached_pos_dataset(dataset, {"test": "empty split"}, tokenizer, cache_dir=tmp_path,
-                               pos_model_path=str(stanza_tagger_path))  # fmt: skip
-    assert len(again["validation"]) == 0 and "pos_tag_ids" in again["validation"].column_names
-    assert cached["train"]["pos_tag_ids"] == again["train"]["pos_tag_ids"] == tagged["train"]["pos_tag_ids"]

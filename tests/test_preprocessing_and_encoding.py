@@ -5,13 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TWO_PROCESS_LAUNCH, subprocess_env
+from conftest import HANG_TIMEOUT, TWO_PROCESS_LAUNCH, subprocess_env
 from torch.utils.data import DataLoader
 from transformers import CLIPModel, CLIPProcessor
 
 from rsitr_hf.data import load_rsitr
 from rsitr_hf.data.pixels import DecodedPixels, cached_pixels
 from rsitr_hf.data.preprocessing import RetrievalCollator, caption_pairs
+from rsitr_hf.data.text_inputs import TextInputs
 from rsitr_hf.evaluation import encode_split, evaluate_retrieval, retrieval_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,20 +26,22 @@ def model_and_processor(tiny_clip_dir):
 def test_collator_pads_to_the_longest_caption_and_gathers_uint8_pixels(synthetic_dir, model_and_processor):
     _, processor = model_and_processor
     train = load_rsitr(synthetic_dir)["train"]
-    pairs = caption_pairs(train, processor.tokenizer)
-    assert pairs.column_names == ["image_id", "image_row", "pair_index", "input_ids"]
-    collator = RetrievalCollator(
-        DecodedPixels(train, processor.image_processor), processor.tokenizer.pad_token_id
-    )
+    text_inputs = TextInputs(processor.tokenizer)
+    pairs = caption_pairs(train, text_inputs)
+    assert pairs.column_names == ["image_row", "image_id", "pair_index", "input_ids"]
+    collator = RetrievalCollator(DecodedPixels(train, processor.image_processor), text_inputs)
     order = [7, 0, 13, 2, 5, 9]
     batch = next(iter(DataLoader(pairs.select(order), batch_size=6, collate_fn=collator)))
     lengths = [len(processor.tokenizer(train[i // 5]["captions"][i % 5])["input_ids"]) for i in order]
     assert batch["pixels"].dtype == torch.uint8 and batch["pixels"].shape == (6, 3, 32, 32)
     images = DecodedPixels(train, processor.image_processor).take([i // 5 for i in order])
     assert torch.equal(batch["pixels"], torch.from_numpy(images))
-    assert batch["input_ids"].shape == (6, max(lengths))
-    assert batch["attention_mask"].sum(dim=1).tolist() == lengths
-    assert (batch["input_ids"][batch["attention_mask"] == 0] == processor.tokenizer.pad_token_id).all()
+    text = batch["text"]
+    assert set(text) == {"input_ids", "attention_mask"} and text["input_ids"].shape == (6, max(lengths))
+    assert text["attention_mask"].sum(dim=1).tolist() == lengths
+    assert (text["input_ids"][text["attention_mask"] == 0] == processor.tokenizer.pad_token_id).all()
+    padded = processor.tokenizer([train[i // 5]["captions"][i % 5] for i in order], padding="longest")
+    assert text["input_ids"].tolist() == padded["input_ids"]  # as the tokenizer pads a batch itself
     assert batch["image_ids"].tolist() == [train[i // 5]["image_id"] for i in order]
     assert batch["pair_index"] == order
 
@@ -112,7 +115,9 @@ def test_two_process_encoding_equals_single_process(
         str(synthetic_dir),
         str(out),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=subprocess_env(), timeout=HANG_TIMEOUT
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     gathered = json.loads(out.read_text())
     assert gathered["images"] == 12 and gathered["texts"] == single.text_embeds.shape[0]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import peft
 import pytest
-from conftest import ROOT, run_in_fresh_process, subprocess_env
+from conftest import HANG_TIMEOUT, ROOT, run_in_fresh_process, subprocess_env
 from peft import PeftModel, get_peft_model
 from peft.utils import PeftType
 from transformers import CLIPModel
@@ -133,7 +133,7 @@ def test_the_oldest_allowed_peft_registers_saves_and_loads(tiny_clip_dir, tmp_pa
         text=True,
         env=environment,
         cwd=ROOT,
-        timeout=300,
+        timeout=HANG_TIMEOUT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["ok", "3"]

@@ -13,7 +13,7 @@ import PIL.Image
 import pytest
 import torch
 from browser import ask_image, open_page, wait_for
-from conftest import TWO_PROCESS_LAUNCH, interrupted_embedding, subprocess_env
+from conftest import HANG_TIMEOUT, TWO_PROCESS_LAUNCH, interrupted_embedding, subprocess_env
 
 rasterio = pytest.importorskip("rasterio", reason="scene indexes need rasterio (pip install -e '.[scenes]')")
 from rasterio.warp import transform as reproject_points  # noqa: E402
@@ -268,7 +268,7 @@ def test_a_two_process_sharded_scene_index_equals_the_one_process_index(tmp_path
     arguments += ["--index", str(tmp_path / "i")]
     result = subprocess.run(
         [sys.executable, *TWO_PROCESS_LAUNCH, "-m", "rsitr_hf.search", *arguments],
-        capture_output=True, text=True, env=subprocess_env(), timeout=300,
+        capture_output=True, text=True, env=subprocess_env(), timeout=HANG_TIMEOUT,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count(f"2 scenes (2 tiled now: {WINDOWS} windows, {SKIPPED} without data") == 1

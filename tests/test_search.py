@@ -5,10 +5,9 @@ import shutil
 import subprocess
 import sys
 
-import PIL.Image
 import pytest
 import torch
-from conftest import TWO_PROCESS_LAUNCH, interrupted_embedding, subprocess_env
+from conftest import HANG_TIMEOUT, TWO_PROCESS_LAUNCH, interrupted_embedding, subprocess_env
 from peft import get_peft_model
 from transformers import CLIPModel
 
@@ -164,19 +163,11 @@ def test_unreadable_image_is_named(tmp_path, image_folder, tiny_clip_dir):
         build_index(image_folder, tmp_path / "index", RetrievalModel(tiny_clip_dir))
 
 
-def test_a_method_with_pos_inputs_indexes_images_but_refuses_text_queries(tmp_path, tiny_clip_dir):
-    """The method table says which adapters take POS inputs (POSAPL): their images embed, their text
-    queries are refused with the method named (rsitr-search makes no POS tags)."""
-    from rsitr_hf import POSPromptConfig
+def test_the_base_alone_takes_clip_tokens(tiny_clip_dir):
+    from rsitr_hf.data.text_inputs import TextInputs
 
-    config = POSPromptConfig(adapter_dim=16, adapter_heads=2, fusion_layers=[1, 1, 2, 2])
-    get_peft_model(CLIPModel.from_pretrained(tiny_clip_dir), config).save_pretrained(tmp_path / "posapl")
-    model = RetrievalModel(tiny_clip_dir, tmp_path / "posapl")
-    assert model.method.name == "pos_prompt" and model.uses_pos_inputs()
-    assert model.embed_images([PIL.Image.new("RGB", (32, 32))]).shape == (1, 24)
-    with pytest.raises(SearchError, match=r"adapter is pos_prompt's \(POSAPL.*needs POS-tagged captions"):
-        model.embed_texts(["a river"])
-    assert RetrievalModel(tiny_clip_dir).method is None  # the base alone takes plain captions
+    model = RetrievalModel(tiny_clip_dir)
+    assert model.method is None and type(model.text_inputs) is TextInputs
 
 
 def test_grids_from_an_index_and_from_a_split(tmp_path, synthetic_dir, tiny_clip_dir, image_folder):
@@ -225,7 +216,11 @@ def test_a_two_process_sharded_index_equals_the_one_process_index(tmp_path, imag
 
     def sharded_build(index_dir):
         return subprocess.run(
-            [*launch, "--index", index_dir], capture_output=True, text=True, env=subprocess_env(), timeout=300
+            [*launch, "--index", index_dir],
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+            timeout=HANG_TIMEOUT,
         )
 
     result = sharded_build(str(tmp_path / "sharded"))

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPProcessor
 
 from rsitr_hf.data import load_rsitr
+from rsitr_hf.data.pos import normalise_caption
 from rsitr_hf.evaluation import evaluate_retrieval
 from rsitr_hf.training import main, train
 from rsitr_hf.training.hub import HubPushError, hub_base_id, model_card, push_adapter
@@ -74,7 +75,7 @@ def test_paper_recipes_match_the_specification():
     for name in ("rsicd", "rsitmd", "ucm"):
         recipe = load_recipe(ROOT / "hub_configs" / f"pe_rsitr_{name}.yaml")
         assert recipe.base_model == "openai/clip-vit-base-patch32"
-        assert recipe.method.name == "mrs_adapter" and recipe.loss.margin == 0.2
+        assert recipe.method.name == "mrs_adapter" and recipe.loss.options.margin == 0.2
         assert (recipe.optimizer.name, recipe.optimizer.lr, recipe.optimizer.weight_decay) == (
             "adam",
             2e-4,
@@ -292,7 +293,7 @@ def posapl_arguments(
 ) -> list[str]:
     config = f"{{adapter_dim: 16, adapter_heads: 2, fusion_layers: [1, 1, 2, 2], pos_mode: {pos_mode}}}"
     return ["--base_model", str(tiny_clip_dir), "--data.path", str(synthetic_dir),
-            "--data.pos_model", str(tagger), "--data.pos_cache", str(cache),
+            "--text.pos_model", str(tagger), "--text.pos_cache", str(cache),
             "--data.empty_captions", "error", "--data.augment", "false",
             "--method.config", config, "--training.epochs", "1", "--training.batch_size", "8",
             "--training.eval_batch_size", "7", "--output_dir", str(output_dir)]  # fmt: skip
@@ -313,60 +314,47 @@ def test_posapl_recipe_runs_through_train_accelerate(
     assert config["peft_type"] == "POS_PROMPT (import rsitr_hf first)" and config["fusion"] == "cascade"
 
 
-def test_posapl_tags_each_dataset_once(tmp_path, tiny_clip_dir, synthetic_dir, stanza_tagger_path):
-    from rsitr_hf.data.preprocessing import pos_text_inputs
+def test_posapl_tags_each_caption_once_and_its_adapter_records_the_tagger(
+    tmp_path, tiny_clip_dir, synthetic_dir, stanza_tagger_path, monkeypatch
+):
+    import rsitr_hf.data.pos_inputs
+    from rsitr_hf.evaluation import score_tests
+    from rsitr_hf.evaluation.inference import RetrievalModel
 
     cache = tmp_path / "pos"
-    first = train(
-        load_recipe(
-            ROOT / "hub_configs" / "posapl_rsicd.yaml",
-            cli_overrides(
-                posapl_arguments(
-                    tiny_clip_dir,
-                    synthetic_dir,
-                    stanza_tagger_path,
-                    tmp_path / "a",
-                    cache,
-                    pos_mode="aligned",
-                )
-            ),
-        )
-    )
-    (folder,) = cache.iterdir()
-    stamp = (folder / "dataset_dict.json").stat().st_mtime_ns
-    train(
-        load_recipe(
-            ROOT / "hub_configs" / "posapl_rsicd.yaml",
-            cli_overrides(
-                posapl_arguments(
-                    tiny_clip_dir,
-                    synthetic_dir,
-                    stanza_tagger_path,
-                    tmp_path / "b",
-                    cache,
-                    pos_mode="aligned",
-                )
-            ),
-        )
-    )
-    assert [p.name for p in cache.iterdir()] == [folder.name]
-    assert (folder / "dataset_dict.json").stat().st_mtime_ns == stamp  # reused, not re-tagged
-    # the saved adapter reproduces the reported test metrics when given the same POS inputs
-    import datasets
 
-    saved = datasets.load_from_disk(str(folder))["test"]
-    assert "image" not in saved.column_names  # the cache holds the POS columns, not the images
-    test = datasets.concatenate_datasets([load_rsitr(synthetic_dir)["test"], saved], axis=1)
-    processor = CLIPProcessor.from_pretrained(tmp_path / "a" / "adapter")
-    model = PeftModel.from_pretrained(CLIPModel.from_pretrained(tiny_clip_dir), tmp_path / "a" / "adapter")
-    metrics = evaluate_retrieval(
-        model,
-        test,
-        processor,
-        caption_column="pos_captions",
-        text_inputs=pos_text_inputs(test, processor.tokenizer, "aligned"),
-    )
-    assert metrics == pytest.approx(first.test_metrics)
+    def run(output: str):
+        arguments = posapl_arguments(
+            tiny_clip_dir, synthetic_dir, stanza_tagger_path, tmp_path / output, cache, pos_mode="aligned"
+        )
+        return train(load_recipe(ROOT / "hub_configs" / "posapl_rsicd.yaml", cli_overrides(arguments)))
+
+    first = run("a")
+    (folder,) = cache.iterdir()  # one tagger, one folder of tags
+    tagged = (folder / "tags.jsonl").read_text().splitlines()
+    splits = load_rsitr(synthetic_dir, validation_fraction=0.2)
+    captions = {normalise_caption(c) for split in splits.values() for row in split["captions"] for c in row}
+    assert sorted(json.loads(line)["text"] for line in tagged) == sorted(captions)  # each once
+
+    def no_tagger(*arguments, **options):
+        raise AssertionError("a second run tagged captions again")
+
+    monkeypatch.setattr(rsitr_hf.data.pos_inputs, "StanzaTagger", no_tagger)
+    run("b")  # every caption's tags come from the cache
+    assert (folder / "tags.jsonl").read_text().splitlines() == tagged
+    monkeypatch.undo()
+
+    record = json.loads((tmp_path / "a" / "adapter" / "text_inputs.json").read_text())
+    assert record["name"] == "pos_tags"
+    assert record["options"]["pos_model"] == str(stanza_tagger_path.resolve())
+    # the saved adapter, loaded as every command loads one, reproduces the reported test metrics
+    model = RetrievalModel(tiny_clip_dir, tmp_path / "a" / "adapter", device="cpu")
+    test = {"synthrs": (splits["test"], None)}
+    tested = score_tests(
+        model.model, test, ["synthrs"], model.processor, "pessimistic", text_inputs=model.text_inputs,
+        batch_size=7,
+    )  # fmt: skip
+    assert tested.metrics == pytest.approx(first.test_metrics)
 
 
 def test_posapl_without_a_pos_model_is_a_clear_error(tmp_path, tiny_clip_dir, synthetic_dir, capsys):
@@ -425,24 +413,6 @@ def test_the_demo_recipe_runs_through_the_entry_point(tmp_path, tiny_clip_dir, s
     assert recipe["base_model"] == str(task / "base")
     assert recipe["data"]["path"] == str(target)
     assert (task / "run" / "adapter" / "adapter_model.safetensors").is_file()
-
-
-def test_the_deprecated_synthetic_task_names_the_folders_rsitr_demo_prepares(tmp_path):
-    """``synthetic_task: DIR`` (rsitr_hf 0.1) still loads, with a warning: it names the base model and data
-    that ``rsitr-demo`` prepares in DIR, and never prepares anything itself."""
-    from rsitr_hf.demo import prepare_demo_task
-
-    for marker in (
-        "base/config.json",
-        "data/source_precomp/test_caps.txt",
-        "data/target_precomp/test_caps.txt",
-    ):
-        (tmp_path / marker).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / marker).touch()  # prepared already: prepare_demo_task only names the folders
-    with pytest.warns(FutureWarning, match="synthetic_task is deprecated"):
-        recipe = load_recipe(ROOT / "hub_configs" / "demo.yaml", {"synthetic_task": str(tmp_path)})
-    base, target = prepare_demo_task(tmp_path)
-    assert (recipe.base_model, recipe.data.path, recipe.synthetic_task) == (str(base), str(target), None)
 
 
 def test_the_method_table_gives_the_loss_and_checks_the_method_config():

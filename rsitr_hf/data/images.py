@@ -16,6 +16,7 @@ import PIL.Image
 from ..utils.errors import InputError
 
 HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})  # image files by name
 
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:

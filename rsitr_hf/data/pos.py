@@ -10,8 +10,9 @@ caption, 5 per row, tagging each distinct caption once):
 - ``pos_tag_ids``: one tag id per CLIP token of the caption, every BPE piece of a word carrying its
   word's tag, ``SPECIAL_TAG_ID`` at the start/end tokens (``PAD_TAG_ID`` is for padding).
 
-Save the result with ``save_to_disk`` (``rsitr-pos-tag`` does it) so tagging happens once per dataset;
-training does it through :func:`cached_pos_dataset`.
+``rsitr-pos-tag`` saves the result with ``save_to_disk``, to inspect the tags; training, evaluation and
+search tag captions through POSAPL's text inputs (:mod:`rsitr_hf.data.pos_inputs`), which keep the tags of
+every caption they met.
 
 Stanza's English models are not on PyPI. Online: ``stanza.download("en", processors="tokenize,pos")``.
 Offline: pass a tagger file (``pos_model_path=`` or ``RSITR_POS_MODEL``) and/or a resources directory
@@ -30,7 +31,6 @@ from pathlib import Path
 import datasets
 
 from ..utils.errors import InputError
-from ..utils.files import cache_root
 
 UPOS_TAGS = (
     "ADJ",
@@ -237,58 +237,3 @@ def with_empty_pos_columns(split: datasets.Dataset) -> datasets.Dataset:
     """An empty ``split`` with the POS columns added (typed as a tagged split's)."""
     features = datasets.Features({**split.features, **POS_FEATURES})
     return datasets.Dataset.from_dict({column: [] for column in features}, features=features)
-
-
-def cached_pos_dataset(
-    dataset_dict: datasets.DatasetDict,
-    identity: dict,
-    tokenizer,
-    cache_dir: str | os.PathLike | None = None,
-    pos_model_path: str | None = None,
-    resources_dir: str | None = None,
-    normalisation: str = "paper",
-) -> datasets.DatasetDict:
-    """``dataset_dict`` with the POS columns of :func:`add_pos_columns` (captions normalised by
-    ``normalisation``), tagged once per dataset.
-
-    The POS columns alone are saved under ``cache_dir`` (default ``$RSITR_CACHE/pos``, i.e.
-    ``~/.cache/rsitr_hf/pos``) in a folder named by a hash of ``identity`` (what the data is: its source and
-    split options) and of the tokenizer and tagger, and joined to ``dataset_dict``'s rows afterwards; the
-    images stay where they are.
-    """
-    import hashlib
-
-    key = json.dumps(
-        {
-            **identity,
-            "tokenizer": tokenizer.name_or_path,
-            "tagger": pos_model_path,
-            "normalisation": normalisation,
-        },
-        sort_keys=True,
-    )
-    root = Path(cache_dir) if cache_dir is not None else cache_root() / "pos"
-    folder = root / hashlib.sha256(key.encode()).hexdigest()[:16]
-    if not (folder / "dataset_dict.json").is_file():
-        # empty splits are left out (datasets cannot load an empty split back) and given empty columns
-        captions = datasets.DatasetDict(
-            {name: split.select_columns(["captions"]) for name, split in dataset_dict.items() if len(split)}
-        )
-        tagger = StanzaTagger(pos_model_path, resources_dir)
-        tagged = add_pos_columns(captions, tagger, tokenizer, normalisation=normalisation)
-        tagged.select_columns(list(POS_COLUMNS)).save_to_disk(str(folder))
-        (folder / "identity.json").write_text(key, encoding="utf-8")
-    saved = datasets.load_from_disk(str(folder))
-    joined = {}
-    for name, split in dataset_dict.items():
-        if len(split) == 0:
-            joined[name] = with_empty_pos_columns(split)
-            continue
-        columns = saved[name].select_columns(list(POS_COLUMNS))
-        if len(columns) != len(split):
-            raise InputError(
-                f"POS cache {folder}: split {name} has {len(columns)} tagged rows for {len(split)} rows; "
-                "delete the folder to tag again"
-            )
-        joined[name] = datasets.concatenate_datasets([split, columns], axis=1)
-    return datasets.DatasetDict(joined)

@@ -3,7 +3,9 @@
 The demo needs a base model that already knows *something* about aerial scenes, as
 ``openai/clip-vit-base-patch32`` does, but cannot download one. This trains every weight of a tiny
 ``CLIPModel`` with the symmetric InfoNCE loss of CLIP (learned temperature) on the synthetic *source*
-domain, then saves it as an ordinary model directory (config, safetensors, tokenizer, processor).
+domain (:func:`rsitr_hf.objectives.contrastive_loss`, the other captions of an image left out rather than
+counted as negatives), then saves it as an ordinary model directory (config, safetensors, tokenizer,
+processor).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPProcessor
@@ -22,23 +23,10 @@ from transformers import CLIPModel, CLIPProcessor
 from ..data import load_rsitr
 from ..data.pixels import PixelNormalizer, cached_pixels
 from ..data.preprocessing import RetrievalCollator, caption_pairs
+from ..data.text_inputs import TextInputs
+from ..objectives import contrastive_loss
 
 logger = logging.getLogger(__name__)
-
-
-def clip_contrastive_loss(model: CLIPModel, pixel_values: torch.Tensor, batch: dict) -> torch.Tensor:
-    """Symmetric InfoNCE over the batch; pairs of the same image are not counted as negatives."""
-    output = model(
-        pixel_values=pixel_values,
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        return_dict=True,
-    )
-    logits = output.logits_per_image
-    same_image = batch["image_ids"][:, None] == batch["image_ids"][None, :]
-    logits = logits.masked_fill(same_image & ~torch.eye(len(logits), dtype=torch.bool), float("-inf"))
-    targets = torch.arange(len(logits))
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
 def pretrain_clip(
@@ -61,12 +49,13 @@ def pretrain_clip(
     pixels = cached_pixels(train, processor.image_processor)
     normalize = PixelNormalizer.from_processor(processor.image_processor)
     generator = torch.Generator().manual_seed(seed)
+    text_inputs = TextInputs(processor.tokenizer)
     loader = DataLoader(
-        caption_pairs(train, processor.tokenizer),
+        caption_pairs(train, text_inputs),
         batch_size=batch_size,
         shuffle=True,
         generator=generator,
-        collate_fn=RetrievalCollator(pixels, processor.tokenizer.pad_token_id),
+        collate_fn=RetrievalCollator(pixels, text_inputs),
         drop_last=True,
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
@@ -77,7 +66,8 @@ def pretrain_clip(
     with tqdm(total=total, desc="pretraining the base on the source domain") as progress:
         for _ in range(epochs):
             for batch in loader:
-                loss = clip_contrastive_loss(model, normalize(batch["pixels"]), batch)
+                output = model(pixel_values=normalize(batch["pixels"]), **batch["text"], return_dict=True)
+                loss = contrastive_loss(output.logits_per_image, batch["image_ids"], same_image="excluded")
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad()

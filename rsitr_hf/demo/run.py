@@ -8,7 +8,8 @@
    :func:`rsitr_hf.training.train` that ``train_accelerate.py`` runs, with ``hub_configs/demo.yaml``; the
    demo passes its base model and data folder to the recipe itself.
 4. Print test recall: zero-shot base vs adapted, and the trainable-parameter share.
-5. Reload the saved adapter with ``PeftModel.from_pretrained`` and check its metrics match.
+5. Reload the saved adapter (with ``PeftModel.from_pretrained``, as every command loads one:
+   :class:`rsitr_hf.evaluation.inference.RetrievalModel`) and check its metrics match.
 6. Compare the figures with README.md's table (see :mod:`rsitr_hf.demo.readme`).
 
 Needs no network. ``rsitr-demo --prepare_only`` stops after steps 1 and 2, so that
@@ -22,13 +23,12 @@ import sys
 import time
 from pathlib import Path
 
-from peft import PeftModel
-from transformers import CLIPModel, CLIPProcessor
-
 from ..data import load_rsitr
-from ..evaluation import METRIC_KEYS, evaluate_retrieval, metrics_table
+from ..evaluation import METRIC_KEYS, metrics_table, score_tests
+from ..evaluation.inference import RetrievalModel
 from ..training import load_recipe, train
 from ..training.recipe import add_recipe_arguments, recipe_overrides
+from ..tuners.methods import get_method
 from ..utils.cli import command, command_parser, parse_arguments, report_error
 from .readme import StaleReadme, check_readme, update_readme
 from .task import prepare_demo_task
@@ -63,23 +63,23 @@ def run_demo(
             **(overrides or {}),
         },
     )
-    test = load_rsitr(target, validation_fraction=recipe.data.validation_fraction)["test"]
-    processor = CLIPProcessor.from_pretrained(base)
-    zero_shot = evaluate_retrieval(CLIPModel.from_pretrained(base), test, processor)
+    test = {"target": (load_rsitr(target, validation_fraction=recipe.data.validation_fraction)["test"], None)}
+    ties = recipe.evaluation.ties
+    zero_shot = tested(RetrievalModel(base), test, ties)
 
     result = train(recipe)
 
-    reloaded_model = PeftModel.from_pretrained(CLIPModel.from_pretrained(base), result.output_dir / "adapter")
-    reloaded = evaluate_retrieval(reloaded_model, test, processor)
-    _, total = reloaded_model.get_nb_trainable_parameters()
-    adapter_parameters = sum(p.numel() for p in reloaded_model.base_model.mrs_adapter.parameters())
-    base_parameters = total - adapter_parameters
+    reloaded = tested(
+        RetrievalModel(base, result.output_dir / "adapter"), test, ties
+    )  # PeftModel.from_pretrained
+    trained, base_parameters = result.cost["trainable_parameters"], result.cost["base_parameters"]
     rows = {"zero-shot": zero_shot, "adapted": result.test_metrics, "reloaded": reloaded}
-    print(f"\ntarget-domain test split: {len(test)} images, {5 * len(test)} captions")
+    images = len(test["target"][0])
+    print(f"\ntarget-domain test split: {images} images, {5 * images} captions")
     print(metrics_table(rows))
     print(
-        f"MRS-Adapter: {adapter_parameters:,} trained parameters = "
-        f"{100 * adapter_parameters / base_parameters:.2f}% of the base model's {base_parameters:,}"
+        f"{get_method(recipe.method.name).summary}: {trained:,} trained parameters = "
+        f"{100 * trained / base_parameters:.2f}% of the base model's {base_parameters:,}"
     )
     mismatch = {
         k: (reloaded[k], result.test_metrics[k])
@@ -92,6 +92,13 @@ def run_demo(
     (output_dir / "demo_results.json").write_text(json.dumps(rows, indent=2))
     print(f"done in {time.perf_counter() - started:.0f} s; outputs in {output_dir}")
     return rows
+
+
+def tested(model: RetrievalModel, test: dict, ties: str) -> dict[str, float]:
+    """The test metrics of a loaded model (base, or base + adapter) on the demo's target test split."""
+    return score_tests(
+        model.model, test, list(test), model.processor, ties, text_inputs=model.text_inputs
+    ).metrics
 
 
 @command
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         help="prepare the task (base model and data in --output_dir) and stop, for train_accelerate.py",
     )
     recipe_options = add_recipe_arguments(
-        parser, exclude=("base_model", "output_dir", "synthetic_task", "data.format", "data.path")
+        parser, exclude=("base_model", "output_dir", "data.format", "data.path")
     )
     args = parse_arguments(parser, argv)
     if args.prepare_only:

@@ -1,8 +1,9 @@
-"""Retrieval evaluation: recall metrics, split encoding, and an ``evaluate`` metric module."""
+"""Retrieval evaluation: recall metrics, embedding a split and scoring it, a trained model for inference,
+zero-shot scene classification, result grids, and an ``evaluate`` metric module."""
 
 from pathlib import Path
 
-from .encoding import RetrievalEmbeddings, encode_split, evaluate_by_ties, evaluate_retrieval
+from .embedding import RetrievalEmbeddings, encode_split
 from .metrics import (
     METRIC_KEYS,
     TIE_PROTOCOLS,
@@ -12,6 +13,7 @@ from .metrics import (
     retrieval_ranks,
     test_results,
 )
+from .scoring import ScoredTests, evaluate_by_ties, evaluate_retrieval, score_tests
 
 METRIC_MODULE_DIR = Path(__file__).parent / "rsitr_retrieval"
 
@@ -28,6 +30,7 @@ __all__ = [
     "METRIC_MODULE_DIR",
     "RetrievalEmbeddings",
     "TIE_PROTOCOLS",
+    "ScoredTests",
     "encode_split",
     "evaluate_by_ties",
     "evaluate_retrieval",
@@ -36,5 +39,6 @@ __all__ = [
     "metrics_table",
     "retrieval_metrics",
     "retrieval_ranks",
+    "score_tests",
     "test_results",
 ]

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data.images import read_rgb
+from ..data.images import IMAGE_SUFFIXES, read_rgb
+from ..data.text_inputs import TextInputs
 from ..utils.errors import InputError
-from .encoding import image_embeddings, text_embeddings
+from .embedding import image_embeddings, text_embeddings
 
 DEFAULT_TEMPLATES = ("a satellite photo of a {}.",)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 
 
 @dataclass
@@ -140,19 +140,21 @@ def embed_folder(
 
 
 def evaluate_class_folders(
-    model: torch.nn.Module, processor, dataset: ClassFolders, templates: Sequence[str], batch_size: int = 64
+    model: torch.nn.Module,
+    processor,
+    dataset: ClassFolders,
+    templates: Sequence[str],
+    batch_size: int = 64,
+    text_inputs: TextInputs | None = None,
 ) -> ClassificationResult:
-    """Zero-shot classification of ``dataset`` by a CLIP-like ``model`` with its ``processor`` (captions are
-    tokenised as for retrieval, padded to the longest prompt)."""
-    tokenizer = processor.tokenizer
-    max_length = tokenizer.model_max_length
+    """Zero-shot classification of ``dataset`` by a CLIP-like ``model`` with its ``processor``; the prompts
+    become the model's text inputs as captions do for retrieval (``text_inputs``, the method's kind; default:
+    CLIP's tokens), padded to the longest prompt."""
+    text_inputs = text_inputs or TextInputs(processor.tokenizer)
 
     @torch.no_grad()
     def embed_texts(prompts: list[str]) -> torch.Tensor:
-        inputs = tokenizer(
-            prompts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        return text_embeddings(model, inputs).cpu()
+        return text_embeddings(model, text_inputs(prompts)).cpu()
 
     classes = class_embeddings(embed_texts, dataset.class_names, templates)
     images = embed_folder(model, processor.image_processor, dataset, batch_size)

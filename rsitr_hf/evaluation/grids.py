@@ -13,8 +13,9 @@ from pathlib import Path
 import PIL.Image
 import torch
 
+from ..data.text_inputs import TextInputs
 from ..utils.plotting import plt
-from .encoding import encode_split
+from .embedding import encode_split
 
 
 @dataclass
@@ -72,11 +73,13 @@ def split_examples(
 ) -> list[GridRow]:
     """Grid rows for the first captions of ``num_queries`` images of a dataset split, ranking its images.
 
-    ``encode_kwargs`` go to :func:`rsitr_hf.evaluation.encode_split` (for POSAPL: its text inputs).
+    ``encode_kwargs`` go to :func:`rsitr_hf.evaluation.encode_split` (the method's ``text_inputs``, whose
+    text of each caption is the query shown).
     """
     embeddings = encode_split(model, split, processor, **encode_kwargs)
     similarity = embeddings.similarity()  # (images, distinct captions)
-    captions = split[encode_kwargs.get("caption_column", "captions")]
+    text_inputs = encode_kwargs.get("text_inputs") or TextInputs(processor.tokenizer)
+    captions = [[text_inputs.text_of(caption) for caption in row] for row in split["captions"]]
     first_caption = [0, *itertools.accumulate(len(row) for row in captions)]  # row -> its first caption
     rows = []
     for image_row in spread(num_queries, len(split)):

@@ -1,4 +1,5 @@
-"""Clean and augmented views of a batch for HMMC-style losses, for any CLIP-like model.
+"""The embeddings of a training batch that the losses compare, for any CLIP-like model: one view of each pair
+(:func:`pair_embeddings`), or clean and augmented views for HMMC-style losses (:func:`encode_views`).
 
 The augmented view (PE-RSITR's "Data Aug.") is dropout on the token embeddings entering each tower's
 encoder: for text the token + position embeddings, for vision the patch and class tokens after the
@@ -8,6 +9,7 @@ a forward pre-hook on the encoder, present only during the call, drops out the s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -62,11 +64,11 @@ def second_half_dropout(encoder: nn.Module, p: float):
 def encode_views(
     model: nn.Module,
     pixel_values: torch.Tensor,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
+    text_inputs: Mapping[str, torch.Tensor],
     token_dropout: float,
 ) -> ViewEmbeddings:
-    """Embed ``(B, 3, H, W)`` images and ``(B, L)`` captions twice: clean and with token dropout.
+    """Embed ``(B, 3, H, W)`` images and ``B`` captions (``text_inputs``: the text tower's inputs, each
+    ``(B, ...)``, e.g. ``input_ids`` and ``attention_mask``) twice: clean and with token dropout.
 
     Works for a ``CLIPModel``, any PEFT model on it (MRS-Adapter, LoRA) and their DDP or Accelerate
     wrappers: the batch goes through ``model``'s own forward (so mixed precision and gradient
@@ -75,11 +77,8 @@ def encode_views(
     clip = unwrap_clip(model)
     batch = pixel_values.shape[0]
     twice = {
-        "pixel_values": torch.cat([pixel_values, pixel_values]),
-        "input_ids": torch.cat([input_ids, input_ids]),
+        key: torch.cat([value, value]) for key, value in {"pixel_values": pixel_values, **text_inputs}.items()
     }
-    if attention_mask is not None:
-        twice["attention_mask"] = torch.cat([attention_mask, attention_mask])
     with (
         second_half_dropout(clip.vision_model.encoder, token_dropout),
         second_half_dropout(clip.text_model.encoder, token_dropout),
@@ -88,3 +87,12 @@ def encode_views(
     images = F.normalize(output.image_embeds.float(), dim=-1)
     texts = F.normalize(output.text_embeds.float(), dim=-1)
     return ViewEmbeddings(images[:batch], texts[:batch], images[batch:], texts[batch:])
+
+
+def pair_embeddings(
+    model: nn.Module, pixel_values: torch.Tensor, text_inputs: Mapping[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(image, text)``: the ``(B, D)`` float32 embeddings of a batch of pairs in one forward of ``model``
+    (the model's own projected and L2-normalised ``image_embeds`` and ``text_embeds``)."""
+    output = model(pixel_values=pixel_values, **text_inputs, return_dict=True)
+    return output.image_embeds.float(), output.text_embeds.float()

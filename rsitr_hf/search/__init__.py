@@ -2,8 +2,10 @@
 scale; or of large scenes, window by window), searched by text or by image from the command line
 (``rsitr-search``), a web page (``rsitr-app``) and result grids (``rsitr-visualize``)."""
 
+from ..evaluation.inference import ModelIdentity, RetrievalModel, load_adapter
 from .ann import ANNConfig, ANNIndex
 from .cli import main
+from .errors import SearchError
 from .index import (
     ImageIndex,
     IndexUpdate,
@@ -13,7 +15,6 @@ from .index import (
     open_index,
     read_image,
 )
-from .model import ModelIdentity, RetrievalModel, SearchError, load_adapter
 from .query import Hit, hits_geojson, nearest_images, search_captions, search_images, similar_images
 from .scenes import SceneInfo, Tiling
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..utils.errors import InputError
+from ..utils.optional import require
 
 ANN_KINDS = ("auto", "exact", "flat", "ivf", "hnsw", "ivfpq")
 TRAINING_POINTS_PER_LIST = 64  # k-means sample: enough for stable centroids, a few seconds at 1M vectors
@@ -27,18 +28,8 @@ ADD_BLOCK = 65_536  # vectors given to FAISS per call
 EXACT_BLOCK = 32_768  # rows scored per step of exact search (Q x 32,768 scores in memory)
 
 
-class ANNUnavailable(InputError):
-    """FAISS is not installed; the message says how to get it."""
-
-
 def require_faiss():
-    try:
-        import faiss
-    except ImportError:
-        raise ANNUnavailable(
-            'approximate search needs FAISS: pip install faiss-cpu (or pip install -e ".[search]")'
-        ) from None
-    return faiss
+    return require("faiss", "approximate search", "faiss-cpu", "search")
 
 
 @dataclass
@@ -203,11 +194,9 @@ class ANNIndex:
 
     def can_extend(self, config: ANNConfig, num_vectors: int) -> bool:
         """Whether this index, grown to ``num_vectors`` by :meth:`add`, is what ``config`` would build: same
-        settings, same index type at the new size (IVF's list count doubles when ``N`` quadruples); an HNSW
-        index of rsitr_hf 0.1 (numbered by FAISS, without an id map) is rebuilt instead."""
-        numbered_by_us = self.parameter != "efSearch" or hasattr(self.index.faiss_index, "id_map")
+        settings, same index type at the new size (IVF's list count doubles when ``N`` quadruples)."""
         same_type = config.factory(num_vectors, self.index.faiss_index.d) == self.factory
-        return numbered_by_us and config == self.config and same_type
+        return config == self.config and same_type
 
     def add(
         self,

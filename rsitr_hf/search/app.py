@@ -28,10 +28,12 @@ from typing import NamedTuple
 
 import PIL.Image
 
+from ..evaluation.inference import RetrievalModel
 from ..utils.cli import command, command_parser, parse_arguments
 from ..utils.errors import InputError
+from ..utils.optional import require
+from .errors import SearchError
 from .index import ImageIndex, index_model, model_mismatch
-from .model import RetrievalModel, SearchError
 from .query import Hit, hit_image, search_images, similar_images
 from .scenes import outline_windows, scene_overview
 
@@ -40,19 +42,9 @@ MAX_TOP_K = 50
 EXAMPLE_QUERY = "many planes parked at the airport"  # the empty query box shows it
 
 
-class AppUnavailable(InputError):
-    """Gradio is not installed; the message says how to get it."""
-
-
 def require_gradio():
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
-    try:
-        import gradio
-    except ImportError:
-        raise AppUnavailable(
-            'the web app needs Gradio: pip install gradio (or pip install -e ".[app]")'
-        ) from None
-    return gradio
+    return require("gradio", "the web app", "gradio", "app")
 
 
 class Answer(NamedTuple):

@@ -8,8 +8,8 @@
     rsitr-search query --index INDEX_DIR --image PATH [--captions CAPTIONS.txt] [--top_k 5]
         [--model BASE --adapter ADAPTER] [--json FILE|-] [--geojson FILE] [--max_overlap 0]
 
-``index`` embeds every ``.jpg/.jpeg/.png/.tif/.tiff`` image under IMAGE_DIR (recursively) with the base
-CLIP model (a folder or Hub id) and optional PEFT adapter (a folder or Hub id), and saves INDEX_DIR:
+``index`` embeds every image under IMAGE_DIR (recursively; ``.jpg/.jpeg/.png/.tif/.tiff/.bmp/.webp``) with the
+base CLIP model (a folder or Hub id) and optional PEFT adapter (a folder or Hub id), and saves INDEX_DIR:
 ``embeddings-<id>.safetensors`` (``image_embeds``: ``(N, D)`` unit vectors, float32) and ``index.json`` (the
 image folder, the files relative to it in row order, the model's identity and the embeddings file's name).
 Run again on the same folder, it embeds only the images that are new and drops the ones that are gone.
@@ -61,11 +61,12 @@ import argparse
 import json
 from pathlib import Path
 
+from ..evaluation.inference import RetrievalModel
 from ..utils.cli import HelpFormatter, command, command_parser, parse_arguments
 from ..utils.distributed import Shards
 from .ann import ANN_KINDS, ANNConfig
+from .errors import SearchError
 from .index import build_index, open_index, read_image
-from .model import RetrievalModel, SearchError
 from .query import (
     Hit,
     format_table,

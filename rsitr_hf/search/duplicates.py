@@ -1,7 +1,7 @@
 """Near-duplicate images by their CLIP embeddings: the embedding method of ``rsitr-audit --model``.
 
-Each image is embedded (a :class:`~rsitr_hf.search.model.RetrievalModel`: a base with an optional adapter),
-its ``neighbours`` nearest images are found through the search index's backend (FAISS above
+Each image is embedded (a :class:`~rsitr_hf.evaluation.inference.RetrievalModel`: a base with an optional
+adapter), its ``neighbours`` nearest images are found through the search index's backend (FAISS above
 :class:`~rsitr_hf.search.ann.ANNConfig`'s ``flat_below`` vectors when installed, exact search below), and a
 pair is flagged when its cosine is at least ``min_cosine``. Embeddings see through crops, shifts and
 photometric edits that the perceptual hash misses; how high the cosine of true duplicates is, and of
@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 
 from ..data.duplicates import AuditImage, ExtraMethod
+from ..evaluation.inference import RetrievalModel
 from .ann import ANNConfig, ANNIndex
 from .index import read_image
-from .model import RetrievalModel
 
 MIN_COSINE = 0.95
 NEIGHBOURS = 10

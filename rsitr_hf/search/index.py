@@ -23,16 +23,16 @@ import torch
 from filelock import FileLock
 from safetensors.torch import save_file
 
-from ..data.images import UnreadableImageError, read_rgb
+from ..data.images import IMAGE_SUFFIXES, UnreadableImageError, read_rgb
+from ..evaluation.inference import ModelIdentity, RetrievalModel
 from ..utils.distributed import Shards, embed_batches
 from ..utils.errors import InputError, first_line
 from ..utils.files import write_json
 from .ann import ANNConfig, ANNIndex, Calibration
-from .model import ModelIdentity, RetrievalModel, SearchError
+from .errors import SearchError
 from .scenes import SceneInfo, Tiling, Window, describe_scene, read_tiles
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
-INDEX_FILE, EMBEDDINGS_FILE = "index.json", "embeddings.safetensors"  # the latter: format 1's fixed name
+INDEX_FILE = "index.json"
 INDEX_FORMAT_VERSION = 2
 LOCK_FILE = ".lock"
 SAVE_EVERY_SECONDS = 300  # an interrupted run keeps its work; each save rewrites all embeddings
@@ -132,7 +132,7 @@ class ImageIndex:
             metadata["ann"] = {"file": ann_file, "settings": self.ann.save(index_dir / ann_file)}
         write_json(index_dir / INDEX_FILE, metadata, indent=1)
         named = {embeddings_file, metadata.get("ann", {}).get("file")}
-        for stale in [index_dir / EMBEDDINGS_FILE, *index_dir.glob("embeddings-*"), *index_dir.glob("ann-*")]:
+        for stale in [*index_dir.glob("embeddings-*"), *index_dir.glob("ann-*")]:
             if stale.name not in named and stale.is_file():
                 stale.unlink()
 
@@ -148,8 +148,13 @@ class ImageIndex:
         )
         try:
             metadata = json.loads((index_dir / INDEX_FILE).read_text(encoding="utf-8"))
+            if metadata.get("format_version") != INDEX_FORMAT_VERSION:
+                raise ValueError(
+                    f"format {metadata.get('format_version', 1)}, of an earlier rsitr_hf; this one reads "
+                    f"format {INDEX_FORMAT_VERSION}"
+                )
             root, files, model = metadata["root"], metadata["files"], ModelIdentity(**metadata["model"])
-            embeddings_file = metadata.get("embeddings_file", EMBEDDINGS_FILE)
+            embeddings_file = metadata["embeddings_file"]
             tiles = SceneTiles.from_dict(metadata["scene_tiles"]) if "scene_tiles" in metadata else None
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
             raise SearchError(f"{index_dir / INDEX_FILE} is damaged ({error}): {rebuild}") from None

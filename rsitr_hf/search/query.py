@@ -10,8 +10,9 @@ import PIL.Image
 import torch
 
 from ..data.images import to_rgb
+from ..evaluation.inference import RetrievalModel
+from .errors import SearchError
 from .index import ImageIndex, read_image
-from .model import RetrievalModel, SearchError
 from .scenes import Window, read_tiles, window_iou
 
 SEARCH_GROWTH = 4  # a scene index fetches this many times more candidates while overlaps leave too few

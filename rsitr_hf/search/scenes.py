@@ -31,24 +31,15 @@ import PIL.Image
 import PIL.ImageDraw
 
 from ..utils.errors import InputError
+from ..utils.optional import require
 
 TILE_UNITS = ("pixels", "metres")
 SCALE_READ_SIDE = 1024  # the reduced read that finds a high-bit-depth scene's value range
 OVERVIEW_SIDE = 1024  # the longer side of an overview image (rsitr-app)
 
 
-class ScenesUnavailable(InputError):
-    """rasterio is not installed; the message says how to get it."""
-
-
 def require_rasterio():
-    try:
-        import rasterio
-    except ImportError:
-        raise ScenesUnavailable(
-            'indexing scenes needs rasterio: pip install rasterio (or pip install -e ".[scenes]")'
-        ) from None
-    return rasterio
+    return require("rasterio", "indexing scenes", "rasterio", "scenes")
 
 
 @dataclass(frozen=True)

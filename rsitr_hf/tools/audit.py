@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from ..data.duplicates import HASH_SIZE, PERCEPTUAL_MAX_DISTANCE, CaptionOverlap, ImagePair, audit
 from ..data.images import read_rgb
+from ..evaluation.inference import RetrievalModel
 from ..search.duplicates import MIN_COSINE, NEIGHBOURS, embedding_method
-from ..search.model import RetrievalModel
 from ..utils.cli import command, command_parser, parse_arguments
 from ..utils.files import write_json
 from ..utils.plotting import plt

@@ -1,6 +1,6 @@
 """Train a small stanza UPOS tagger offline (``rsitr-train-tagger``), for air-gapped machines and tests: UD
 English-EWT prepared to look like normalised captions, stanza's own trainer (see
-:mod:`rsitr_hf.data.pos_tagger`). Point ``RSITR_POS_MODEL`` (or ``--data.pos_model``) at the ``tagger.pt``
+:mod:`rsitr_hf.data.pos_tagger`). Point ``RSITR_POS_MODEL`` (or ``--text.pos_model``) at the ``tagger.pt``
 it prints."""
 
 from __future__ import annotations

@@ -9,8 +9,7 @@ from .checkpoints import TrainerState
 from .cli import main
 from .data import load_datasets, resolve_num_workers
 from .hub import HubPushError, model_card, push_adapter
-from .loop import train
-from .outputs import TrainResult
+from .loop import TrainResult, train
 from .recipe import Recipe, RecipeError, load_recipe, save_recipe
 from .setup import parameter_counts
 

@@ -14,18 +14,15 @@ with ``weights_only``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import shutil
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 from accelerate import Accelerator
 from accelerate.utils import SCHEDULER_NAME
 from peft import PeftModel, set_peft_model_state_dict
@@ -152,6 +149,11 @@ def verify_checkpoint(folder: Path, num_processes: int) -> dict:
     if not folder.is_dir():
         raise CheckpointError(f"--resume_from_checkpoint: {folder} is not a folder")
     manifest = read_manifest(folder)
+    if f"{SCHEDULER_NAME}.bin" not in manifest["files"]:  # rsitr_hf 0.1 kept it in trainer_state.json
+        raise CheckpointError(
+            f"{folder}: no {SCHEDULER_NAME}.bin (a checkpoint of rsitr_hf 0.1, which rsitr_hf 0.2 does not "
+            "resume); start the run again"
+        )
     for name, size in manifest["files"].items():
         path = folder / name
         if not path.is_file():
@@ -309,8 +311,7 @@ def resume(accelerator: Accelerator, state: TrainerState, checkpoint: str, outpu
     folder = latest_checkpoint(output_dir / "checkpoints") if checkpoint == "latest" else Path(checkpoint)
     manifest = verify_checkpoint(folder, accelerator.num_processes)
     trainer_state = read_json(folder / TRAINER_STATE, "the checkpoint cannot be resumed")
-    with scheduler_state_file(folder, trainer_state, accelerator.num_processes) as readable:
-        accelerator.load_state(str(readable))
+    accelerator.load_state(str(folder))
     state.load_state_dict(trainer_state["trainer"])
     if accelerator.is_main_process:
         replace_folder(
@@ -319,22 +320,3 @@ def resume(accelerator: Accelerator, state: TrainerState, checkpoint: str, outpu
     accelerator.wait_for_everyone()
     logger.info(f"resumed from {folder} at step {state.global_step}, epoch {state.epoch}")
     return manifest["run_id"]
-
-
-@contextlib.contextmanager
-def scheduler_state_file(folder: Path, trainer_state: dict, num_processes: int) -> Iterator[Path]:
-    """``folder``, readable by ``load_state`` with a schedule state file. rsitr_hf 0.1 kept the schedule in
-    ``trainer_state.json`` (its scheduler was not prepared by Accelerate, and stepped once per optimiser step
-    where a prepared one steps once per process): for such a checkpoint this is a temporary folder of links to
-    its files plus the schedule converted to a state file; the checkpoint itself is not changed."""
-    legacy = trainer_state.get("scheduler")
-    if legacy is None or (folder / f"{SCHEDULER_NAME}.bin").exists():
-        yield folder
-        return
-    with tempfile.TemporaryDirectory(prefix="rsitr-checkpoint-") as view:
-        for entry in folder.iterdir():
-            (Path(view) / entry.name).symlink_to(entry.resolve())
-        steps = legacy["last_epoch"] * num_processes  # optimiser steps -> steps of a prepared scheduler
-        converted = {**legacy, "last_epoch": steps, "_step_count": steps + 1}
-        torch.save(converted, Path(view) / f"{SCHEDULER_NAME}.bin")
-        yield Path(view)

@@ -1,7 +1,7 @@
-"""The data of a training run: the recipe's splits (with POS columns for a method that takes POS inputs),
-each split's images as uint8 pixels (cached or decoded), the training caption pairs and their loader, and
-the on-device image transform (augmentation, then CLIP's normalisation), and the processor that gives
-the images their size. Training images that an audit links to the test split can be left out."""
+"""The data of a training run: the recipe's splits, each split's images as uint8 pixels (cached or decoded),
+the training caption pairs with the method's text inputs and their loader, the on-device image transform
+(augmentation, then CLIP's normalisation), and the processor that gives the images their size. Training
+images that an audit links to the test split can be left out."""
 
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ from ..data import load_rsitr, load_rsitr_hub
 from ..data.augmentation import RandomResizedCropFlip
 from ..data.duplicates import audit, linked_training_files
 from ..data.pixels import DecodedPixels, PixelNormalizer, PixelSource, cached_pixels, resized_without_crop
-from ..data.pos import cached_pos_dataset
 from ..data.preprocessing import ImageBatchTransform, RetrievalCollator, caption_pairs
 from ..data.randaugment import RandAugment
 from ..data.release_augment import MAX_LEVEL, ReleaseRandomAugment
 from ..data.sampling import EpochWeightedSampler, example_weights, group_shares
 from ..data.seed_layout import RSITRDataError, infer_name
-from .recipe import DataRecipe, DatasetSource, Recipe, RecipeError, dataset_sources
+from ..data.text_inputs import TextInputs
+from .recipe import DatasetSource, Recipe, RecipeError, dataset_sources
 
 MAX_AUTO_WORKERS = 8
 RANDAUGMENT = {"release": (ReleaseRandomAugment, MAX_LEVEL), "torchvision": (RandAugment, 30)}
@@ -40,9 +40,9 @@ class RunData:
     ``train``: every dataset's training split, concatenated with their image ids made distinct, and
     ``train_pixels``; ``pairs``: its caption pairs (tokenised, one row per caption) and ``pair_weights``
     (how often each is drawn; ``None``: a plain shuffle); ``mix``: what each dataset brings to training
-    (:func:`training_mix`); the data-loader workers, the POS inputs the method
-    takes (``"sentence"``/``"aligned"``, or ``None``) and what ``data.exclude_test_duplicates`` dropped (empty
-    when it is off)."""
+    (:func:`training_mix`); the data-loader workers, the method's text inputs (which encoded the pairs and
+    encode every evaluated caption) and what ``data.exclude_test_duplicates`` dropped (empty when it is
+    off)."""
 
     splits: dict[str, datasets.DatasetDict]
     pixels: dict[str, dict[str, PixelSource]]
@@ -52,7 +52,7 @@ class RunData:
     pair_weights: list[float] | None
     mix: dict
     num_workers: int
-    pos_mode: str | None
+    text_inputs: TextInputs
     excluded: dict = field(default_factory=dict)
 
     def evaluated(self, split: str) -> dict[str, tuple[datasets.Dataset, PixelSource]]:
@@ -111,40 +111,18 @@ def dataset_name(recipe: Recipe) -> str:
     return "+".join(named_sources(recipe))
 
 
-def load_source(
-    data: DataRecipe, source: DatasetSource, tokenizer, pos_mode: str | None
-) -> datasets.DatasetDict:
-    """The DatasetDict of one dataset of the recipe; with POS columns (tagged once, then cached) when
-    ``pos_mode`` is set (the tagger and cache of the ``data`` section)."""
+def load_source(source: DatasetSource) -> datasets.DatasetDict:
+    """The DatasetDict of one dataset of the recipe."""
     if source.format == "seed":
-        dataset = load_rsitr(
+        return load_rsitr(
             source.path, source.name, source.validation_fraction, source.split_seed, source.empty_captions
         )
-    else:
-        dataset = load_rsitr_hub(source.path, source.validation_fraction, source.split_seed)
-    if pos_mode is None:
-        return dataset
-    keys = ("format", "path", "name", "validation_fraction", "split_seed", "empty_captions")
-    identity = {key: getattr(source, key) for key in keys}
-    if source.format != "hub":
-        identity["path"] = str(Path(source.path).resolve())
-    return cached_pos_dataset(
-        dataset,
-        identity,
-        tokenizer,
-        data.pos_cache,
-        data.pos_model,
-        data.stanza_dir,
-        data.caption_normalisation,
-    )
+    return load_rsitr_hub(source.path, source.validation_fraction, source.split_seed)
 
 
-def load_datasets(recipe: Recipe, tokenizer, pos_mode: str | None) -> dict[str, datasets.DatasetDict]:
+def load_datasets(recipe: Recipe) -> dict[str, datasets.DatasetDict]:
     """Every dataset of the recipe by name (:func:`load_source`)."""
-    return {
-        name: load_source(recipe.data, source, tokenizer, pos_mode)
-        for name, source in named_sources(recipe).items()
-    }
+    return {name: load_source(source) for name, source in named_sources(recipe).items()}
 
 
 def audit_manifest(recipe: Recipe) -> tuple[dict, str]:
@@ -247,11 +225,13 @@ def training_mix(
     return example_weights(sizes, weights), mix
 
 
-def prepare_data(recipe: Recipe, processor, pos_mode: str | None, accelerator: Accelerator) -> RunData:
-    """Load the datasets (without audited test duplicates, when asked), concatenate their training splits
-    and get every split's pixels; the main process builds the caches first, the others reuse them."""
+def prepare_data(recipe: Recipe, processor, text_inputs: TextInputs, accelerator: Accelerator) -> RunData:
+    """Load the datasets (without audited test duplicates, when asked), concatenate their training splits,
+    get every split's pixels and encode the training captions with ``text_inputs`` (whatever they prepare for
+    every caption, POS tags for one, is done once for all splits); the main process builds the caches first,
+    the others reuse them."""
     with accelerator.main_process_first():
-        splits = load_datasets(recipe, processor.tokenizer, pos_mode)
+        splits = load_datasets(recipe)
         splits, excluded = drop_test_duplicates(recipe, splits)
         train = concatenate_training(splits)
         train_pixels = pixels_of(recipe, train, processor, "train")
@@ -260,11 +240,15 @@ def prepare_data(recipe: Recipe, processor, pos_mode: str | None, accelerator: A
                    for split in ("validation", "test")}
             for name, dataset in splits.items()
         }  # fmt: skip
-    pairs = caption_pairs(train, processor.tokenizer, pos_mode)
+        text_inputs.prepare([c for dataset in splits.values() for rows in dataset.values()
+                             for captions in rows["captions"] for c in captions])  # fmt: skip
+        pairs = caption_pairs(train, text_inputs)
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
     num_workers = resolve_num_workers(recipe.training.num_workers, accelerator.device, local_processes)
     weights, mix = training_mix(recipe, splits, pairs)
-    return RunData(splits, pixels, train, train_pixels, pairs, weights, mix, num_workers, pos_mode, excluded)
+    return RunData(
+        splits, pixels, train, train_pixels, pairs, weights, mix, num_workers, text_inputs, excluded
+    )
 
 
 def check_test_datasets(recipe: Recipe) -> None:
@@ -278,21 +262,19 @@ def check_test_datasets(recipe: Recipe) -> None:
             raise RecipeError(f"evaluation.test_datasets: {error}") from None
 
 
-def other_test_splits(
-    recipe: Recipe, processor, pos_mode: str | None
-) -> dict[str, tuple[datasets.Dataset, PixelSource]]:
+def other_test_splits(recipe: Recipe, processor) -> dict[str, tuple[datasets.Dataset, PixelSource]]:
     """``{name: (rows, pixels)}``: the test split of each of ``evaluation.test_datasets`` (seed-layout
-    folders; with the POS inputs the method takes) and its pixels, loaded as the run's own data is."""
+    folders) and its pixels, loaded as the run's own data is."""
     found = {}
     for path in recipe.evaluation.test_datasets:
         name = infer_name(Path(path))
         source = DatasetSource(path, "seed", None, 0.0, 0, recipe.data.empty_captions)
-        rows = load_source(recipe.data, source, processor.tokenizer, pos_mode)["test"]
+        rows = load_source(source)["test"]
         found[name] = rows, pixels_of(recipe, rows, processor, name)
     return found
 
 
-def training_loader(recipe: Recipe, data: RunData, pad_token_id: int, device: torch.device) -> DataLoader:
+def training_loader(recipe: Recipe, data: RunData, device: torch.device) -> DataLoader:
     """Shuffled batches of caption pairs with their images as uint8 pixels (see ``RetrievalCollator``); with
     datasets of different ``weight``, an epoch is as many pairs drawn by weight, with replacement."""
     sampler = None
@@ -303,7 +285,7 @@ def training_loader(recipe: Recipe, data: RunData, pad_token_id: int, device: to
         batch_size=recipe.training.batch_size,
         shuffle=sampler is None,
         sampler=sampler,
-        collate_fn=RetrievalCollator(data.train_pixels, pad_token_id),
+        collate_fn=RetrievalCollator(data.train_pixels, data.text_inputs),
         num_workers=data.num_workers,
         persistent_workers=data.num_workers > 0,
         pin_memory=device.type == "cuda",

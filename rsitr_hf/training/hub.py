@@ -18,8 +18,10 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
-from ..evaluation import METRIC_KEYS, mean_metrics, metrics_table
+from ..evaluation import METRIC_KEYS, ScoredTests, mean_metrics, metrics_table
 from ..tuners.methods import MethodSpec, get_method
+from .data import dataset_name
+from .recipe import Recipe
 
 TAGS = ("remote-sensing", "image-text-retrieval", "rsitr_hf")
 METRIC_NAMES = {
@@ -175,6 +177,15 @@ selected on {selection}, test evaluated once.
 ```
 """
     return ModelCard(content)
+
+
+def push_run(recipe: Recipe, tested: ScoredTests) -> str:
+    """Push a finished run's ``adapter/`` with its card (:func:`push_adapter`; the test figures of each of the
+    run's datasets and of ``evaluation.test_datasets``)."""
+    results = {name: metrics for name, metrics in tested.by_dataset.items() if name != "mean"}
+    results = results or {dataset_name(recipe): tested.metrics}
+    folder = Path(recipe.output_dir) / "adapter"
+    return push_adapter(folder, recipe.hub.model_id, recipe.to_dict(), results, recipe.hub.private)
 
 
 def push_adapter(

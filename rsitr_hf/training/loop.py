@@ -2,12 +2,13 @@
 
 Build the base model and processor and apply the recipe's method (as the method table declares it), load
 the data (images decoded and resized once into a cache, batches moved to the device as uint8 and
-normalised/augmented there), train with gradient accumulation / mixed precision / optional clipping and
-``torch.compile``, validate each epoch (or every N steps) keeping the best adapter by validation mR, and
-evaluate that adapter once on test. Writes to ``output_dir``: ``adapter/`` (best adapter + processor),
-``metrics.json`` (every evaluation with step and epoch, the training loss, the test result, and the cost:
-trainable parameters, wall time per step, peak memory, the precision, compilation and data workers really
-used), ``training_curve.png``, ``recall.png``, ``retrieval_examples.png`` (top-5 images of a few validation
+normalised/augmented there; captions as the method's text inputs), train with the recipe's loss, gradient
+accumulation, mixed precision, optional clipping and ``torch.compile``, validate each epoch (or every N
+steps) keeping the best adapter by validation mR, and evaluate that adapter once on test. Writes to
+``output_dir``: ``adapter/`` (best adapter, processor, the record of the text inputs), ``metrics.json``
+(every evaluation with step and epoch, the training loss, the test result, and the cost: trainable
+parameters, wall time per step, peak memory, the precision, compilation and data workers really used),
+``training_curve.png``, ``recall.png``, ``retrieval_examples.png`` (top-5 images of a few validation
 queries), ``recipe.yaml`` and resumable adapter-only checkpoints in ``checkpoints/``.
 
 Mixed precision and compilation: a value set in the recipe (``training.mixed_precision``,
@@ -17,24 +18,30 @@ Mixed precision and compilation: a value set in the recipe (``training.mixed_pre
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from ..data.text_inputs import text_inputs_of
+from ..objectives.table import get_loss
 from ..tuners.methods import get_method
 from ..utils.files import write_json
 from .checkpoints import (
     TrainerState,
     claim_output_dir,
     keep_adapter_only,
+    load_best,
     new_run_id,
     resume,
     save_checkpoint,
 )
 from .data import check_test_datasets, image_transform, load_processor, prepare_data, training_loader
-from .outputs import TrainResult, finish
+from .evaluator import Evaluator, class_folders_of, scene_classification, test_selected, validate
+from .hub import HubPushError, push_run
+from .outputs import final_cost, plot_examples, write_outputs
 from .recipe import Recipe, RecipeError, save_recipe
 from .setup import (
     build_model,
@@ -42,16 +49,30 @@ from .setup import (
     build_scheduler,
     check_base_model,
     create_accelerator,
+    load_base_model,
     method_config,
     parameter_counts,
     run_settings,
-    token_dropout_of,
     total_steps_of,
 )
 from .step import LossLog, TrainingStep
-from .validation import Evaluator, class_folders_of, validate
 
 logger = get_logger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: where the run wrote, its test metrics, the selected step and its
+    validation mR, the cost (``metrics.json``'s ``cost``), the zero-shot classification figures
+    (``evaluation.classification``) and the Hub URL when it was pushed."""
+
+    output_dir: Path
+    test_metrics: dict
+    best_step: int
+    best_validation_mR: float | None
+    cost: dict = field(default_factory=dict)
+    classification: list[dict] = field(default_factory=list)
+    pushed_to: str | None = None
 
 
 def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainResult:
@@ -80,8 +101,9 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
     processor = load_processor(recipe)
 
     # --- Data: the splits and their pixels (cached once), the training batches -----------------------------
-    data = prepare_data(recipe, processor, method.pos_mode(method_config(model)), accelerator)
-    loader = training_loader(recipe, data, processor.tokenizer.pad_token_id, accelerator.device)
+    text_inputs = text_inputs_of(method, processor.tokenizer, method_config(model), recipe.text.options)
+    data = prepare_data(recipe, processor, text_inputs, accelerator)
+    loader = training_loader(recipe, data, accelerator.device)
 
     # --- Optimisation, prepared by Accelerate (DDP, mixed precision, compilation) --------------------------
     optimizer = build_optimizer(recipe, model)
@@ -92,7 +114,8 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
         build_scheduler(recipe, optimizer, steps_per_epoch, total_steps, accelerator.num_processes)
     )
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)  # a PeftModel or CLIPModel
-    step = TrainingStep(model, recipe.loss, image_transform(recipe, processor), token_dropout_of(unwrapped))
+    loss = get_loss(recipe.loss.name)
+    step = TrainingStep(model, loss, recipe.loss.options, image_transform(recipe, processor))
     evaluator = Evaluator(
         accelerator, processor, data, training.eval_batch_size,
         num_workers=0 if recipe.data.cache_images else data.num_workers, ties=recipe.evaluation.ties,
@@ -185,8 +208,29 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
     del step
     model, optimizer, loader, scheduler = accelerator.free_memory(model, optimizer, loader, scheduler)
 
-    # --- Outputs: the best adapter on test, adapter/, metrics.json, plots, the Hub -------------------------
-    return finish(recipe, accelerator, unwrapped, evaluator, state, cost, losses.seconds_per_step)
+    # --- Outputs: the selected adapter tested once, adapter/, metrics.json and plots, the Hub ---------------
+    load_best(unwrapped, output_dir)
+    tested = test_selected(recipe, unwrapped, evaluator, state)
+    cost = final_cost(recipe, accelerator, state, cost, losses.seconds_per_step)
+    result = TrainResult(output_dir, tested.metrics, state.best_step, state.best_mR, cost)
+    if accelerator.is_main_process:
+        if class_folders:
+            base = load_base_model(recipe).to(accelerator.device).eval()
+            result.classification = scene_classification(unwrapped.eval(), base, evaluator)
+        write_outputs(recipe, processor, text_inputs, state, tested, cost, result.classification, data.mix)
+        if data.evaluated("validation"):
+            plot_examples(unwrapped, evaluator, output_dir / "retrieval_examples.png")
+    push_error = None
+    if recipe.hub.push_to_hub and accelerator.is_main_process:
+        try:
+            result.pushed_to = push_run(recipe, tested)
+        except HubPushError as error:  # raised once every process has finished
+            push_error = error
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if push_error is not None:
+        raise push_error
+    return result
 
 
 def every(interval: int | None, step: int) -> bool:

@@ -1,4 +1,5 @@
-"""Training recipes: YAML files in ``hub_configs/`` parsed into dataclasses, with strict keys.
+"""Training recipes: YAML files in ``hub_configs/`` read into the :class:`Recipe` dataclass, with strict keys
+(by :mod:`rsitr_hf.utils.config`).
 
 A recipe has the sections below; every field has a default and a ``--help`` text, so a recipe names only
 what differs. Unknown keys are an error naming the key path (``training.bach_size``). Any field can be
@@ -8,14 +9,11 @@ it goes straight into the recipe's mapping before the recipe is built; transform
 ``ALIASES`` (``--push_to_hub --hub_model_id user/name``) are the same options. Recipes are read with YAML
 1.2's booleans (``true``/``false`` only), so ``no`` is the word, as in ``mixed_precision: no``.
 
-Fields with a fixed set of values are ``Literal`` types; ``method.name`` takes the names of the method table
-(:mod:`rsitr_hf.tuners.methods`), whose spec also gives the default ``loss.name`` and checks
-``method.config``.
-
-Why not ``transformers.HfArgumentParser``: it flattens dataclasses into one namespace, where the four
-``name`` fields of method, loss, optimizer and schedule would collide, and it has no nested sections
-(``method.config`` is a mapping), no key-path errors and no YAML values. The recipe's own parser gives
-the same ``--help`` (every field, its type, default and help) from the same dataclass metadata.
+``method.name`` takes the names of the method table (:mod:`rsitr_hf.tuners.methods`), whose spec checks
+``method.config`` and names the losses the method trains with (the first is the default ``loss.name``);
+``loss.name`` takes the names of the loss table (:mod:`rsitr_hf.objectives.table`), and the rest of the
+``loss`` section is that loss's options, as the loss declares them; the ``text`` section holds the options of
+the method's kind of text inputs (:mod:`rsitr_hf.data.text_inputs`; POSAPL's tagger, for one).
 """
 
 from __future__ import annotations
@@ -23,63 +21,31 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import re
-import types
-import typing
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from ..data.text_inputs import get_text_inputs, text_input_options
 from ..evaluation.classification import DEFAULT_TEMPLATES
+from ..objectives.table import get_loss, loss_options, loss_summaries
 from ..tuners.methods import get_method, method_summaries
-from ..utils.deprecation import REMOVED_IN
-from ..utils.errors import InputError
-
-
-@dataclass(frozen=True)
-class Range:
-    """The values a numeric field accepts: ``low``/``high`` bounds (``None``: unbounded), each inclusive
-    unless ``*_open``. A list field's range applies to each item."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def __contains__(self, value: float) -> bool:
-        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
-        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
-        return above and below
-
-    def __str__(self) -> str:
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        return (
-            f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
-        )
-
-
-POSITIVE = Range(0, low_open=True)
-NON_NEGATIVE = Range(0)
-AT_LEAST_ONE = Range(1)
-FRACTION = Range(0, 1, high_open=True)
-
-
-def option(
-    default=dataclasses.MISSING,
-    help_text: str = "",
-    valid: Range | None = None,
-    choices: Callable[[], Mapping[str, str]] | None = None,
-    **kwargs,
-):
-    """A recipe field with its ``--help`` text in ``metadata["help"]`` (as transformers' dataclasses), the
-    range of values it accepts in ``metadata["range"]``, and for a string whose values are registered at run
-    time, ``metadata["choices"]``: a function giving them (``{value: what it is}``)."""
-    return field(default=default, metadata={"help": help_text, "range": valid, "choices": choices}, **kwargs)
+from ..utils.config import (
+    AT_LEAST_ONE,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    RecipeError,
+    add_arguments,
+    build,
+    given_values,
+    option,
+    read_mapping,
+    set_value,
+    to_mapping,
+)
 
 
 @dataclass
@@ -95,28 +61,26 @@ class MethodRecipe:
 
 
 @dataclass
-class LossRecipe:
-    """The training loss."""
+class TextRecipe:
+    """How captions become the method's text inputs: the options its kind of text inputs declares."""
 
-    name: Literal["hmmc", "posapl", "harma"] | None = option(
-        None,
-        "hmmc (PE-RSITR) | posapl (multi-positive InfoNCE + power-scaled triplet) | harma (multi-positive "
-        "ITC with the adapter's temperature + weighted triplet, over every process's batch); unset: the "
-        "method's default",
+    options: Any = option(
+        help_text="the text inputs' options, written flat in this section", default_factory=dict,
+        declared_by=text_input_options,
+    )  # fmt: skip
+
+
+@dataclass
+class LossRecipe:
+    """The training loss: its name and the options it declares in the loss table."""
+
+    name: str | None = option(
+        None, "the loss, from the loss table (unset: the method's default)", choices=loss_summaries
     )
-    margin: float = option(0.2, "hinge margin (HMMC 0.2, POSAPL 0.1, HarMA 0.2)", valid=NON_NEGATIVE)
-    max_violation: bool = option(True, "HMMC: hardest negative only (false: sum over negatives)")
-    mask_same_image: bool = option(
-        True, "pairs of the same image are never negatives (false: the releases' behaviour)"
-    )
-    power: float = option(
-        2.0,
-        "POSAPL: exponent of the triplet hinge; HarMA: exponent of its weight (1 - exp(-c))",
-        valid=POSITIVE,
-    )
-    exponentiate_scale: bool = option(
-        True, "POSAPL: InfoNCE scale exp(logit_scale) as in CLIP (false: the release's raw logit_scale)"
-    )
+    options: Any = option(
+        help_text="the loss's options, written flat in this section", default_factory=dict,
+        declared_by=loss_options,
+    )  # fmt: skip
 
 
 FORMATS = "seed (a <name>_precomp folder) | imagefolder | hub (a dataset id)"
@@ -146,7 +110,7 @@ class DatasetSource:
 
 @dataclass
 class DataRecipe:
-    """The dataset (or datasets), the validation carve, augmentation, caching and (POSAPL) POS tagging."""
+    """The dataset (or datasets), the validation carve, augmentation and caching."""
 
     format: Literal["seed", "imagefolder", "hub"] = option("seed", FORMATS)
     path: str = option("", "that folder or Hub dataset id (one dataset; several: data.datasets)")
@@ -195,18 +159,6 @@ class DataRecipe:
         "runs (false: decode in the data-loader workers every epoch)",
     )
     image_cache: str | None = option(None, "image cache folder (default $RSITR_CACHE/images)")
-    pos_model: str | None = option(
-        None, "POSAPL: stanza tagger .pt (default $RSITR_POS_MODEL or stanza's English model)"
-    )
-    stanza_dir: str | None = option(None, "POSAPL: stanza resources (default $RSITR_STANZA_DIR)")
-    pos_cache: str | None = option(
-        None, "POSAPL: where the tagged dataset is saved and reused (default $RSITR_CACHE/pos)"
-    )
-    caption_normalisation: Literal["paper", "words"] = option(
-        "paper",
-        "POSAPL: paper (the release's: punctuation deleted, '-' and '/' as spaces, 'it's' -> 'its') | words "
-        "(every non-alphanumeric character a space, rsitr_hf 0.1's)",
-    )
 
 
 def dataset_sources(data: DataRecipe) -> list[DatasetSource]:
@@ -367,12 +319,8 @@ class Recipe:
         "start a new run in an output_dir that holds a previous run, deleting its outputs (as transformers); "
         "without it such a run is refused unless resuming",
     )
-    synthetic_task: str | None = option(
-        None,
-        f"deprecated (removed in {REMOVED_IN}): a folder where rsitr-demo prepared its task; sets "
-        "base_model to DIR/base and data.path to DIR/data/target_precomp, which is what to write instead",
-    )
     method: MethodRecipe = field(default_factory=MethodRecipe)
+    text: TextRecipe = field(default_factory=TextRecipe)
     loss: LossRecipe = field(default_factory=LossRecipe)
     data: DataRecipe = field(default_factory=DataRecipe)
     optimizer: OptimizerRecipe = field(default_factory=OptimizerRecipe)
@@ -382,42 +330,22 @@ class Recipe:
     hub: HubRecipe = field(default_factory=HubRecipe)
 
     def __post_init__(self):
-        if self.synthetic_task is not None:
-            use_synthetic_task(self)
         check_method(self)
         if self.data.datasets:
             dataset_sources(self.data)  # a path in each, and not beside data.path
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The recipe as the mapping a recipe file holds."""
+        return to_mapping(self)
 
 
 ALIASES = {"push_to_hub": "hub.push_to_hub", "hub_model_id": "hub.model_id"}  # transformers' names
 
 
-class RecipeError(InputError, ValueError):
-    """A recipe key or value is not what the schema expects; the message names the key path."""
-
-
-def use_synthetic_task(recipe: Recipe) -> None:
-    """The deprecated ``synthetic_task: DIR``: ``base_model`` and ``data.path`` of the demo's task in ``DIR``
-    (rsitr-demo's layout; preparing it is rsitr-demo's job, never the recipe's)."""
-    folder = Path(recipe.synthetic_task)
-    warnings.warn(
-        f"synthetic_task is deprecated and removed in rsitr_hf {REMOVED_IN}: set base_model: "
-        f"{folder / 'base'} and data.path: {folder / 'data' / 'target_precomp'} (rsitr-demo --prepare_only "
-        "prepares them)",
-        FutureWarning,
-        stacklevel=2,
-    )
-    recipe.base_model = str(folder / "base")
-    recipe.data.format, recipe.data.path = "seed", str(folder / "data" / "target_precomp")
-    recipe.synthetic_task = None
-
-
 def check_method(recipe: Recipe) -> None:
-    """``method.config`` against the method's PEFT config, and ``loss.name`` against the losses it trains with
-    (unset: its default), as the method table declares them."""
+    """``method.config`` against the method's PEFT config, ``loss.name`` against the losses it trains with
+    (unset: its default), the ``loss`` section's options against the loss's and the ``text`` section's against
+    those of the method's text inputs, as the tables declare them."""
     method = get_method(recipe.method.name)
     if method.is_peft:
         try:
@@ -426,216 +354,36 @@ def check_method(recipe: Recipe) -> None:
             raise RecipeError(f"method.config: {error}") from None
     elif recipe.method.config:
         raise RecipeError(f"method.config: {method.name} takes no options")
-    if recipe.loss.name is None:
-        recipe.loss.name = method.losses[0]
-    elif recipe.loss.name not in method.losses:
+    name = recipe.loss.name or method.losses[0]
+    if name not in method.losses:
         raise RecipeError(
             f"loss.name: {method.name} ({method.summary}) trains with {' or '.join(method.losses)}, not "
-            f"{recipe.loss.name}"
+            f"{name}"
         )
-
-
-def coerce(value, annotation, path: str):
-    """Check ``value`` against a field annotation (``int``, ``float | None``, ``list[float]``, ``dict``)."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in (o for o in options if o is not type(None)):
-            try:
-                return coerce(value, option, path)
-            except RecipeError as error:
-                errors.append(str(error))
-        raise RecipeError(errors[0])
-    if origin is Literal:
-        allowed = typing.get_args(annotation)
-        if value not in allowed:
-            raise RecipeError(f"{path}: expected one of {list(allowed)}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise RecipeError(f"{path}: expected a list, got {value!r}")
-        (item,) = typing.get_args(annotation)
-        return [coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(annotation):
-        return build(annotation, value, f"{path}.")
-    if annotation is dict:
-        if not isinstance(value, dict):
-            raise RecipeError(f"{path}: expected a mapping, got {value!r}")
-        return value
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise RecipeError(f"{path}: expected true or false, got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(f"{path}: expected an integer, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise RecipeError(f"{path}: expected a number, got {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise RecipeError(f"{path}: expected a string, got {value!r}")
-        return value
-    raise RecipeError(f"{path}: unsupported field type {annotation}")
-
-
-def check_choice(value, choices: Callable[[], Mapping[str, str]] | None, path: str) -> None:
-    """A :class:`RecipeError` naming ``path`` when ``value`` is not one of the registered ``choices``."""
-    if choices is not None and value not in choices():
-        raise RecipeError(f"{path}: expected one of {list(choices())}, got {value!r}")
-
-
-def check_range(value, valid: Range | None, path: str) -> None:
-    """A :class:`RecipeError` naming ``path`` when a number (or an item of a list) is outside ``valid``."""
-    if valid is None:
-        return
-    for item in value if isinstance(value, list) else [value]:
-        if isinstance(item, int | float) and not isinstance(item, bool) and item not in valid:
-            raise RecipeError(f"{path}: expected a value {valid}, got {item!r}")
-
-
-def build(cls, values: dict, prefix: str = ""):
-    """Instantiate dataclass ``cls`` from a mapping, recursing into dataclass fields; strict keys."""
-    if not isinstance(values, dict):
-        raise RecipeError(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise RecipeError(
-            f"unknown key {prefix}{unknown[0]!s} (known keys of {prefix.rstrip('.') or 'the recipe'}: "
-            f"{', '.join(sorted(fields))})"
-        )
-    kwargs = {}
-    for name, value in values.items():
-        path = f"{prefix}{name}"
-        if dataclasses.is_dataclass(hints[name]):
-            kwargs[name] = build(hints[name], value, f"{path}.")
-        else:
-            kwargs[name] = coerce(value, hints[name], path)
-            check_range(kwargs[name], fields[name].metadata.get("range"), path)
-            check_choice(kwargs[name], fields[name].metadata.get("choices"), path)
-    return cls(**kwargs)
-
-
-class RecipeLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2's booleans: ``true``/``false`` only, so ``no``, ``on`` and ``yes``
-    are words (YAML 1.1 reads an unquoted ``no`` as false, which ``mixed_precision: no`` means as a word)."""
-
-
-RecipeLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-def read_yaml(text: str):
-    """A recipe's YAML text (a file, or one command-line value) as Python values."""
-    return yaml.load(text, Loader=RecipeLoader)
-
-
-def set_value(values: dict, dotted: str, value) -> None:
-    """``values[a][b] = value`` for ``dotted = "a.b"`` (sections created as needed)."""
-    keys = dotted.split(".")
-    target = values
-    for key in keys[:-1]:
-        target = target.setdefault(key, {})
-        if not isinstance(target, dict):
-            raise RecipeError(f"cannot override {dotted}: {key} is not a section")
-    target[keys[-1]] = value
+    try:
+        loss = get_loss(name)
+    except ValueError as error:  # a method naming a loss that nothing registered
+        raise RecipeError(f"loss.name: {error}") from None
+    recipe.loss.name = name
+    if not isinstance(recipe.loss.options, loss.options):
+        recipe.loss.options = loss.make_options(recipe.loss.options)
+    try:
+        text_inputs = get_text_inputs(method.text_inputs)
+    except ValueError as error:  # a method naming text inputs that nothing registered
+        raise RecipeError(f"method.name: {error}") from None
+    if not isinstance(recipe.text.options, text_inputs.Options):
+        recipe.text.options = build(text_inputs.Options, recipe.text.options, "text.", owner=text_inputs.name)
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> list[str]:
-    """Add one ``--section.field`` option per recipe field (a group per section, with the field's help,
-    type, default and choices) and the ``ALIASES``; returns their destinations for :func:`recipe_overrides`.
-
-    Options default to "not given", so only what the command line names overrides the recipe file. Each
-    value is parsed once, as YAML (:func:`read_yaml`); the recipe checks it when it is built."""
-    destinations = []
-
-    def add(group, path: str, annotation, recipe_field: dataclasses.Field, *flags: str) -> None:
-        default = recipe_field.default
-        if default is dataclasses.MISSING:
-            default = recipe_field.default_factory()
-        help_text = recipe_field.metadata.get("help", "")
-        choices = recipe_field.metadata.get("choices")
-        if choices is not None:
-            help_text += ": " + " | ".join(f"{value} ({what})" for value, what in choices().items())
-        if recipe_field.metadata.get("range") is not None:
-            help_text += f"; {recipe_field.metadata['range']}"
-        if default is not None and "default" not in help_text:
-            help_text += f" (default: {default!r})"
-        boolean = annotation is bool or annotation == (bool | None)
-        group.add_argument(
-            f"--{path}",
-            *flags,
-            dest=path,
-            default=argparse.SUPPRESS,
-            metavar=type_name(annotation),
-            type=read_yaml,
-            nargs="?" if boolean else None,
-            const=True if boolean else None,
-            help=help_text.replace("%", "%%"),
-        )
-        destinations.append(path)
-
-    hints = typing.get_type_hints(Recipe)
-    top_level = parser.add_argument_group("recipe (each overrides the --config file)")
-    aliases = {target: alias for alias, target in ALIASES.items()}
-    for recipe_field in dataclasses.fields(Recipe):
-        section = hints[recipe_field.name]
-        if not dataclasses.is_dataclass(section):
-            if recipe_field.name not in exclude:
-                add(top_level, recipe_field.name, section, recipe_field)
-            continue
-        title = section.__doc__.split("\n")[0].rstrip(".")
-        group = parser.add_argument_group(
-            f"recipe section {recipe_field.name} ({title[0].lower()}{title[1:]})"
-        )
-        section_hints = typing.get_type_hints(section)
-        for inner in dataclasses.fields(section):
-            path = f"{recipe_field.name}.{inner.name}"
-            if path not in exclude:
-                alias = [f"--{aliases[path]}"] if path in aliases else []
-                add(group, path, section_hints[inner.name], inner, *alias)
-    return destinations
-
-
-def type_name(annotation) -> str:
-    """``int | None`` -> ``INT``, ``list[float]`` -> ``LIST``, ``Literal["a", "b"]`` -> ``a|b``: the metavar
-    of a recipe option."""
-    options = [option for option in typing.get_args(annotation) if option is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return "|".join(type_name(option) for option in options)
-    if typing.get_origin(annotation) is Literal:
-        return "|".join(map(str, options))
-    return getattr(typing.get_origin(annotation) or annotation, "__name__", str(annotation)).upper()
+    """Add one ``--section.field`` option per recipe field (``loss.*``: every option of every loss) and the
+    ``ALIASES``; returns their destinations for :func:`recipe_overrides`."""
+    return add_arguments(parser, Recipe, exclude, ALIASES)
 
 
 def recipe_overrides(arguments: argparse.Namespace, destinations: list[str]) -> dict[str, Any]:
     """The recipe options given on the command line, ``{"section.field": value}``, for :func:`load_recipe`."""
-    return {path: getattr(arguments, path) for path in destinations if hasattr(arguments, path)}
-
-
-def read_mapping(path: str | os.PathLike) -> dict:
-    """The YAML mapping in the file ``path`` (empty for an empty file)."""
-    values = read_yaml(Path(path).read_text(encoding="utf-8")) or {}
-    if not isinstance(values, dict):
-        raise RecipeError(f"{path}: expected a YAML mapping")
-    return values
+    return given_values(arguments, destinations)
 
 
 def load_recipe(path: str | os.PathLike | None, overrides: Mapping[str, Any] | None = None) -> Recipe:

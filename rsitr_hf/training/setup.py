@@ -22,8 +22,6 @@ from ..utils.distributed import has_accelerator
 from ..utils.errors import first_line
 from .recipe import Recipe, RecipeError
 
-DEFAULT_TOKEN_DROPOUT = 0.2  # PE-RSITR's token dropout of HMMC's augmented views
-
 
 def create_accelerator(recipe: Recipe) -> Accelerator:
     """The run's ``Accelerator``. ``training.mixed_precision`` and ``training.compile`` are passed only when
@@ -136,12 +134,6 @@ def build_model(recipe: Recipe, method: MethodSpec) -> torch.nn.Module:
 def method_config(model: torch.nn.Module):
     """The PEFT config of a ``PeftModel`` (``None`` for a bare model)."""
     return model.peft_config["default"] if isinstance(model, PeftModel) else None
-
-
-def token_dropout_of(model: torch.nn.Module) -> float:
-    """The token dropout of HMMC's augmented views: the method config's ``token_dropout`` where it has one
-    (the MRS-Adapter's), else PE-RSITR's 0.2."""
-    return getattr(method_config(model), "token_dropout", DEFAULT_TOKEN_DROPOUT)
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:

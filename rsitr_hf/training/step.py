@@ -1,68 +1,36 @@
-"""One training step: the loss of a batch (HMMC over clean and augmented views; POSAPL's loss over one view
-with its POS inputs; HarMA's over one view gathered from every process, with the adapter's temperature), and
-the log of the losses, read from the device every few steps."""
+"""One training step: the loss of a batch, as the recipe's loss declares it
+(:mod:`rsitr_hf.objectives.table`), and the log of the losses, read from the device every few steps."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 
 from ..data.preprocessing import ImageBatchTransform
-from ..objectives import encode_views, harma_loss, hmmc_loss, posapl_loss, unwrap_clip
-from ..tuners.harma import trainable_temperature
-from ..utils.distributed import gather_with_gradient
+from ..objectives.table import LossSpec
 from .checkpoints import TrainerState
-from .recipe import LossRecipe
 
 LOSS_READ_EVERY = 10  # optimiser steps between reads of the loss from the device (each read synchronises)
-POS_INPUTS = ("pos_input_ids", "pos_tag_ids")
 
 
 @dataclass
 class TrainingStep:
-    """The loss of one training batch (as collated by ``RetrievalCollator``, on the device).
-
-    The uint8 pixels become ``pixel_values`` on the device (augmentation drawn from ``(seed, epoch,
-    pair_index)``, then normalisation); HMMC encodes clean and token-dropout views of both towers, POSAPL
-    one view with its POS inputs, HarMA one view.
-    """
+    """The loss of one training batch (as collated by ``RetrievalCollator``, on the device): the uint8 pixels
+    become ``pixel_values`` on the device (augmentation drawn from ``(seed, epoch, pair_index)``, then
+    normalisation), and the loss computes the rest with its ``options``."""
 
     model: torch.nn.Module
-    loss: LossRecipe
+    loss: LossSpec
+    options: Any
     images: ImageBatchTransform
-    token_dropout: float
 
     def __call__(self, batch: dict, epoch: int) -> torch.Tensor:
         pixel_values = self.images(batch["pixels"], batch["pair_index"], epoch)
-        options = self.loss
-        if options.name == "hmmc":  # PE-RSITR: clean and augmented views of both towers
-            views = encode_views(
-                self.model, pixel_values, batch["input_ids"], batch["attention_mask"], self.token_dropout
-            )
-            return hmmc_loss(
-                views.image, views.text, views.image_aug, views.text_aug, image_ids=batch["image_ids"],
-                margin=options.margin, max_violation=options.max_violation,
-                mask_same_image=options.mask_same_image,
-            )  # fmt: skip
-        pos_inputs = {key: batch[key] for key in POS_INPUTS if key in batch}
-        output = self.model(
-            pixel_values=pixel_values, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-            return_dict=True, **pos_inputs,
-        )  # fmt: skip
-        image, text = output.image_embeds.float(), output.text_embeds.float()
-        if options.name == "harma":  # over the batch of every process, as the release
-            image_ids = gather_with_gradient(batch["image_ids"])
-            return harma_loss(
-                gather_with_gradient(image), gather_with_gradient(text), image_ids,
-                trainable_temperature(self.model), options.margin, options.power, options.mask_same_image,
-            )  # fmt: skip
-        return posapl_loss(
-            image, text, batch["image_ids"], unwrap_clip(self.model).logit_scale, options.exponentiate_scale,
-            options.margin, options.power, options.mask_same_image,
-        )  # fmt: skip
+        return self.loss.compute(self.model, batch, pixel_values, self.options)
 
 
 @dataclass

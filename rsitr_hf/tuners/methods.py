@@ -1,10 +1,14 @@
 """The method table: one :class:`MethodSpec` per method, declared beside the method and registered on import.
 
 Everything outside a method that depends on which method a run uses reads its spec, never its name: recipe
-validation and ``--help`` (``method.name`` and its choices, the default loss), the training loop (the PEFT
-config or which base weights train, POS inputs, float32 for base weights), the model card (tags, text, how
-to load it), search and the grids (whether text queries need POS inputs) and ``rsitr-petl`` (zero-shot,
-the POS tagger). Adding a method is one :func:`register_method` call; nothing else in rsitr_hf changes::
+validation and ``--help`` (``method.name`` and its choices, the losses it trains with and its default loss,
+the ``text`` section of its text inputs), the training loop (the PEFT config or which base weights train,
+float32 for base weights, the text inputs), the model card (tags, text, how to load it), and every command
+that turns captions into model inputs (the kind of text inputs it names). A method's loss and text inputs are
+declared beside their code, in the loss table (:mod:`rsitr_hf.objectives.table`) and the text-input table
+(:mod:`rsitr_hf.data.text_inputs`); the spec names them. Adding a method is one :func:`register_method`
+call (in a package that the ``rsitr_hf.methods`` entry points name, :mod:`rsitr_hf.utils.plugins`, for the
+commands to find it); nothing else in rsitr_hf changes::
 
     from peft import IA3Config
     from rsitr_hf import MethodSpec, register_method
@@ -26,7 +30,9 @@ from typing import Any
 from peft import PeftConfig
 from torch import nn
 
-LOSSES = ("hmmc", "posapl", "harma")
+from ..utils.registry import Table
+
+GENERIC_LOSSES = ("hmmc", "posapl")  # the losses of the loss table that any CLIP-like model trains with
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,10 @@ class MethodSpec:
         config_defaults: keyword arguments of ``config_class`` that the recipe does not have to give.
         trainable_base: without a PEFT config, the top-level modules of the ``CLIPModel`` it trains
             (``None``: all of them; ``()``: none).
-        losses: the losses it trains with (``loss.name``), the first one its default.
-        pos_inputs: its text tower takes part-of-speech inputs (which ones: the config's ``pos_mode``).
+        losses: the losses it trains with (names in the loss table, :mod:`rsitr_hf.objectives.table`), the
+            first one its default.
+        text_inputs: how captions become its text tower's inputs: a kind in the text-input table
+            (:mod:`rsitr_hf.data.text_inputs`; ``tokens``, CLIP's tokenisation, by default).
         trains: ``False`` for a method that is evaluated as it is, without training (zero-shot).
         hub_tags: the model card's tags for it, beside rsitr_hf's own.
         card_text: a sentence of the model card saying what the method is.
@@ -53,16 +61,16 @@ class MethodSpec:
     config_class: type[PeftConfig] | None = None
     config_defaults: Mapping[str, Any] = field(default_factory=dict)
     trainable_base: tuple[str, ...] | None = ()
-    losses: tuple[str, ...] = LOSSES
-    pos_inputs: bool = False
+    losses: tuple[str, ...] = GENERIC_LOSSES
+    text_inputs: str = "tokens"
     trains: bool = True
     hub_tags: tuple[str, ...] = ()
     card_text: str = ""
 
     def __post_init__(self):
         object.__setattr__(self, "config_defaults", MappingProxyType(dict(self.config_defaults)))
-        if not self.losses or set(self.losses) - set(LOSSES):
-            raise ValueError(f"method {self.name}: losses must be a non-empty subset of {LOSSES}")
+        if not self.losses:
+            raise ValueError(f"method {self.name}: name at least one loss it trains with")
 
     @property
     def is_peft(self) -> bool:
@@ -86,38 +94,26 @@ class MethodSpec:
             parameter.requires_grad_(self.trainable_base is None or name.split(".")[0] in self.trainable_base)
         return base
 
-    def pos_mode(self, config: PeftConfig | None) -> str | None:
-        """``"sentence"`` or ``"aligned"`` when the method's text tower takes POS inputs, else ``None``."""
-        return config.pos_mode if self.pos_inputs and config is not None else None
 
-
-METHODS: dict[str, MethodSpec] = {}
+METHODS: Table = Table("method")
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
     """Add ``spec`` to the method table (registering an equal spec again does nothing)."""
-    known = METHODS.get(spec.name)
-    if known is not None and known != spec:
-        raise ValueError(f"a different method is already registered as {spec.name!r}")
-    METHODS[spec.name] = spec
-    return spec
+    return METHODS.register(spec.name, spec)
 
 
 def get_method(name: str) -> MethodSpec:
     """The spec of the method ``name``; a ``ValueError`` naming the known methods otherwise."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r} (known: {', '.join(METHODS)})") from None
+    return METHODS.find(name)
 
 
 def method_summaries() -> dict[str, str]:
     """``{name: summary}`` of every registered method, in registration order."""
-    return {name: spec.summary for name, spec in METHODS.items()}
+    return METHODS.summaries()
 
 
 def method_of_config(config: PeftConfig) -> MethodSpec | None:
     """The method whose PEFT config ``config`` is (``None`` for a config no method declares)."""
-    return next(
-        (spec for spec in METHODS.values() if spec.is_peft and isinstance(config, spec.config_class)), None
-    )
+    classes = METHODS.each("config_class")
+    return next((METHODS[name] for name, cls in classes.items() if cls and isinstance(config, cls)), None)

@@ -1,8 +1,7 @@
 """What every rsitr_hf command shares.
 
 - One flag convention: ``--snake_case``, as transformers' and accelerate's scripts (``--output_dir``,
-  ``--top_k``); recipe fields are ``--section.field``. The ``--kebab-case`` spellings of rsitr_hf 0.1 are
-  accepted until rsitr_hf ``REMOVED_IN``, with a warning naming the new spelling.
+  ``--top_k``); recipe fields are ``--section.field``.
 - ``--help`` shows every option with its default.
 - Progress and notices go to the ``rsitr_hf`` loggers (stderr); a command's results go to stdout.
 - An input error (:class:`rsitr_hf.errors.InputError`) is one line on stderr (``<command>: error: ...``) and
@@ -17,7 +16,6 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from .deprecation import REMOVED_IN
 from .errors import InputError
 
 INPUT_ERROR_STATUS = 2
@@ -44,28 +42,10 @@ def command_parser(description: str | None, **kwargs) -> argparse.ArgumentParser
     )
 
 
-def snake_case_flags(arguments: Sequence[str]) -> list[str]:
-    """``["--top-k", "5"]`` -> ``["--top_k", "5"]``, with a warning for each legacy flag."""
-    converted = []
-    for argument in arguments:
-        name, equals, value = argument[2:].partition("=")
-        if argument.startswith("--") and "-" in name:
-            modern = "--" + name.replace("-", "_")
-            logger.warning(
-                "--%s is deprecated and will be removed in rsitr_hf %s: use %s",
-                name,
-                REMOVED_IN,
-                modern,
-            )
-            argument = modern + equals + value
-        converted.append(argument)
-    return converted
-
-
 def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Set up logging, accept the legacy spellings, and parse (``argv`` defaults to ``sys.argv[1:]``)."""
+    """Set up logging and parse (``argv`` defaults to ``sys.argv[1:]``)."""
     configure_logging()
-    return parser.parse_args(snake_case_flags(sys.argv[1:] if argv is None else argv))
+    return parser.parse_args(sys.argv[1:] if argv is None else argv)
 
 
 class StderrHandler(logging.StreamHandler):

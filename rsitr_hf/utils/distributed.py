@@ -29,6 +29,14 @@ def has_accelerator() -> bool:
     return torch.cuda.is_available()
 
 
+def default_device() -> torch.device:
+    """This machine's accelerator (a GPU) when it has one, else the CPU: where a command that is not launched
+    by Accelerate runs its model."""
+    if not has_accelerator():
+        return torch.device("cpu")
+    return torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else torch.device("cuda")
+
+
 def gather_with_gradient(tensor: torch.Tensor) -> torch.Tensor:
     """``(B, ...)`` of this process -> ``(P * B, ...)``: every process's, in process order (each process
     gives the same ``B``, as Accelerate's even batches do); the tensor itself without a process group.
@@ -59,7 +67,7 @@ class Shards:
     @classmethod
     def single(cls) -> Shards:
         """The whole job in this process, on its GPU when it has one (no Accelerate state is created)."""
-        return cls(0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        return cls(0, 1, default_device())
 
     @classmethod
     def of(cls, accelerator) -> Shards:

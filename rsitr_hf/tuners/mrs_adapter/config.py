@@ -25,8 +25,6 @@ class MRSAdapterConfig(ExternalPeftConfig):
         bottleneck_dim: width of the bottleneck (paper: 64).
         shared_dim: channels written by the cross-modal shared up-projection (paper: 64).
         adapter_dropout: dropout on the bottleneck activation while training (paper: 0.5).
-        token_dropout: dropout on the token embeddings entering each tower for the augmented views of
-            HMMC (paper: 0.2); see :func:`rsitr_hf.objectives.encode_views`.
         towers: which towers to adapt, a subset of ``["vision", "text"]`` (paper: both).
         vision_width, text_width: residual widths of the base model's towers, recorded when the adapter is
             created and checked when it is loaded onto a base model.
@@ -36,7 +34,6 @@ class MRSAdapterConfig(ExternalPeftConfig):
     bottleneck_dim: int = field(default=64, metadata={"help": "bottleneck width"})
     shared_dim: int = field(default=64, metadata={"help": "channels of the cross-modal shared up-projection"})
     adapter_dropout: float = field(default=0.5, metadata={"help": "dropout on the bottleneck activation"})
-    token_dropout: float = field(default=0.2, metadata={"help": "token-embedding dropout of augmented views"})
     towers: list[str] = field(default_factory=lambda: list(TOWERS), metadata={"help": "towers to adapt"})
     vision_width: int | None = field(default=None, metadata={"help": "recorded from the base model"})
     text_width: int | None = field(default=None, metadata={"help": "recorded from the base model"})
@@ -49,6 +46,6 @@ class MRSAdapterConfig(ExternalPeftConfig):
         self.towers = checked_towers(self.towers)
         if self.bottleneck_dim < 1 or self.shared_dim < 0:
             raise ValueError("bottleneck_dim must be >= 1 and shared_dim >= 0")
-        if not 0.0 <= self.adapter_dropout < 1.0 or not 0.0 <= self.token_dropout < 1.0:
-            raise ValueError("adapter_dropout and token_dropout must be in [0, 1)")
+        if not 0.0 <= self.adapter_dropout < 1.0:
+            raise ValueError("adapter_dropout must be in [0, 1)")
         self.target_modules = encoder_layer_pattern(self.towers)

@@ -14,11 +14,12 @@ METHOD = register_method(
         summary="POSAPL's part-of-speech-aware prompt learning",
         config_class=POSPromptConfig,
         losses=("posapl",),
-        pos_inputs=True,
+        text_inputs="pos_tags",
         hub_tags=("posapl",),
         card_text="POSAPL: part-of-speech-aware prompt learning (a Connector and POS-Adapters bring the "
         "captions' POS prior into the text tower; SA-Adapters in both towers; Side Fusion). Its text tower "
-        "takes POS inputs (`pos_input_ids` or `pos_tag_ids`): tag captions with `rsitr-pos-tag`.",
+        "takes POS inputs (`pos_input_ids` or `pos_tag_ids`) from the stanza tagger that `text_inputs.json` "
+        "names.",
     )
 )
 

@@ -12,7 +12,7 @@ from transformers import CLIPModel, CLIPProcessor
 from rsitr_hf import MRSAdapterConfig
 from rsitr_hf.demo.synthetic import make_example
 from rsitr_hf.evaluation.classification import clean_class_name, evaluate_class_folders, read_class_folders
-from rsitr_hf.tools.zeroshot import main as zeroshot_main
+from rsitr_hf.tools.classify import main as classify_main
 from rsitr_hf.training import train
 from rsitr_hf.training.recipe import RecipeError, load_recipe
 
@@ -22,7 +22,7 @@ FOLDERS = ["baseball_diamond", "DenseResidential", "river"]
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zeroshot") / "scenes"
+    root = tmp_path_factory.mktemp("classify") / "scenes"
     for label, folder in enumerate(FOLDERS):
         (root / folder).mkdir(parents=True)
         for index in range(3):
@@ -89,7 +89,7 @@ def test_the_command_reports_base_adapted_and_retention(tiny_clip_dir, scenes, t
     model.save_pretrained(tmp_path / "adapter")
     out = tmp_path / "zeroshot.json"
     arguments = [str(scenes), "--model", str(tiny_clip_dir), "--templates", *TEMPLATES]
-    assert zeroshot_main([*arguments, "--adapter", str(tmp_path / "adapter"), "--output", str(out)]) == 0
+    assert classify_main([*arguments, "--adapter", str(tmp_path / "adapter"), "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| scenes | 3 | 9 | base |" in printed and "| scenes | 3 | 9 | adapted |" in printed
     saved = json.loads(out.read_text())["results"][0]
@@ -110,7 +110,7 @@ def test_the_command_reports_base_adapted_and_retention(tiny_clip_dir, scenes, t
 def test_bad_input_is_one_line_and_exit_2(tiny_clip_dir, scenes, tmp_path, capsys, arguments, message):
     (tmp_path / "classes.json").write_text(json.dumps({"stadium": "a stadium"}))
     arguments = [a.replace("CLASSES", str(tmp_path / "classes.json")) for a in arguments]
-    assert zeroshot_main([str(scenes), "--model", str(tiny_clip_dir), *arguments]) == 2
+    assert classify_main([str(scenes), "--model", str(tiny_clip_dir), *arguments]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and message in error
 

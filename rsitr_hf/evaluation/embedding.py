@@ -1,4 +1,4 @@
-"""Embedding a split of the RSITR schema with any CLIP-like model, and scoring it.
+"""Embedding a split of the RSITR schema with any CLIP-like model (scored by :mod:`.scoring`).
 
 Images reach the model as uint8 pixels (from a cache, or decoded in ``DataLoader`` workers) and are
 normalised on the model's device; see :mod:`rsitr_hf.data.pixels`.
@@ -15,7 +15,7 @@ in a one-process run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import datasets
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data.pixels import DecodedPixels, PixelNormalizer, PixelSource, resize_and_crop
+from ..data.text_inputs import TextInputs
 from ..utils.distributed import Shards, embed_batches
-from .metrics import TIE_PROTOCOLS, retrieval_metrics
 
 
 @dataclass
@@ -124,9 +124,7 @@ def encode_split(
     processor,
     batch_size: int = 64,
     accelerator=None,
-    max_length: int = 77,
-    text_inputs: Callable[[Sequence[str]], dict] | None = None,
-    caption_column: str = "captions",
+    text_inputs: TextInputs | None = None,
     pixels: PixelSource | None = None,
     num_workers: int = 0,
 ) -> RetrievalEmbeddings:
@@ -138,17 +136,17 @@ def encode_split(
         processor: a ``CLIPProcessor``.
         batch_size: images or captions per forward pass (per process).
         accelerator: an ``accelerate.Accelerator`` to shard the work over processes, or ``None``.
-        max_length: captions are truncated to this many tokens.
-        text_inputs: optional ``captions -> model inputs`` builder replacing the tokenizer call (for
-            methods whose text tower takes extra inputs, e.g. :func:`rsitr_hf.data.pos.pos_text_inputs`).
-        caption_column: the column of 5 caption strings per row to embed (POSAPL: ``pos_captions``).
+        text_inputs: how the model's text tower takes captions (the method's kind,
+            :mod:`rsitr_hf.data.text_inputs`; default: CLIP's tokens); each distinct text it reads
+            (``text_of``) is embedded once.
         pixels: the split's images as uint8 pixels (:func:`rsitr_hf.data.pixels.cached_pixels`); default:
             decoded from ``dataset["image"]`` (:class:`~rsitr_hf.data.pixels.DecodedPixels`).
         num_workers: ``DataLoader`` workers that read (and, without a cache, decode) the images.
     """
     was_training = model.training
     model.eval()
-    rows = list(dataset[caption_column])
+    text_inputs = text_inputs or TextInputs(processor.tokenizer)
+    rows = [[text_inputs.text_of(caption) for caption in row] for row in dataset["captions"]]
     captions = [caption for row in rows for caption in row]
     caption_image_ids = torch.tensor(
         [image_id for image_id, row in zip(dataset["image_id"], rows, strict=True) for _ in row]
@@ -160,14 +158,7 @@ def encode_split(
     normalizer = PixelNormalizer.from_processor(processor.image_processor)
 
     def tokenize(rows: range) -> dict:
-        texts = [distinct[by_length[i]] for i in rows]
-        if text_inputs is not None:
-            return dict(text_inputs(texts))
-        return dict(
-            processor.tokenizer(
-                texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
-            )
-        )
+        return text_inputs([distinct[by_length[i]] for i in rows])
 
     def embed_images(batch: torch.Tensor) -> torch.Tensor:
         return pixel_embeddings(model, normalizer, batch)
@@ -191,23 +182,3 @@ def encode_split(
         caption_image_ids=caption_image_ids,
         image_ids=torch.tensor(list(dataset["image_id"])),
     )
-
-
-def evaluate_retrieval(
-    model: torch.nn.Module, dataset: datasets.Dataset, processor, ties: str = "pessimistic", **encode_kwargs
-) -> dict[str, float]:
-    """Embed ``dataset`` with ``model`` and return :func:`retrieval_metrics` (R@1/5/10 both ways, mR), exact
-    ties counted by ``ties`` (one of ``TIE_PROTOCOLS``)."""
-    return evaluate_by_ties(model, dataset, processor, (ties,), **encode_kwargs)[ties]
-
-
-def evaluate_by_ties(
-    model: torch.nn.Module, dataset: datasets.Dataset, processor, protocols=TIE_PROTOCOLS, **encode_kwargs
-) -> dict[str, dict[str, float]]:
-    """Embed ``dataset`` once and return its metrics under each tie protocol of ``protocols``."""
-    embeddings = encode_split(model, dataset, processor, **encode_kwargs)
-    similarity = embeddings.similarity()
-    return {
-        protocol: retrieval_metrics(similarity, embeddings.caption_image_ids, embeddings.image_ids, protocol)
-        for protocol in protocols
-    }

@@ -1,7 +1,7 @@
-"""Evaluation inside a training run: retrieval metrics of the current model on a split of the run's data
-(sharded over the processes), validation, which keeps the best adapter so far (and, when asked, scores
-test beside it without using it), and zero-shot scene classification of the final model against the
-base."""
+"""How a training run scores its model (retrieval sharded over the processes, captions as the method's text
+inputs): validation, which keeps the best adapter so far (and, when asked, scores test beside it without
+using it), the test of the selected adapter, and zero-shot scene classification of the final model against
+the base."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from ..data.preprocessing import pos_text_inputs
-from ..evaluation import evaluate_by_ties, mean_metrics
+from ..data.text_inputs import TextInputs
+from ..evaluation import ScoredTests, evaluate_by_ties, mean_metrics, score_tests
 from ..evaluation.classification import (
     ClassFolders,
     check_class_names,
@@ -22,15 +22,15 @@ from ..evaluation.classification import (
 )
 from ..utils.errors import InputError
 from .checkpoints import TrainerState, save_best
-from .data import RunData
+from .data import RunData, other_test_splits
 from .recipe import Recipe, RecipeError
 
 
 @dataclass
 class Evaluator:
-    """How a run scores its model: on ``data``'s splits, images from its pixel sources, captions with the POS
-    inputs its method takes, ``batch_size`` per process, exact ties counted by ``ties`` unless asked for
-    other protocols; zero-shot classification on ``class_folders`` with ``templates``."""
+    """How a run scores its model: on ``data``'s splits, images from its pixel sources, captions as its
+    method's text inputs, ``batch_size`` per process, exact ties counted by ``ties`` unless asked for other
+    protocols; zero-shot classification on ``class_folders`` with ``templates``."""
 
     accelerator: Accelerator
     processor: object
@@ -42,45 +42,29 @@ class Evaluator:
     class_folders: list[ClassFolders] = field(default_factory=list)
     templates: list[str] = field(default_factory=list)
 
-    def text_options(self, rows) -> dict:
-        """The caption column and text inputs of ``rows`` for a method with POS inputs (else none)."""
-        if self.data.pos_mode is None:
-            return {}
-        return {  # POSAPL encodes the normalised captions with their POS inputs
-            "caption_column": "pos_captions",
-            "text_inputs": pos_text_inputs(rows, self.processor.tokenizer, self.data.pos_mode),
-        }
-
-    def metrics(
-        self, model: torch.nn.Module, split: str, protocols: tuple[str, ...] | None = None
-    ) -> dict[str, dict[str, dict]]:
-        """Retrieval metrics of ``model`` on ``split`` of each of the run's datasets that has one, under each
-        tie protocol of ``protocols`` (default: the run's own): ``{dataset: {protocol: metrics}}``."""
+    def encode_options(self) -> dict:
+        """How the run embeds a split (:func:`~rsitr_hf.evaluation.encode_split`'s options)."""
         return {
-            name: self.metrics_of(model, rows, pixels, protocols)
-            for name, (rows, pixels) in self.data.evaluated(split).items()
-        }
+            "batch_size": self.batch_size, "accelerator": self.accelerator, "num_workers": self.num_workers,
+            "text_inputs": self.data.text_inputs,
+        }  # fmt: skip
 
-    def metrics_of(self, model: torch.nn.Module, rows, pixels, protocols: tuple[str, ...] | None = None):
-        """Retrieval metrics of any split ``rows`` (of the RSITR schema) with its ``pixels``."""
+    def metrics(self, model: torch.nn.Module, split: str) -> dict[str, dict]:
+        """Retrieval metrics of ``model`` on ``split`` of each of the run's datasets that has one, under the
+        run's tie protocol: ``{dataset: metrics}``."""
         with self.accelerator.autocast():
-            return evaluate_by_ties(
-                model,
-                rows,
-                self.processor,
-                protocols or (self.ties,),
-                batch_size=self.batch_size,
-                accelerator=self.accelerator,
-                pixels=pixels,
-                num_workers=self.num_workers,
-                **self.text_options(rows),
-            )
+            return {
+                name: evaluate_by_ties(
+                    model, rows, self.processor, (self.ties,), pixels=pixels, **self.encode_options()
+                )[self.ties]
+                for name, (rows, pixels) in self.data.evaluated(split).items()
+            }
 
     def record(self, model: torch.nn.Module, split: str, state: TrainerState, recorded_as: str) -> dict:
         """Score ``split`` of every dataset (the run's tie protocol), record the evaluation in ``state`` (as
         ``recorded_as``, with each dataset's figures under ``by_dataset`` when there are several) and in the
         trackers; returns the mean over the datasets (``{}`` when none has the split)."""
-        by_dataset = {name: found[self.ties] for name, found in self.metrics(model, split).items()}
+        by_dataset = self.metrics(model, split)
         metrics = mean_metrics(list(by_dataset.values())) if by_dataset else {}
         entry = {"step": state.global_step, "epoch": state.epoch, "split": recorded_as, **metrics}
         logged = {f"{recorded_as}/{key}": value for key, value in metrics.items()}
@@ -124,23 +108,45 @@ def class_folders_of(recipe: Recipe) -> list[ClassFolders]:
     return folders
 
 
-def zero_shot_classification(
-    model: torch.nn.Module, base: torch.nn.Module, evaluator: Evaluator
-) -> list[dict]:
-    """Top-1 / top-5 zero-shot accuracy of ``base`` and of the trained ``model`` on each class-folder dataset,
-    and the trained model's retention of the base's top-1 (``None`` when the method's text tower needs POS
-    inputs, which prompts do not have)."""
+def test_selected(
+    recipe: Recipe, model: torch.nn.Module, evaluator: Evaluator, state: TrainerState
+) -> ScoredTests:
+    """The selected adapter (loaded into ``model``) on the test split of each of the run's datasets and of
+    ``evaluation.test_datasets``, once, recorded in ``state`` and the trackers. Every process takes part."""
+    with evaluator.accelerator.main_process_first():  # the main process caches their pixels, the others reuse
+        others = other_test_splits(recipe, evaluator.processor)
+    own = evaluator.data.evaluated("test")
+    with evaluator.accelerator.autocast():
+        tested = score_tests(
+            model,
+            {**own, **others},
+            list(own),
+            evaluator.processor,
+            evaluator.ties,
+            **evaluator.encode_options(),
+        )
+    entry = {"step": state.best_step, "epoch": None, "split": "test", **tested.metrics}
+    state.evaluations.append({**entry, **({"by_dataset": tested.by_dataset} if tested.by_dataset else {})})
+    evaluator.accelerator.log({f"test/{k}": v for k, v in tested.metrics.items()}, step=state.global_step)
+    return tested
+
+
+def scene_classification(model: torch.nn.Module, base: torch.nn.Module, evaluator: Evaluator) -> list[dict]:
+    """Top-1 / top-5 zero-shot accuracy of ``base`` (prompts as CLIP's tokens) and of the trained ``model``
+    (prompts as its method's text inputs) on each class-folder dataset, and the trained model's retention of
+    the base's top-1."""
     results = []
+    base_inputs = TextInputs(evaluator.processor.tokenizer)
     for dataset in evaluator.class_folders:
         entry = {"dataset": str(dataset.root), "classes": len(dataset.folders), "images": len(dataset.files)}
-        if evaluator.data.pos_mode is not None:
-            results.append({**entry, "skipped": "the method's text tower needs POS inputs"})
-            continue
         found = {}
-        for name, scored in (("base", base), ("adapted", model)):
+        for name, scored, inputs in (
+            ("base", base, base_inputs),
+            ("adapted", model, evaluator.data.text_inputs),
+        ):
             with evaluator.accelerator.autocast():
                 result = evaluate_class_folders(
-                    scored, evaluator.processor, dataset, evaluator.templates, evaluator.batch_size
+                    scored, evaluator.processor, dataset, evaluator.templates, evaluator.batch_size, inputs
                 )
             found[name] = {"top1": result.top1, "top5": result.top5}
         base_top1 = found["base"]["top1"]

@@ -1,5 +1,7 @@
-"""The model that embeds an image index and its queries: a CLIP base with an optional PEFT adapter, and its
-identity (names, and a fingerprint of its weights), which an index records and every later use checks."""
+"""Inference with a trained model: a CLIP base with an optional PEFT adapter, its processor and its method's
+text inputs, loaded once (:class:`RetrievalModel`), embedding images and captions; and its identity (names,
+and a fingerprint of its weights), which a search index records and every later use checks. Search, the web
+page, the audit's embedding method, zero-shot classification and the PETL harness load models here."""
 
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ..evaluation.encoding import image_embeddings, text_embeddings
+from ..data.text_inputs import adapter_text_inputs
 from ..tuners import method_of_config
+from ..utils.distributed import default_device
 from ..utils.errors import AdapterFileError, InputError, first_line
+from .embedding import image_embeddings, text_embeddings
 
 PROBE_CAPTION = "an aerial image of a river next to green fields and a road"
 FINGERPRINT_TOLERANCE = 1e-3  # identical weights on another device or library version stay within this
@@ -24,8 +28,8 @@ ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetens
 PICKLED_WEIGHTS = "adapter_model.bin"  # peft's pickled format: never loaded
 
 
-class SearchError(InputError, ValueError):
-    """A search input is unusable (wrong model for an index, unreadable image, empty caption file ...)."""
+class ModelLoadError(InputError, ValueError):
+    """A base model that cannot be loaded (no such folder or Hub id, not a model)."""
 
 
 @dataclass
@@ -65,7 +69,9 @@ def adapter_or_base_processor(base_model: str | os.PathLike, adapter: str | os.P
 
 
 class RetrievalModel:
-    """A CLIP base model with an optional PEFT adapter, embedding images and captions as unit vectors."""
+    """A CLIP base model with an optional PEFT adapter, embedding images and captions as unit vectors; the
+    captions become the text inputs the adapter was trained with (its method's kind, as its folder records
+    them: POSAPL's tagger, for one)."""
 
     def __init__(
         self,
@@ -75,26 +81,22 @@ class RetrievalModel:
     ):
         from transformers import CLIPModel
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = device or default_device()
         try:
             model = CLIPModel.from_pretrained(base_model)
         except OSError as error:  # no such folder or Hub id, or not a model
-            raise SearchError(f"--model {base_model}: {first_line(error)}") from None
+            raise ModelLoadError(f"--model {base_model}: {first_line(error)}") from None
         if adapter is not None:
             with warnings.catch_warnings():  # transformers' deprecation notice, triggered inside peft
                 warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
                 model = load_adapter(model, adapter)
-        self.model = model.to(device).eval()
+        self.model = model.to(device).eval().requires_grad_(False)
         config = getattr(self.model, "peft_config", {}).get("default")
         self.method = method_of_config(config) if config is not None else None  # None: the base alone
         self.processor = adapter_or_base_processor(base_model, adapter)
-        self.max_length = self.model.config.text_config.max_position_embeddings
+        self.text_inputs = adapter_text_inputs(self.method, adapter, self.processor.tokenizer, config)
         self.identity = ModelIdentity(model_name(base_model), model_name(adapter) if adapter else None)
         self.identity.fingerprint = self.probe_fingerprint()
-
-    def uses_pos_inputs(self) -> bool:
-        """Whether the adapter's method takes POS inputs in its text tower (the method table says)."""
-        return self.method is not None and self.method.pos_inputs
 
     @torch.no_grad()
     def embed_images(self, images: list[PIL.Image.Image]) -> torch.Tensor:
@@ -103,25 +105,14 @@ class RetrievalModel:
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        """``(N, D)`` unit-norm float32 embeddings of ``texts``."""
-        if self.uses_pos_inputs():
-            raise SearchError(
-                f"this adapter is {self.method.name}'s ({self.method.summary}): its text tower needs "
-                "POS-tagged captions, which rsitr-search does not produce; search with an adapter "
-                "taking plain captions (MRS-Adapter, LoRA ...)"
-            )
-        inputs = self.processor.tokenizer(
-            texts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        return text_embeddings(self.model, inputs).cpu()
+        """``(N, D)`` unit-norm float32 embeddings of ``texts`` (as the adapter's text inputs)."""
+        return text_embeddings(self.model, self.text_inputs(texts)).cpu()
 
     def probe_fingerprint(self) -> list[float]:
-        """Embeddings of a fixed colour-ramp image and of ``PROBE_CAPTION`` (image only for POSAPL)."""
+        """Embeddings of a fixed colour-ramp image and of ``PROBE_CAPTION``."""
         size = self.processor.image_processor.crop_size["height"]
         ramp = np.linspace(0, 255, size * size * 3).reshape(size, size, 3).astype(np.uint8)
-        probes = [self.embed_images([PIL.Image.fromarray(ramp)])[0]]
-        if not self.uses_pos_inputs():
-            probes.append(self.embed_texts([PROBE_CAPTION])[0])
+        probes = [self.embed_images([PIL.Image.fromarray(ramp)])[0], self.embed_texts([PROBE_CAPTION])[0]]
         return [round(value, 6) for value in torch.cat(probes).tolist()]
 
 

@@ -1,10 +1,11 @@
 """Zero-shot scene classification of class-folder datasets (AID, RESISC45, UCM-21, EuroSAT layouts).
 
-``rsitr-zeroshot FOLDER [FOLDER ...] --model BASE [--adapter DIR]`` embeds every image of each folder of
+``rsitr-classify FOLDER [FOLDER ...] --model BASE [--adapter DIR]`` embeds every image of each folder of
 class folders and one text per class (each prompt template filled with the class name, averaged), assigns
 each image the class of highest cosine and prints top-1 / top-5 accuracy. With ``--adapter`` it does so
 for the base model (adapter disabled) and for the adapted one, and prints the adapted model's retention of
-the base's top-1 accuracy: what adapting CLIP to retrieval costs on scene classification.
+the base's top-1 accuracy: what adapting CLIP to retrieval costs on scene classification. The prompts become
+each model's text inputs as captions do (the base: CLIP's tokens; the adapter: its method's kind).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
+from ..data.text_inputs import TextInputs
 from ..evaluation.classification import (
     DEFAULT_TEMPLATES,
     check_class_names,
@@ -21,7 +23,7 @@ from ..evaluation.classification import (
     evaluate_class_folders,
     read_class_folders,
 )
-from ..search.model import RetrievalModel
+from ..evaluation.inference import RetrievalModel
 from ..utils.cli import command, command_parser, parse_arguments
 from ..utils.errors import InputError
 from ..utils.files import write_json
@@ -59,22 +61,21 @@ def main(argv: list[str] | None = None) -> int:
     check_class_names(names, datasets)
     check_templates(args.templates)
     model = RetrievalModel(args.model, args.adapter)
-    if model.uses_pos_inputs():
-        raise InputError(
-            f"this adapter is {model.method.name}'s: its text tower needs POS-tagged captions, which prompts "
-            "do not have; zero-shot classification takes adapters with plain captions"
-        )
-    variants = {"base": nullcontext}
+    base_inputs = TextInputs(model.processor.tokenizer)
+    variants = {"base": (nullcontext, base_inputs)}
     if args.adapter:
-        variants = {"base": model.model.disable_adapter, "adapted": nullcontext}
+        variants = {
+            "base": (model.model.disable_adapter, base_inputs),
+            "adapted": (nullcontext, model.text_inputs),
+        }
     results = []
     print("| dataset | classes | images | model | top-1 | top-5 |\n|---|---|---|---|---|---|")
     for dataset in datasets:
         found = {}
-        for variant, context in variants.items():
+        for variant, (context, text_inputs) in variants.items():
             with context():
                 found[variant] = result = evaluate_class_folders(
-                    model.model, model.processor, dataset, args.templates, args.batch_size
+                    model.model, model.processor, dataset, args.templates, args.batch_size, text_inputs
                 )
             print(
                 f"| {result.dataset} | {result.num_classes} | {result.num_images} | {variant} | "
