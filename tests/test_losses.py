@@ -65,3 +65,26 @@ def test_repeated_image_is_not_its_own_negative_unless_paper_mode():
         brute_force_hinge(x, y, 0.2, True, lambda i, j: ids[i] != ids[j]) for x, y in ((v, t), (v, v), (t, t))
     )
     assert hmmc_loss(v, t, v, t, image_ids=ids).item() == expected
+
+
+def test_the_docs_list_each_losss_options_and_defaults_as_the_loss_table_declares_them():
+    """docs/methods.md's loss table: one row per loss of the table, naming the module that declares it and
+    every option with its default, in the order of the declaration."""
+    import dataclasses
+    import inspect
+    import re
+    from pathlib import Path
+
+    from rsitr_hf.objectives import LOSSES
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    found = re.findall(r"^\| `(\w+)` \| `objectives/(\w+)\.py` \| (.+) \|$", text, re.MULTILINE)
+    rows = {name: (module, options) for name, module, options in found}
+    builtin = {name: spec for name, spec in LOSSES.items() if spec.compute.__module__.startswith("rsitr_hf.")}
+    assert set(rows) == set(builtin)
+    for name, spec in builtin.items():
+        module, options = rows[name]
+        assert inspect.getmodule(spec.compute).__name__ == f"rsitr_hf.objectives.{module}"
+        documented = re.findall(r"`(\w+)` \(([^):]+)", options)
+        declared = [(f.name, str(f.default).lower()) for f in dataclasses.fields(spec.options)]
+        assert documented == declared, name

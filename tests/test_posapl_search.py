@@ -168,3 +168,20 @@ def test_a_missing_tagger_is_one_line_naming_the_file_it_needs(
     assert RetrievalModel(tiny_clip_dir, moved, device="cpu").text_inputs.pos_model == str(copy)
     copy.write_bytes(copy.read_bytes() + b"changed")
     assert_one_line_error(capsys, search_main([*arguments, "--adapter", str(moved)]), "SHA-256")
+
+
+def test_an_adapter_tagged_by_stanzas_model_is_not_tagged_by_another(
+    posapl_dir, tiny_clip_dir, images, tmp_path, capsys, monkeypatch, stanza_tagger_path
+):
+    """An adapter trained with stanza's English model (its record names no tagger file) needs that model:
+    ``$RSITR_POS_MODEL`` naming another tagger does not stand in for it."""
+    stanza_trained = tmp_path / "adapter"
+    shutil.copytree(posapl_dir, stanza_trained)
+    record = json.loads((stanza_trained / "text_inputs.json").read_text())
+    record["options"]["pos_model"], record["pos_model_sha256"] = None, None
+    (stanza_trained / "text_inputs.json").write_text(json.dumps(record))
+    monkeypatch.setenv("RSITR_POS_MODEL", str(stanza_tagger_path))
+    monkeypatch.setenv("RSITR_CACHE", str(tmp_path / "cache"))  # no tags of that model cached
+    arguments = ["index", str(images), "--index", str(tmp_path / "index"), "--model", str(tiny_clip_dir)]
+    status = search_main([*arguments, "--adapter", str(stanza_trained)])
+    assert_one_line_error(capsys, status, "stanza.download('en', processors='tokenize,pos')")

@@ -108,15 +108,21 @@ class StanzaTagger:
         pos_model_path: a tagger ``.pt`` file; default ``$RSITR_POS_MODEL``, else stanza's English model.
         resources_dir: stanza's resources directory; default ``$RSITR_STANZA_DIR``, else stanza's default.
         batch_size: sentences per stanza call.
+        environment: read those defaults from the environment (``False``: what is not given is stanza's).
     """
 
     def __init__(
-        self, pos_model_path: str | None = None, resources_dir: str | None = None, batch_size: int = 512
+        self,
+        pos_model_path: str | None = None,
+        resources_dir: str | None = None,
+        batch_size: int = 512,
+        environment: bool = True,
     ):
         import stanza
 
-        pos_model_path = pos_model_path or os.environ.get("RSITR_POS_MODEL")
-        resources_dir = resources_dir or os.environ.get("RSITR_STANZA_DIR")
+        if environment:
+            pos_model_path = pos_model_path or os.environ.get("RSITR_POS_MODEL")
+            resources_dir = resources_dir or os.environ.get("RSITR_STANZA_DIR")
         options = {
             "processors": "tokenize,pos",
             "tokenize_pretokenized": True,

@@ -27,7 +27,7 @@ from filelock import FileLock
 from ..utils.config import option, to_mapping
 from ..utils.files import cache_root
 from .pos import PAD_TAG_ID, POSModelMissing, StanzaTagger, aligned_tag_ids, normalise_caption, pos_sentence
-from .text_inputs import TextInputs, register_text_inputs
+from .text_inputs import CONTEXT_LENGTH, TextInputs, register_text_inputs
 
 
 @dataclass
@@ -102,9 +102,10 @@ class POSTextInputs(TextInputs):
     summary = "CLIP's tokens of the normalised caption and its part-of-speech tags (stanza), as POSAPL's"
     Options = POSTextOptions
 
-    def __init__(self, tokenizer, config=None, options=None, max_length: int = 77):
+    def __init__(self, tokenizer, config=None, options=None, max_length: int = CONTEXT_LENGTH):
         super().__init__(tokenizer, config, options, max_length)
         self.pos_mode = getattr(config, "pos_mode", "sentence")
+        # the tagger, resolved once: what tags (and what the adapter folder records) is exactly this
         self.pos_model = self.options.pos_model or os.environ.get("RSITR_POS_MODEL")
         self.stanza_dir = self.options.stanza_dir or os.environ.get("RSITR_STANZA_DIR")
         self.tagger: StanzaTagger | None = None  # loaded on the first caption the cache does not hold
@@ -121,7 +122,7 @@ class POSTextInputs(TextInputs):
         """Which tagger tags: its file's SHA-256, or stanza's English model in a resources folder."""
         if self.pos_model:
             if not Path(self.pos_model).is_file():
-                StanzaTagger(self.pos_model, self.stanza_dir)  # the error that says how to get one
+                StanzaTagger(self.pos_model, self.stanza_dir, environment=False)  # says how to get one
             return sha256_of(self.pos_model)
         return f"stanza English model in {self.stanza_dir or 'stanza_resources'}"
 
@@ -136,7 +137,7 @@ class POSTextInputs(TextInputs):
             missing = [text for text in missing if text not in self.cache.tags]
         if missing:
             if self.tagger is None:
-                self.tagger = StanzaTagger(self.pos_model, self.stanza_dir)
+                self.tagger = StanzaTagger(self.pos_model, self.stanza_dir, environment=False)
             found = self.tagger.tag([text.split() for text in missing])
             self.cache.add(dict(zip(missing, found, strict=True)))
         return [self.cache.tags[text] for text in texts]

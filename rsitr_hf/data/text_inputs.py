@@ -114,7 +114,7 @@ class TextInputs:
     def from_record(cls, record: Mapping[str, Any], where: str, tokenizer, config=None) -> TextInputs:
         """The inputs an adapter was trained with, from its record (``where``: the file, for errors)."""
         try:
-            options = build(cls.Options, dict(record.get("options") or {}), "options.", owner=cls.name)
+            options = build(cls.Options, record.get("options") or {}, "options.", owner=cls.name)
         except RecipeError as error:
             raise InputError(f"{where}: {error}") from None
         return cls(tokenizer, config, options)
