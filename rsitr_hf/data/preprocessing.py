@@ -43,7 +43,6 @@ def caption_pairs(split: datasets.Dataset, text_inputs: TextInputs) -> datasets.
         split.remove_columns([c for c in ("image", "filename") if c in split.column_names])
     )
     captions = pairs["caption"]
-    text_inputs.prepare(captions)
     encoded: dict[str, list] = {}
     for start in range(0, len(captions), ENCODE_CHUNK):
         for key, rows in text_inputs.encode(captions[start : start + ENCODE_CHUNK]).items():

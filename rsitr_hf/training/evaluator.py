@@ -12,7 +12,7 @@ import torch
 from accelerate import Accelerator
 
 from ..data.text_inputs import TextInputs
-from ..evaluation import ScoredTests, evaluate_by_ties, mean_metrics, score_tests
+from ..evaluation import ScoredTests, evaluate_retrieval, mean_metrics, score_tests
 from ..evaluation.classification import (
     ClassFolders,
     check_class_names,
@@ -54,9 +54,9 @@ class Evaluator:
         run's tie protocol: ``{dataset: metrics}``."""
         with self.accelerator.autocast():
             return {
-                name: evaluate_by_ties(
-                    model, rows, self.processor, (self.ties,), pixels=pixels, **self.encode_options()
-                )[self.ties]
+                name: evaluate_retrieval(
+                    model, rows, self.processor, self.ties, pixels=pixels, **self.encode_options()
+                )
                 for name, (rows, pixels) in self.data.evaluated(split).items()
             }
 
