@@ -246,3 +246,51 @@ def assert_one_line_error(capsys, status: int, *expected: str) -> str:
     for text in expected:
         assert text in last, last
     return last
+
+
+def index_files(index) -> list[str]:
+    """The image (or scene) of each live row of a search index, in row-id order."""
+    return index.table()[index.manifest.item_column].to_pylist()
+
+
+def index_windows(index) -> list[tuple[int, int, int, int]]:
+    """The pixel window of each live row of a scene index, in row-id order."""
+    table = index.table()
+    columns = [table[column].to_pylist() for column in ("col_off", "row_off", "width", "height")]
+    return list(zip(*columns, strict=True))
+
+
+def index_embeddings(index):
+    """``(N, D)`` float32 tensor: the live embeddings of a search index, in row-id order."""
+    import torch
+
+    return torch.from_numpy(index.matrix())
+
+
+def write_format_2(index_dir: Path, index) -> None:
+    """Replace the search index in ``index_dir`` (``index``, loaded from it) by the same rows as rsitr_hf
+    0.2 saved them: every file (and a scene index's windows and scenes) in ``index.json``, one safetensors
+    file of embeddings."""
+    import json
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    save_file({"image_embeds": index_embeddings(index)}, index_dir / "embeddings-0123456789ab.safetensors")
+    metadata = {
+        "format_version": 2,
+        "root": index.root,
+        "files": index_files(index),
+        "embeddings_file": "embeddings-0123456789ab.safetensors",
+        "model": json.loads((index_dir / "manifest.json").read_text())["model"],
+    }
+    if index.tiling is not None:
+        metadata["scene_tiles"] = {
+            "tiling": index.tiling.to_dict(),
+            "scenes": {name: asdict(info) for name, info in index.scenes.items()},
+            "windows": [list(window) for window in index_windows(index)],
+            "pending": [],
+        }
+    for stored in [index_dir / "manifest.json", *index_dir.glob("shard-*")]:
+        shutil.rmtree(stored) if stored.is_dir() else stored.unlink()
+    (index_dir / "index.json").write_text(json.dumps(metadata))

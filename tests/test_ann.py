@@ -74,7 +74,7 @@ def test_rsitr_search_on_a_faiss_index_answers_like_the_exact_one(
     arguments = ["index", str(folder), "--index", str(tmp_path / "flat"), "--model", str(tiny_clip_dir)]
     assert search_main([*arguments, "--ann", "flat"]) == 0
     flat = ImageIndex.load(tmp_path / "flat")
-    metadata = json.loads((tmp_path / "flat" / "index.json").read_text())
+    metadata = json.loads((tmp_path / "flat" / "manifest.json").read_text())
     assert flat.ann is not None and metadata["ann"]["settings"]["factory"] == "Flat" and len(flat.ann) == 20
     queries = ["many planes parked at the airport", "a river next to green fields"]
     exact_hits = search_images(ImageIndex.load(tmp_path / "exact"), model, queries, k=5)
@@ -104,10 +104,12 @@ def test_an_extended_index_answers_like_one_built_on_all_the_vectors():
     assert not automatic.can_extend(ANNConfig(kind="ivf", nprobe=8), 2000)  # other settings
 
 
-def test_index_updates_extend_the_faiss_index_and_removals_rebuild_it(tmp_path, synthetic_dir, tiny_clip_dir):
+def test_updates_extend_the_faiss_index_which_leaves_deleted_rows_out_until_compaction(
+    tmp_path, synthetic_dir, tiny_clip_dir
+):
     import shutil
 
-    from rsitr_hf.search import ImageIndex, RetrievalModel, build_index, search_images
+    from rsitr_hf.search import ImageIndex, RetrievalModel, build_index, compact, search_images
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -134,7 +136,14 @@ def test_index_updates_extend_the_faiss_index_and_removals_rebuild_it(tmp_path, 
         strict=True,
     ):
         assert [hit.item for hit in grown] == [hit.item for hit in fresh]  # every image, in exact order
+    # a deletion keeps the FAISS index, which leaves the deleted row out as it searches, until compaction
     (folder / images[0].name).unlink()
     update = build_index(folder, tmp_path / "index", model, batch_size=8, ann=config)
-    assert update.removed == [images[0].name] and update.ann == "built HNSW32,Flat"
-    assert len(ImageIndex.load(tmp_path / "index").ann) == 19
+    assert update.removed == [images[0].name] and update.ann == "unchanged HNSW32,Flat"  # not written again
+    shrunk = search_images(ImageIndex.load(tmp_path / "index"), model, queries, k=20)
+    assert all(len(hits) == 19 and images[0].name not in [hit.item for hit in hits] for hits in shrunk)
+    assert "1 shard(s) rewritten without their 1 deleted rows (19 images)" in compact(tmp_path / "index")
+    compacted = ImageIndex.load(tmp_path / "index")
+    assert len(compacted.ann) == 19 and compacted.shards[0].entry.deletions is None  # HNSW: built again
+    after = search_images(compacted, model, queries, k=20)
+    assert [[hit.item for hit in hits] for hits in after] == [[hit.item for hit in hits] for hits in shrunk]

@@ -4,6 +4,7 @@ whose embeddings are memory-mapped rather than read."""
 import numpy as np
 import pytest
 import torch
+from conftest import index_embeddings
 
 from rsitr_hf.search.ann import ANNConfig, ANNIndex
 from rsitr_hf.utils.errors import InputError
@@ -63,8 +64,6 @@ def test_ivfpq_calibrates_with_its_reranking_and_sizes_its_codes_to_the_dimensio
 
 
 def test_an_image_index_maps_its_embeddings_and_reranks_from_them(tmp_path, tiny_clip_dir):
-    from safetensors.torch import load_file
-
     from rsitr_hf.demo.synthetic import write_seed_layout
     from rsitr_hf.search import ImageIndex, RetrievalModel, build_index, search_images
 
@@ -77,10 +76,12 @@ def test_an_image_index_maps_its_embeddings_and_reranks_from_them(tmp_path, tiny
     build_index(folder, tmp_path / "pq", model, batch_size=64, ann=config)
     index = ImageIndex.load(tmp_path / "pq")
     assert index.ann.factory == "IVF4,PQ8"
-    assert isinstance(index.ann.vectors, np.memmap)  # the full-precision rows stay on disk until read
-    assert np.shares_memory(index.embeddings.numpy(), index.ann.vectors)  # the index's own embeddings
-    saved = load_file(next((tmp_path / "pq").glob("embeddings-*.safetensors")))["image_embeds"]
-    torch.testing.assert_close(index.embeddings, saved, rtol=0, atol=0)
+    assert index.ann.vectors is index.vectors  # re-ranks from the index's own store
+    assert all(isinstance(shard.embeddings, np.memmap) for shard in index.shards)  # on disk until read
+    saved = np.concatenate(
+        [np.load(path) for path in sorted((tmp_path / "pq").glob("shard-*/embeddings.npy"))]
+    )
+    torch.testing.assert_close(index_embeddings(index), torch.from_numpy(saved), rtol=0, atol=0)
     queries = ["many planes parked at the airport", "a river next to green fields"]
     exact = search_images(ImageIndex.load(tmp_path / "exact"), model, queries, k=5)
     for found, expected in zip(search_images(index, model, queries, k=5), exact, strict=True):

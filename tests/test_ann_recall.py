@@ -1,6 +1,6 @@
 """An ANN index that knows its recall: calibration of nprobe / efSearch to a target recall@10 on a weakly
 clustered set, where a fixed setting misses it; the report when the target cannot be met; the figure in
-index.json, the command's output and the app's header."""
+the manifest, the command's output and the app's header."""
 
 import json
 
@@ -86,10 +86,10 @@ def test_an_unreachable_target_is_reported_with_the_best_setting_tried(vectors):
 def test_extending_the_index_measures_it_again_and_saving_keeps_the_figure(vectors, tmp_path):
     index = ANNIndex.build(vectors[:12_000], ANNConfig(kind="ivf", nlist=128))
     first = index.calibration
-    index.add(vectors[12_000:], all_embeddings=vectors)
+    index.add(vectors[12_000:], store=vectors)
     assert index.calibration is not first and index.calibration.reached
     settings = index.save(tmp_path / "ann.faiss")
-    json.dumps(settings)  # index.json holds it
+    json.dumps(settings)  # the manifest holds it
     loaded = ANNIndex.load(tmp_path / "ann.faiss", json.loads(json.dumps(settings)))
     assert loaded.calibration == index.calibration and loaded.search_value() == index.calibration.value
     queries = weakly_clustered(50, seed=3)
@@ -106,7 +106,7 @@ def test_an_index_saved_before_calibration_keeps_its_fixed_setting(tmp_path):
     assert "recall not measured" in loaded.summary()
 
 
-def test_the_command_prints_the_recall_which_index_json_and_the_app_keep(tmp_path, tiny_clip_dir, capsys):
+def test_the_command_prints_the_recall_which_the_manifest_and_the_app_keep(tmp_path, tiny_clip_dir, capsys):
     from rsitr_hf.demo.synthetic import write_seed_layout
     from rsitr_hf.search import main as search_main
     from rsitr_hf.search.app import SearchPage
@@ -119,7 +119,7 @@ def test_the_command_prints_the_recall_which_index_json_and_the_app_keep(tmp_pat
     texts = ["--calibration_texts", str(tmp_path / "searches.txt")]  # two distinct queries
     assert search_main([*arguments, "--ann", "hnsw", "--target_recall", "0.9", *texts]) == 0
     printed = capsys.readouterr().out
-    settings = json.loads((tmp_path / "index" / "index.json").read_text())["ann"]["settings"]
+    settings = json.loads((tmp_path / "index" / "manifest.json").read_text())["ann"]["settings"]
     measured = settings["calibration"]
     assert measured["queries"] == 16 and measured["target"] == 0.9 and measured["parameter"] == "efSearch"
     assert measured["text_queries"] == 2

@@ -11,17 +11,18 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import assert_one_line_error, write_recipe
 from filelock import FileLock
 from safetensors.torch import load_file
 
-import rsitr_hf.search.index
 import rsitr_hf.training.checkpoints
 from rsitr_hf.data import load_rsitr
 from rsitr_hf.data.seed_layout import RSITRDataError
-from rsitr_hf.search import ImageIndex, RetrievalModel, SearchError, build_index, list_images
+from rsitr_hf.search import ImageIndex, RetrievalModel, SearchError, build_index, search_images
 from rsitr_hf.search import main as search_main
 from rsitr_hf.search.visualize import main as visualize_main
 from rsitr_hf.tools.convert import main as convert_main
@@ -367,59 +368,42 @@ def search_model(tiny_clip_dir):
     return RetrievalModel(tiny_clip_dir)
 
 
-def test_a_kill_inside_an_index_save_leaves_the_previous_index(
-    image_folder, tmp_path, search_model, monkeypatch
-):
-    monkeypatch.setattr(rsitr_hf.search.index, "SAVE_EVERY_SECONDS", 0)
-    real_write, writes = rsitr_hf.search.index.write_json, []
-
-    def killed_before_the_second_manifest(path, data, indent=2):
-        writes.append(path)
-        if len(writes) == 2:
-            raise KeyboardInterrupt  # the second batch's embeddings are written, its index.json is not
-        real_write(path, data, indent)
-
-    monkeypatch.setattr(rsitr_hf.search.index, "write_json", killed_before_the_second_manifest)
-    with pytest.raises(KeyboardInterrupt):
-        build_index(image_folder, tmp_path / "index", search_model, batch_size=4)
-    index = ImageIndex.load(tmp_path / "index")
-    assert index.files == list_images(image_folder)[:4] and index.embeddings.shape[0] == 4
-    assert len(list((tmp_path / "index").glob("embeddings-*.safetensors"))) == 2  # one orphan
-    monkeypatch.setattr(rsitr_hf.search.index, "write_json", real_write)
-    update = build_index(image_folder, tmp_path / "index", search_model, batch_size=4)
-    assert update.total == 8 and update.added == list_images(image_folder)[4:]
-    assert len(list((tmp_path / "index").glob("embeddings-*.safetensors"))) == 1
-
-
 def damage_embeddings(index_dir: Path) -> None:
-    (embeddings,) = index_dir.glob("embeddings-*.safetensors")
-    embeddings.write_bytes(embeddings.read_bytes()[:100])
+    (embeddings,) = index_dir.glob("shard-*/embeddings.npy")
+    embeddings.write_bytes(embeddings.read_bytes()[:200])
 
 
-def damage_index_json(index_dir: Path) -> None:
-    text = (index_dir / "index.json").read_text()
-    (index_dir / "index.json").write_text(text[: len(text) // 2])
+def remove_rows(index_dir: Path) -> None:
+    (rows,) = index_dir.glob("shard-*/rows.parquet")
+    rows.unlink()
 
 
-def escape_with_parent(index_dir: Path) -> None:
-    metadata = json.loads((index_dir / "index.json").read_text())
-    metadata["files"][0] = "../../etc/passwd"
-    (index_dir / "index.json").write_text(json.dumps(metadata))
+def damage_manifest(index_dir: Path) -> None:
+    text = (index_dir / "manifest.json").read_text()
+    (index_dir / "manifest.json").write_text(text[: len(text) // 2])
 
 
-def escape_with_absolute_path(index_dir: Path) -> None:
-    metadata = json.loads((index_dir / "index.json").read_text())
-    metadata["files"][1] = "/etc/passwd"
-    (index_dir / "index.json").write_text(json.dumps(metadata))
+def escape_with_a_shard(index_dir: Path) -> None:
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    manifest["shards"][0]["name"] = "../../etc"
+    (index_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def escape_with_a_row(index_dir: Path) -> None:
+    (rows,) = index_dir.glob("shard-*/rows.parquet")
+    table = pq.read_table(rows)
+    files = table["file"].to_pylist()
+    pq.write_table(table.set_column(1, "file", pa.array(["../../etc/passwd"] * len(files))), rows)
 
 
 @pytest.mark.parametrize(
     ("damage", "expected"),
     [
         (damage_embeddings, "is damaged or missing"),
-        (damage_index_json, "index.json is damaged"),
-        (escape_with_parent, "lists '../../etc/passwd', outside its folder"),
-        (escape_with_absolute_path, "lists '/etc/passwd', outside its folder"),
+        (remove_rows, "rows.parquet is missing"),
+        (damage_manifest, "manifest.json is damaged"),
+        (escape_with_a_shard, "shard '../../etc' (deletions None) is not a name it writes"),
+        (escape_with_a_row, "lists '../../etc/passwd', outside its folder"),
     ],
 )
 def test_a_damaged_or_crafted_index_is_one_line_saying_how_to_rebuild(
@@ -429,7 +413,7 @@ def test_a_damaged_or_crafted_index_is_one_line_saying_how_to_rebuild(
     build_index(image_folder, index_dir, search_model, batch_size=8)
     damage(index_dir)
     with pytest.raises(SearchError, match="build it again with rsitr-search index"):
-        ImageIndex.load(index_dir)
+        search_images(ImageIndex.load(index_dir), search_model, ["a river"])
     assert_one_line_error(
         capsys, search_main(["query", "--index", str(index_dir), "--text", "a river"]), expected
     )
@@ -464,7 +448,7 @@ def test_concurrent_indexers_wait_for_each_other(image_folder, tmp_path, search_
     )
     worker.start()
     time.sleep(1.0)
-    assert not finished and not (index_dir / "index.json").exists()  # waiting for the lock
+    assert not finished and not (index_dir / "manifest.json").exists()  # waiting for the lock
     lock.release()
     worker.join(timeout=120)
     assert finished and finished[0].total == 8

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import index_embeddings
 from peft import IA3Config
 
 from rsitr_hf import MethodSpec, register_method
@@ -230,7 +231,7 @@ def test_it_is_searchable_by_text_with_its_own_text_inputs(
     torch.testing.assert_close(model.embed_texts([query]), text)  # the prefix's tokens, then the caption's
     from rsitr_hf.search import ImageIndex
 
-    scores = (text @ ImageIndex.load(tmp_path / "index").embeddings.T)[0]
+    scores = (text @ index_embeddings(ImageIndex.load(tmp_path / "index")).T)[0]
     assert [hit["score"] for hit in hits] == pytest.approx(scores.topk(len(hits)).values.tolist(), abs=1e-5)
 
 

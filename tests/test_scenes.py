@@ -10,16 +10,27 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import pyarrow.parquet as pq
 import pytest
 import torch
 from browser import ask_image, open_page, wait_for
-from conftest import HANG_TIMEOUT, TWO_PROCESS_LAUNCH, interrupted_embedding, subprocess_env
+from conftest import (
+    HANG_TIMEOUT,
+    TWO_PROCESS_LAUNCH,
+    assert_one_line_error,
+    index_embeddings,
+    index_files,
+    index_windows,
+    interrupted_embedding,
+    subprocess_env,
+    write_format_2,
+)
 
 rasterio = pytest.importorskip("rasterio", reason="scene indexes need rasterio (pip install -e '.[scenes]')")
 from rasterio.warp import transform as reproject_points  # noqa: E402
 
-import rsitr_hf.search.index  # noqa: E402
 import rsitr_hf.search.scenes  # noqa: E402
+import rsitr_hf.search.update  # noqa: E402
 from rsitr_hf.search import ImageIndex, RetrievalModel, SearchError, build_index, main  # noqa: E402
 from rsitr_hf.search.query import hits_geojson, similar_images  # noqa: E402
 from rsitr_hf.search.scenes import Tiling, describe_scene, open_scene, read_tile, window_iou  # noqa: E402
@@ -119,8 +130,12 @@ def test_scenes_are_read_window_by_window_and_the_top_hit_footprint_holds_the_ob
     assert len(reads) == WINDOWS + 1
     assert max(int(np.prod(shape[1:])) for shape in reads) <= 224 * 224 < 1200 * 900
     index = ImageIndex.load(index_dir)
-    assert index.embeddings.shape[0] == len(index.tiles.windows) == WINDOWS - SKIPPED
-    utm = [window for name, window in zip(index.files, index.tiles.windows, strict=True) if name == "utm.tif"]
+    assert index_embeddings(index).shape[0] == len(index_windows(index)) == WINDOWS - SKIPPED
+    utm = [
+        window
+        for name, window in zip(index_files(index), index_windows(index), strict=True)
+        if name == "utm.tif"
+    ]
     assert len(utm) == 72 and min(column for column, *_ in utm) == 112
 
     geojson, results = tmp_path / "hits.geojson", tmp_path / "hits.json"
@@ -156,10 +171,10 @@ def test_overlapping_hits_of_a_scene_are_suppressed(scene_index, scenes, tiny_cl
             if first is not second and first.item == second.item:
                 assert window_iou(first.window, second.window) == 0
     everything = similar_images(index, model, query, k=6, max_overlap=1.0)
-    scores = model.embed_images([query]) @ index.embeddings.T
+    scores = model.embed_images([query]) @ index_embeddings(index).T
     expected = scores[0].topk(6).indices.tolist()
     assert [(hit.item, hit.window) for hit in everything] == [
-        (index.files[row], index.tiles.windows[row]) for row in expected
+        (index_files(index)[row], index_windows(index)[row]) for row in expected
     ]
     assert any(window_iou(a.window, b.window) > 0 for a in everything for b in everything if a is not b)
 
@@ -213,33 +228,33 @@ def test_a_scene_index_updates_by_scene_and_keeps_its_tiling(tmp_path, scenes, t
     update = build_index(folder, tmp_path / "index", model, batch_size=16, tiling=Tiling())
     assert update.added == ["plain_copy.png"] and update.removed == ["utm.tif"] and sum(embedded) == 8
     index = ImageIndex.load(tmp_path / "index")
-    assert index.files == ["plain.png"] * 8 + ["plain_copy.png"] * 8 and set(index.tiles.scenes) == {
+    assert index_files(index) == ["plain.png"] * 8 + ["plain_copy.png"] * 8 and set(index.scenes) == {
         "plain.png",
         "plain_copy.png",
     }
-    torch.testing.assert_close(index.embeddings[:8], index.embeddings[8:], rtol=0, atol=1e-6)
+    torch.testing.assert_close(index_embeddings(index)[:8], index_embeddings(index)[8:], rtol=0, atol=1e-6)
     with pytest.raises(SearchError, match="cuts its scenes as .* use the same --tile"):
         build_index(folder, tmp_path / "index", model, tiling=Tiling(stride=56))
     with pytest.raises(SearchError, match="is a scene index .*, not an index of images"):
         build_index(folder, tmp_path / "index", model)
 
     # interrupted in the middle of a scene: that scene is tiled again, whole, by the next run
-    monkeypatch.setattr(rsitr_hf.search.index, "SAVE_EVERY_SECONDS", 0)
+    monkeypatch.setattr(rsitr_hf.search.update, "SAVE_EVERY_SECONDS", 0)
     restore = interrupted_embedding(model, after_batches=3)
     with pytest.raises(KeyboardInterrupt):
         build_index(scenes, tmp_path / "interrupted", model, batch_size=20, tiling=Tiling())
     partial = ImageIndex.load(tmp_path / "interrupted")
     # 3 batches of 20 saved: plain.png's 8 windows, then utm.tif's first 52 (rows 0-4 and 2 of row 5), of
     # which the 6 in column 0 are nodata
-    assert partial.tiles.pending == ["utm.tif"] and len(partial.files) == 60 - 6
+    assert partial.manifest.pending == ["utm.tif"] and len(index_files(partial)) == 60 - 6
     restore()
     update = build_index(scenes, tmp_path / "interrupted", model, batch_size=20, tiling=Tiling())
     assert update.added == ["utm.tif"] and len(update.tiles) == 80 and update.skipped == 8
     build_index(scenes, tmp_path / "fresh", model, batch_size=20, tiling=Tiling())
     resumed, fresh = ImageIndex.load(tmp_path / "interrupted"), ImageIndex.load(tmp_path / "fresh")
-    assert resumed.tiles.pending == [] and resumed.files == fresh.files
-    assert resumed.tiles.windows == fresh.tiles.windows
-    torch.testing.assert_close(resumed.embeddings, fresh.embeddings, rtol=0, atol=1e-6)
+    assert resumed.manifest.pending == [] and index_files(resumed) == index_files(fresh)
+    assert index_windows(resumed) == index_windows(fresh)
+    torch.testing.assert_close(index_embeddings(resumed), index_embeddings(fresh), rtol=0, atol=1e-6)
 
 
 def test_bad_scene_arguments_are_one_line_errors(tmp_path, scenes, tiny_clip_dir, capsys):
@@ -273,9 +288,9 @@ def test_a_two_process_sharded_scene_index_equals_the_one_process_index(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count(f"2 scenes (2 tiled now: {WINDOWS} windows, {SKIPPED} without data") == 1
     sharded = ImageIndex.load(tmp_path / "i")
-    assert sharded.files == single.files and sharded.tiles.windows == single.tiles.windows
-    assert sharded.tiles.scenes == single.tiles.scenes
-    torch.testing.assert_close(sharded.embeddings, single.embeddings, rtol=0, atol=1e-5)
+    assert index_files(sharded) == index_files(single) and index_windows(sharded) == index_windows(single)
+    assert sharded.scenes == single.scenes
+    torch.testing.assert_close(index_embeddings(sharded), index_embeddings(single), rtol=0, atol=1e-5)
 
 
 def test_the_app_shows_each_hit_window_and_its_scene_with_the_windows_drawn(scene_index, scenes):
@@ -296,6 +311,14 @@ def test_the_app_shows_each_hit_window_and_its_scene_with_the_windows_drawn(scen
     column, row, width, height = (round(value * 1024 / 1200) for value in OBJECT_WINDOW)
     assert tuple(pixels[row + height // 2, column]) == (255, 40, 40)  # the window outlined in red
     assert len(page.shown(page.image_query(PIL.Image.open(scenes.parent / "query.png"), 3))) == 3
+    # the area box: only windows whose footprint meets it (here a box west of the object's window)
+    longitude, latitude = object_centre_lon_lat()
+    west_box = f"{longitude - 0.004},{latitude - 0.0002},{longitude - 0.0016},{latitude + 0.0002}"
+    gallery, summary, _ = page.text_query("a white cross", 3, west_box)
+    assert summary.startswith("3 best places") and all("utm.tif" in caption for _, caption in gallery)
+    assert not any("[x 672, y 336" in caption for _, caption in gallery)
+    with pytest.raises(SearchError, match="--bbox: expected minlon,minlat,maxlon,maxlat"):
+        page.text_query("a white cross", 3, "here")
 
 
 def test_in_a_browser_an_image_query_shows_windows_and_scene_overviews(scene_index, scenes, browser):
@@ -327,3 +350,118 @@ def test_rsitr_visualize_draws_the_windows_of_a_scene_index(scene_index, tmp_pat
     arguments = ["--index", str(scene_index), "--queries", str(tmp_path / "queries.tsv"), "--out"]
     assert visualize_main([*arguments, str(tmp_path / "grid.png")]) == 0
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_scene_index_is_geoparquet_and_exports_the_footprints_the_query_prints(
+    scene_index, scenes, tmp_path, capsys
+):
+    geopandas = pytest.importorskip("geopandas", reason="the GeoParquet check reads with GeoPandas")
+    import pyproj
+    import shapely
+
+    query = ["query", "--index", str(scene_index), "--image", str(scenes.parent / "query.png")]
+    assert main([*query, "--top_k", "80", "--max_overlap", "1", "--json", "-"]) == 0  # every window
+    hits = json.loads(capsys.readouterr().out)[0]["hits"]
+    out = tmp_path / "tiles.parquet"
+    assert main(["export", "--index", str(scene_index), str(out)]) == 0
+    assert "80 tiles of 2 scenes with their 24-dimensional embeddings (GeoParquet)" in capsys.readouterr().out
+    frame = geopandas.read_parquet(out)
+    assert frame.crs.equals(pyproj.CRS("OGC:CRS84")) and frame.geometry.name == "geometry"
+    index = ImageIndex.load(scene_index)
+    assert frame["scene"].tolist() == index_files(index) and len(frame) == 80
+    np.testing.assert_array_equal(np.stack(frame["embedding"]), index_embeddings(index).numpy())
+    rows = {(scene, (c, r, w, h)): geometry for scene, c, r, w, h, geometry in zip(
+        frame["scene"], frame["col_off"], frame["row_off"], frame["width"], frame["height"], frame.geometry,
+        strict=True)}  # fmt: skip
+    georeferenced = [hit for hit in hits if hit["footprint"] is not None]
+    assert georeferenced and len(georeferenced) < len(hits)  # both kinds of scene among the hits
+    for hit in hits:
+        geometry = rows[(Path(hit["path"]).name, tuple(hit["window"]))]
+        if hit["footprint"] is None:
+            assert geometry is None
+        else:
+            assert shapely.equals_exact(geometry, shapely.Polygon(hit["footprint"]), tolerance=0)
+    for box, geometry in zip(pq.read_table(out)["bbox"].to_pylist(), frame.geometry, strict=True):
+        bounds = None if box is None else (box["xmin"], box["ymin"], box["xmax"], box["ymax"])
+        assert bounds == (None if geometry is None else geometry.bounds)  # the bbox covering column
+    geo = json.loads(pq.read_schema(out).metadata[b"geo"])
+    assert geo["version"] == "1.1.0" and geo["columns"]["geometry"]["covering"]["bbox"]["xmin"] == [
+        "bbox",
+        "xmin",
+    ]
+    assert geo["columns"]["geometry"]["bbox"] == list(frame.geometry.total_bounds)
+    (shard_rows,) = scene_index.glob("shard-*/rows.parquet")  # each shard's table is GeoParquet itself
+    assert geopandas.read_parquet(shard_rows).geometry.equals(frame.geometry)
+
+
+def test_a_format_2_scene_index_is_converted_with_its_windows(tmp_path, scenes, scene_index, tiny_clip_dir):
+    index_dir = tmp_path / "index"
+    shutil.copytree(scene_index, index_dir)
+    built = ImageIndex.load(index_dir)
+    expected = (index_files(built), index_windows(built), index_embeddings(built), built.scenes)
+    write_format_2(index_dir, built)
+    update = build_index(scenes, index_dir, RetrievalModel(tiny_clip_dir), tiling=Tiling())
+    assert update.added == [] and not (index_dir / "index.json").exists()
+    converted = ImageIndex.load(index_dir)
+    assert (index_files(converted), index_windows(converted)) == expected[
+        :2
+    ] and converted.scenes == expected[3]
+    torch.testing.assert_close(index_embeddings(converted), expected[2], rtol=0, atol=0)
+    (shard_rows,) = index_dir.glob("shard-*/rows.parquet")
+    (original_rows,) = scene_index.glob("shard-*/rows.parquet")
+    assert pq.read_table(shard_rows).equals(pq.read_table(original_rows))  # footprints included
+
+
+def test_bbox_and_within_return_only_the_hits_whose_footprint_meets_the_area(
+    scene_index, scenes, tmp_path, capsys, monkeypatch
+):
+    pytest.importorskip("shapely", reason="spatial filters need shapely (pip install -e '.[scenes]')")
+    import shapely
+    import shapely.geometry
+
+    import rsitr_hf.search.index
+
+    longitude, latitude = object_centre_lon_lat()
+    box = f"{longitude - 0.0004},{latitude - 0.0002},{longitude + 0.0004},{latitude + 0.0002}"  # ~60 x 45 m
+    area = shapely.box(*(float(value) for value in box.split(",")))
+    query = ["query", "--index", str(scene_index), "--image", str(scenes.parent / "query.png")]
+    query += ["--top_k", "80", "--max_overlap", "1", "--json", "-"]
+    assert main(query) == 0
+    everything = json.loads(capsys.readouterr().out)[0]["hits"]
+    meeting = {
+        (hit["path"], tuple(hit["window"]))
+        for hit in everything
+        if hit["footprint"] is not None and shapely.intersects(shapely.Polygon(hit["footprint"]), area)
+    }
+    assert 1 < len(meeting) < 20  # a few windows of utm.tif; none of plain.png, which has no footprint
+
+    assert main([*query, "--bbox", box]) == 0
+    hits = json.loads(capsys.readouterr().out)[0]["hits"]
+    assert {(hit["path"], tuple(hit["window"])) for hit in hits} == meeting
+    assert tuple(hits[0]["window"]) == OBJECT_WINDOW and hits[0]["score"] == pytest.approx(1.0)
+    geojson = tmp_path / "area.geojson"
+    feature = {"type": "Feature", "properties": {}, "geometry": shapely.geometry.mapping(area)}
+    geojson.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    assert main([*query, "--within", str(geojson)]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["hits"] == hits
+    # through FAISS with an ID selector when the area holds more rows than exact scoring takes
+    flat = tmp_path / "flat"
+    shutil.copytree(scene_index, flat)
+    arguments = ["index", "--scenes", str(scenes), "--index", str(flat), "--ann", "flat"]
+    assert main([*arguments, "--model", ImageIndex.load(flat).model.base_model]) == 0
+    monkeypatch.setattr(rsitr_hf.search.index, "FILTER_EXACT_ROWS", 0)
+    capsys.readouterr()
+    assert main([*query[:2], str(flat), *query[3:], "--bbox", box]) == 0
+    assert {
+        (hit["path"], tuple(hit["window"])) for hit in json.loads(capsys.readouterr().out)[0]["hits"]
+    } == meeting
+
+    for bad, expected in [
+        (["--bbox", "1,2,3"], "--bbox: expected minlon,minlat,maxlon,maxlat (four numbers), got '1,2,3'"),
+        (["--bbox", "10,50,9,51"], "--bbox: expected -180 <= minlon < maxlon <= 180"),
+        (["--within", str(scenes.parent / "query.png")], "query.png: not a GeoJSON file of polygons"),
+    ]:
+        assert_one_line_error(capsys, main([*query, *bad]), expected)
+    points = tmp_path / "points.geojson"
+    points.write_text(json.dumps({"type": "Point", "coordinates": [longitude, latitude]}))
+    assert_one_line_error(capsys, main([*query, "--within", str(points)]), "no Polygon or MultiPolygon")

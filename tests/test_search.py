@@ -7,7 +7,14 @@ import sys
 
 import pytest
 import torch
-from conftest import HANG_TIMEOUT, TWO_PROCESS_LAUNCH, interrupted_embedding, subprocess_env
+from conftest import (
+    HANG_TIMEOUT,
+    TWO_PROCESS_LAUNCH,
+    index_embeddings,
+    index_files,
+    interrupted_embedding,
+    subprocess_env,
+)
 from peft import get_peft_model
 from transformers import CLIPModel
 
@@ -66,9 +73,9 @@ def test_index_embeds_recursively_and_updates_incrementally(
     assert len(files) == 13 and "more/copy.png" in files and "notes.txt" not in files
     assert update.added == files and update.total == 13
     index = ImageIndex.load(tmp_path / "index")
-    assert index.files == files and index.embeddings.shape == (13, 24)
+    assert index_files(index) == files and index_embeddings(index).shape == (13, 24)
     direct = model.embed_images([read_image(image_folder / name) for name in files])
-    torch.testing.assert_close(index.embeddings, direct, rtol=0, atol=1e-6)  # batching does not matter
+    torch.testing.assert_close(index_embeddings(index), direct, rtol=0, atol=1e-6)  # batching does not matter
 
     embedded = []
     original = RetrievalModel.embed_images
@@ -82,11 +89,14 @@ def test_index_embeds_recursively_and_updates_incrementally(
     assert sorted(update.added) == ["more/new_a.tif", "new_b.tif"] and update.removed == [files[2]]
     assert sum(embedded) == 2  # only the new images were embedded
     updated = ImageIndex.load(tmp_path / "index")
-    assert updated.files == [f for f in files if f != files[2]] + ["more/new_a.tif", "new_b.tif"]
+    assert index_files(updated) == [f for f in files if f != files[2]] + ["more/new_a.tif", "new_b.tif"]
     torch.testing.assert_close(
-        updated.embeddings[:12], index.embeddings[[i for i in range(13) if i != 2]], rtol=0, atol=0
+        index_embeddings(updated)[:12],
+        index_embeddings(index)[[i for i in range(13) if i != 2]],
+        rtol=0,
+        atol=0,
     )
-    torch.testing.assert_close(updated.embeddings[12], index.embeddings[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(index_embeddings(updated)[12], index_embeddings(index)[0], rtol=0, atol=1e-6)
 
 
 def test_text_and_image_queries_rank_by_cosine(tmp_path, image_folder, tiny_clip_dir, synthetic_dir, capsys):
@@ -95,9 +105,9 @@ def test_text_and_image_queries_rank_by_cosine(tmp_path, image_folder, tiny_clip
     index = ImageIndex.load(tmp_path / "index")
     query = "a dense residential area next to a river"
     hits = search_images(index, model, [query], k=4)[0]
-    cosine = (model.embed_texts([query]) @ index.embeddings.T)[0]
+    cosine = (model.embed_texts([query]) @ index_embeddings(index).T)[0]
     best = cosine.argsort(descending=True)[:4]
-    assert [hit.item for hit in hits] == [index.files[i] for i in best]
+    assert [hit.item for hit in hits] == [index_files(index)[i] for i in best]
     assert [hit.score for hit in hits] == pytest.approx(cosine[best].tolist(), abs=1e-6)
     assert [hit.rank for hit in hits] == [1, 2, 3, 4]
 
@@ -114,7 +124,7 @@ def test_text_and_image_queries_rank_by_cosine(tmp_path, image_folder, tiny_clip
     }
 
     captions_file = synthetic_dir / "test_caps.txt"
-    image = image_folder / index.files[0]
+    image = image_folder / index_files(index)[0]
     found = search_captions(model, image, captions_file.read_text().splitlines(), k=5)
     distinct = list(
         dict.fromkeys(line.strip() for line in captions_file.read_text().splitlines() if line.strip())
@@ -126,12 +136,12 @@ def test_text_and_image_queries_rank_by_cosine(tmp_path, image_folder, tiny_clip
     assert json.loads(capsys.readouterr().out)[0]["hits"][0]["caption"] == found[0].item
 
     # image -> images: the nearest indexed images by cosine, the query image itself first
-    probe = image_folder / index.files[-1]  # not the image that more/copy.png duplicates
+    probe = image_folder / index_files(index)[-1]  # not the image that more/copy.png duplicates
     assert main(["query", "--index", str(tmp_path / "index"), "--image", str(probe), "--top_k", "3",
                  "--json", "-"]) == 0  # fmt: skip
     nearest = [hit["path"] for hit in json.loads(capsys.readouterr().out)[0]["hits"]]
-    cosine = (model.embed_images([read_image(probe)]) @ index.embeddings.T)[0]
-    assert nearest == [str(image_folder / index.files[i]) for i in cosine.argsort(descending=True)[:3]]
+    cosine = (model.embed_images([read_image(probe)]) @ index_embeddings(index).T)[0]
+    assert nearest == [str(image_folder / index_files(index)[i]) for i in cosine.argsort(descending=True)[:3]]
     assert nearest[0] == str(probe)
 
 
@@ -192,15 +202,15 @@ def test_grids_from_an_index_and_from_a_split(tmp_path, synthetic_dir, tiny_clip
 
 
 def test_an_interrupted_index_keeps_its_work(tmp_path, image_folder, tiny_clip_dir, monkeypatch):
-    import rsitr_hf.search.index
+    import rsitr_hf.search.update
 
-    monkeypatch.setattr(rsitr_hf.search.index, "SAVE_EVERY_SECONDS", 0)
+    monkeypatch.setattr(rsitr_hf.search.update, "SAVE_EVERY_SECONDS", 0)
     model = RetrievalModel(tiny_clip_dir)
     restore = interrupted_embedding(model, after_batches=2)
     with pytest.raises(KeyboardInterrupt):
         build_index(image_folder, tmp_path / "index", model, batch_size=4)
     partial = ImageIndex.load(tmp_path / "index")
-    assert partial.files == list_images(image_folder)[:8] and partial.embeddings.shape[0] == 8
+    assert index_files(partial) == list_images(image_folder)[:8] and index_embeddings(partial).shape[0] == 8
     restore()
     update = build_index(image_folder, tmp_path / "index", model, batch_size=4)
     assert update.added == list_images(image_folder)[8:] and update.total == 13
@@ -227,9 +237,9 @@ def test_a_two_process_sharded_index_equals_the_one_process_index(tmp_path, imag
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("13 images (13 embedded now, 0 gone; FAISS index: built Flat)") == 1
     single, sharded = ImageIndex.load(tmp_path / "single"), ImageIndex.load(tmp_path / "sharded")
-    assert sharded.files == single.files == list_images(image_folder)
+    assert index_files(sharded) == index_files(single) == list_images(image_folder)
     assert sharded.root == single.root and sharded.model.matches(single.model)  # within float tolerance
-    torch.testing.assert_close(sharded.embeddings, single.embeddings, rtol=0, atol=1e-5)
+    torch.testing.assert_close(index_embeddings(sharded), index_embeddings(single), rtol=0, atol=1e-5)
     assert len(sharded.ann) == 13
     layout = sorted(path.name.split("-")[0] for path in (tmp_path / "sharded").iterdir())
     assert layout == sorted(path.name.split("-")[0] for path in (tmp_path / "single").iterdir())

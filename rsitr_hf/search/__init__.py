@@ -6,17 +6,10 @@ from ..evaluation.inference import ModelIdentity, RetrievalModel, load_adapter
 from .ann import ANNConfig, ANNIndex
 from .cli import main
 from .errors import SearchError
-from .index import (
-    ImageIndex,
-    IndexUpdate,
-    build_index,
-    list_images,
-    model_mismatch,
-    open_index,
-    read_image,
-)
+from .index import ImageIndex, list_images, model_mismatch, open_index, read_image
 from .query import Hit, hits_geojson, nearest_images, search_captions, search_images, similar_images
 from .scenes import SceneInfo, Tiling
+from .update import IndexUpdate, build_index, compact
 
 __all__ = [
     "ANNConfig",
@@ -30,6 +23,7 @@ __all__ = [
     "SearchError",
     "Tiling",
     "build_index",
+    "compact",
     "hits_geojson",
     "list_images",
     "load_adapter",

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -30,6 +32,49 @@ EXACT_BLOCK = 32_768  # rows scored per step of exact search (Q x 32,768 scores 
 
 def require_faiss():
     return require("faiss", "approximate search", "faiss-cpu", "search")
+
+
+class Vectors(Protocol):
+    """Unit vectors by id, as an index's store serves them (:class:`rsitr_hf.search.store.StoreVectors`)
+    or an array does (:class:`ArrayVectors`): read a block or a few rows at a time, never whole."""
+
+    dim: int
+
+    def __len__(self) -> int: ...
+
+    def ids(self) -> np.ndarray: ...
+
+    def take(self, ids: np.ndarray) -> np.ndarray: ...
+
+    def blocks(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+
+
+class ArrayVectors:
+    """The rows of an ``(N, D)`` array as vectors with ids ``ids`` (default ``0 .. N - 1``, increasing)."""
+
+    def __init__(self, array: np.ndarray, ids: np.ndarray | None = None):
+        self.array, self.dim = array, array.shape[1]
+        self._ids = np.arange(len(array), dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def ids(self) -> np.ndarray:
+        return self._ids
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(self.array[np.searchsorted(self._ids, ids)], dtype=np.float32)
+
+    def blocks(self, size: int = EXACT_BLOCK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(self.array), size):
+            yield (
+                self._ids[start : start + size],
+                np.asarray(self.array[start : start + size], dtype=np.float32),
+            )
+
+
+def as_vectors(vectors: Vectors | np.ndarray) -> Vectors:
+    return ArrayVectors(vectors) if isinstance(vectors, np.ndarray) else vectors
 
 
 @dataclass
@@ -157,39 +202,41 @@ class ANNIndex:
         self.config = config
         self.factory = factory
         self.calibration = calibration
-        self.vectors: np.ndarray | None = None  # full precision, row i = id i: re-ranks a quantised index
+        self.vectors: Vectors | None = None  # full precision by id: re-ranks a quantised index
+        self.excluded: np.ndarray | None = None  # ids never returned (rows deleted since they were added)
         self.rerank = (calibration.rerank if calibration else None) or config.rerank or config.max_rerank
         self.set_search_value(self.search_value())
 
     @classmethod
     def build(
-        cls, embeddings: np.ndarray, config: ANNConfig | None = None, queries: np.ndarray | None = None
+        cls, vectors: Vectors | np.ndarray, config: ANNConfig | None = None, queries: np.ndarray | None = None
     ) -> ANNIndex:
-        """A FAISS index of ``embeddings`` (``(N, D)`` unit vectors, row ``i`` = id ``i``); an IVF or HNSW one
-        is calibrated on a held-out sample of them (:meth:`calibrate`) before the sample goes in."""
+        """A FAISS index of ``vectors`` (unit vectors by id: a store's, or an array's rows as ids ``0 ..
+        N - 1``), read block by block; an IVF or HNSW one is calibrated on a held-out sample of them
+        (:meth:`calibrate`) before the sample goes in."""
         faiss = require_faiss()
         from datasets.search import FaissIndex
 
         config = config or ANNConfig()
-        vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
-        factory = config.factory(len(vectors), vectors.shape[1])
+        vectors = as_vectors(vectors)
+        factory = config.factory(len(vectors), vectors.dim)
         if ",PQ" in factory and len(vectors) < 256:
             raise InputError(
                 f"ann kind ivfpq: needs at least 256 vectors to train its codebooks, got {len(vectors)}"
             )
-        # HNSW numbers its vectors in the order they come; an id map keeps row i as id i when the held-out
-        # calibration sample goes in last (IVF stores the ids it is given)
-        structure = f"IDMap2,{factory}" if factory.startswith("HNSW") else factory
-        index = faiss.index_factory(vectors.shape[1], structure, faiss.METRIC_INNER_PRODUCT)
+        # the ids are row ids: IVF stores those it is given, the others are wrapped in an id map
+        structure = factory if factory.startswith("IVF") else f"IDMap2,{factory}"
+        index = faiss.index_factory(vectors.dim, structure, faiss.METRIC_INNER_PRODUCT)
         if ",PQ" in factory:  # polysemous codes serve a Hamming pre-filter, which search does not use
             faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
         if not index.is_trained:  # IVF: k-means on a seeded sample (datasets would take the first rows)
             wanted = TRAINING_POINTS_PER_LIST * config.lists_for(len(vectors))
             wanted = max(wanted, PQ_TRAINING_POINTS) if ",PQ" in factory else wanted
-            rows = np.random.default_rng(config.seed).permutation(len(vectors))[:wanted]
-            index.train(vectors[np.sort(rows)])
+            ids = vectors.ids()
+            sample = np.sort(np.random.default_rng(config.seed).permutation(len(ids))[:wanted])
+            index.train(vectors.take(ids[sample]))
         built = cls(FaissIndex(custom_index=index), config, factory)
-        built.add(vectors, all_embeddings=vectors, queries=queries)
+        built.add(vectors, store=vectors, queries=queries)
         return built
 
     def can_extend(self, config: ANNConfig, num_vectors: int) -> bool:
@@ -200,42 +247,40 @@ class ANNIndex:
 
     def add(
         self,
-        embeddings: np.ndarray,
-        all_embeddings: np.ndarray | None = None,
+        new: Vectors | np.ndarray,
+        store: Vectors | np.ndarray | None = None,
         queries: np.ndarray | None = None,
     ) -> None:
-        """Append ``(M, D)`` vectors as ids ``len(self)`` to ``len(self) + M - 1`` (IVF keeps its lists).
-        Given ``all_embeddings`` (every vector indexed once these are in), an IVF or HNSW index holds a seeded
-        sample of the new vectors out, calibrates on it and on ``queries`` (real text queries' embeddings,
-        when given; :meth:`calibrate`), then adds it; with fewer than ``MIN_NEW_FOR_CALIBRATION`` new vectors
-        its measured setting stands."""
-        vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
-        first = len(self)
-        if self.parameter is None:  # exact: FAISS numbers the rows itself
-            self.index.add_vectors(vectors, batch_size=ADD_BLOCK)
-            return
-        ids = np.arange(first, first + len(vectors), dtype=np.int64)
-        held_out = np.zeros(len(vectors), dtype=bool)
-        if all_embeddings is not None and len(vectors) >= MIN_NEW_FOR_CALIBRATION:
-            count = min(self.config.calibration_queries, len(vectors) // 10)
+        """Add the vectors ``new`` under their ids (an array: ids ``len(self)`` on), a block at a time (a
+        memory-mapped store is read as it goes, never copied whole). Given ``store`` (every vector indexed
+        once these are in), an IVF or HNSW index holds a seeded sample of the new vectors out, calibrates on
+        it and on ``queries`` (real text queries' embeddings, when given; :meth:`calibrate`), then adds it;
+        with fewer than ``MIN_NEW_FOR_CALIBRATION`` new vectors its measured setting stands."""
+        if isinstance(new, np.ndarray):
+            new = ArrayVectors(new, np.arange(len(self), len(self) + len(new), dtype=np.int64))
+        store = None if store is None else as_vectors(store)
+        held_out = np.empty(0, dtype=np.int64)
+        if store is not None and self.parameter is not None and len(new) >= MIN_NEW_FOR_CALIBRATION:
+            count = min(self.config.calibration_queries, len(new) // 10)
             rng = np.random.default_rng(self.config.seed)
-            held_out[rng.choice(len(vectors), count, replace=False)] = True
-        self.add_with_ids(vectors, ids, ~held_out)
-        if all_embeddings is not None:
-            self.vectors = all_embeddings
-        if held_out.any():
-            self.calibrate(vectors[held_out], np.asarray(all_embeddings), ids[held_out], queries)
-        self.add_with_ids(vectors[held_out], ids[held_out])
+            held_out = np.sort(new.ids()[rng.choice(len(new), count, replace=False)])
+        for ids, block in new.blocks(ADD_BLOCK):
+            keep = ~np.isin(ids, held_out)
+            self.index.faiss_index.add_with_ids(np.ascontiguousarray(block[keep]), ids[keep])
+        if store is not None:
+            self.vectors = store
+        if len(held_out):
+            held_out_vectors = store.take(held_out)
+            self.calibrate(held_out_vectors, store, held_out, queries)
+            self.index.faiss_index.add_with_ids(held_out_vectors, held_out)
 
-    def add_with_ids(self, vectors: np.ndarray, ids: np.ndarray, chosen: np.ndarray | None = None) -> None:
-        """Add the rows of ``vectors`` (those ``chosen``, by default all) as ``ids``, a block at a time: a
-        memory-mapped array is read as it goes, never copied whole."""
-        for start in range(0, len(vectors), ADD_BLOCK):
-            block, block_ids = vectors[start : start + ADD_BLOCK], ids[start : start + ADD_BLOCK]
-            if chosen is not None:
-                keep = chosen[start : start + ADD_BLOCK]
-                block, block_ids = block[keep], block_ids[keep]
-            self.index.faiss_index.add_with_ids(np.ascontiguousarray(block, dtype=np.float32), block_ids)
+    def remove(self, ids: np.ndarray) -> bool:
+        """Remove ``ids`` from the index; ``False`` when this index type cannot (HNSW: build it again)."""
+        if self.factory.startswith("HNSW"):
+            return False
+        faiss = require_faiss()
+        self.index.faiss_index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64)))
+        return True
 
     def summary(self) -> str:
         """The index type and what it measured of its recall, for a header (``FAISS `IVF1024,Flat`, recall@10
@@ -267,9 +312,7 @@ class ANNIndex:
         return (self.config.ef_search or 128) if self.parameter == "efSearch" else None
 
     def set_search_value(self, value: int | None) -> None:
-        if self.parameter is not None:
-            faiss = require_faiss()
-            faiss.ParameterSpace().set_index_parameter(self.index.faiss_index, self.parameter, value)
+        self.value = value  # given to FAISS with each search (search_parameters)
 
     def candidate_values(self) -> list[int]:
         """The settings calibration tries, increasing: the config's fixed value alone, or powers of two up to
@@ -288,12 +331,12 @@ class ANNIndex:
     def calibrate(
         self,
         queries: np.ndarray,
-        embeddings: np.ndarray,
+        embeddings: Vectors,
         held_out: np.ndarray,
         text_queries: np.ndarray | None = None,
     ) -> Calibration:
-        """Measure the recall@k of this index against exact search for ``queries``, the rows ``held_out`` of
-        ``embeddings`` (row ``i`` = id ``i``), over the other rows, which the index holds now, and search with
+        """Measure the recall@k of this index against exact search for ``queries``, the vectors of ids
+        ``held_out`` of ``embeddings``, over the other vectors, which the index holds now, and search with
         the smallest setting that reaches the target (:func:`smallest_reaching`; the largest tried when none
         does; the config's when it fixes one). A quantised index chooses its ``nprobe`` by the share of true
         neighbours in the lists it probes (:meth:`coarse_recall`, which bounds what re-ranking can find;
@@ -307,7 +350,7 @@ class ANNIndex:
         held_out_queries = len(queries)
         if text_queries is not None and len(text_queries):
             queries = np.concatenate([queries, np.asarray(text_queries, dtype=np.float32)])
-        truth = exact_neighbours(queries, embeddings, held_out, k)
+        truth = exact_neighbours(queries, embeddings, k, held_out)
         groups = [slice(0, held_out_queries), slice(held_out_queries, len(queries))]
 
         def recall(shares: np.ndarray) -> float:  # the lower of the two groups' mean (an empty one: none)
@@ -354,12 +397,11 @@ class ANNIndex:
         """The IVF index's quantizer: the lists' centroids."""
         return require_faiss().extract_index_ivf(self.index.faiss_index).quantizer
 
-    def lists_of(self, embeddings: np.ndarray, truth: np.ndarray) -> np.ndarray:
-        """``(Q, k)``: the IVF list of each true neighbour (a row of ``embeddings``) in ``truth``; each
-        distinct row is read once."""
-        rows = np.unique(truth)
-        vectors = np.ascontiguousarray(embeddings[rows], dtype=np.float32)
-        return self.coarse_quantizer.assign(vectors, 1).ravel()[np.searchsorted(rows, truth)]
+    def lists_of(self, embeddings: Vectors, truth: np.ndarray) -> np.ndarray:
+        """``(Q, k)``: the IVF list of each true neighbour (an id of ``embeddings``) in ``truth``; each
+        distinct vector is read once."""
+        ids = np.unique(truth)
+        return self.coarse_quantizer.assign(embeddings.take(ids), 1).ravel()[np.searchsorted(ids, truth)]
 
     def coarse_recall(self, queries: np.ndarray, true_lists: np.ndarray, nprobe: int) -> np.ndarray:
         """``(Q,)``: the share of each query's true neighbours (their lists: ``true_lists``) that lie in the
@@ -374,17 +416,42 @@ class ANNIndex:
     def quantised(self) -> bool:
         return ",PQ" in self.factory
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores, rows)``, each ``(Q, k)``, best first (rows of -1 where fewer than ``k`` were found). A
-        quantised index re-ranks ``self.rerank * k`` candidates by their full-precision ``vectors`` (the
-        scores are then exact inner products), when it has them."""
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, ids)``, each ``(Q, k)``, best first (ids of -1 where fewer than ``k`` were found), never
+        an id of ``excluded`` and, given ``allowed``, only those ids (FAISS tests each id against an ID
+        selector while it searches). A quantised index re-ranks ``self.rerank * k`` candidates by their
+        full-precision ``vectors`` (the scores are then exact inner products), when it has them."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         wanted = min(k * self.rerank if self.quantised and self.vectors is not None else k, len(self))
-        result = self.index.search_batch(queries, k=wanted)
-        scores, rows = np.asarray(result.total_scores), np.asarray(result.total_indices)
+        parameters = self.search_parameters(allowed)
+        scores, ids = self.index.faiss_index.search(queries, max(wanted, 1), params=parameters)
         if wanted == k or not self.quantised:
-            return scores, rows
-        return reranked(queries, rows, self.vectors, k)
+            return scores[:, :k], ids[:, :k]
+        return reranked(queries, ids, self.vectors, k)
+
+    def search_parameters(self, allowed: np.ndarray | None = None):
+        """FAISS's search parameters: the calibrated setting, and a selector keeping only ``allowed`` (which
+        holds no excluded id) or leaving ``excluded`` out."""
+        faiss = require_faiss()
+        selector = None
+        if allowed is not None:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+        elif self.excluded is not None and len(self.excluded):
+            batch = faiss.IDSelectorBatch(np.ascontiguousarray(self.excluded, dtype=np.int64))
+            selector = faiss.IDSelectorNot(batch)
+            selector.referenced = batch  # FAISS does not own it: keep it alive as long as the selector
+        if self.parameter == "nprobe":
+            parameters = faiss.SearchParametersIVF(nprobe=self.value)
+        elif self.parameter == "efSearch":
+            parameters = faiss.SearchParametersHNSW(efSearch=self.value)
+        else:
+            parameters = faiss.SearchParameters()
+        if selector is not None:
+            parameters.sel = selector
+            parameters.referenced = selector
+        return parameters
 
     def save(self, path: str | os.PathLike) -> dict:
         """Write the index to ``path``; returns its settings (config, factory and calibration), to be stored
@@ -434,39 +501,49 @@ def powers_of_two(low: int, high: int) -> list[int]:
     return values or [high]
 
 
-def exact_neighbours(
-    queries: np.ndarray, embeddings: np.ndarray, excluded: np.ndarray | None = None, k: int = 10
-) -> np.ndarray:
-    """``(Q, k)``: the rows of ``embeddings`` (all but the rows ``excluded``) with the ``k`` highest inner
-    products with each query, in no particular order. One pass over ``embeddings``, ``EXACT_BLOCK`` rows at a
-    time, keeping each query's best ``k`` so far: a memory-mapped array larger than memory is read once."""
+def exact_top_k(
+    queries: np.ndarray, blocks: Iterator[tuple[np.ndarray, np.ndarray]], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, ids)``, each ``(Q, k)``, best first (ids of -1 where fewer than ``k`` exist): the ``k``
+    highest inner products of each query with the vectors of ``blocks`` (``(ids, (n, D))``), read once,
+    keeping each query's best ``k`` so far: a memory-mapped store larger than memory is read once."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    excluded = np.sort(np.asarray([] if excluded is None else excluded, dtype=np.int64))
     best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    best_rows = np.full((len(queries), k), -1, dtype=np.int64)
-    for start in range(0, len(embeddings), EXACT_BLOCK):
-        block = np.asarray(embeddings[start : start + EXACT_BLOCK], dtype=np.float32)
-        scores = queries @ block.T
-        inside = excluded[np.searchsorted(excluded, start) : np.searchsorted(excluded, start + len(block))]
-        scores[:, inside - start] = -np.inf
-        scores = np.concatenate([best_scores, scores], axis=1)
-        rows = np.concatenate(
-            [best_rows, np.broadcast_to(np.arange(start, start + len(block)), (len(queries), len(block)))],
-            axis=1,
-        )
+    best_ids = np.full((len(queries), k), -1, dtype=np.int64)
+    for ids, block in blocks:
+        scores = np.concatenate([best_scores, queries @ block.T], axis=1)
+        candidates = np.concatenate([best_ids, np.broadcast_to(ids, (len(queries), len(ids)))], axis=1)
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        best_scores, best_rows = np.take_along_axis(scores, top, 1), np.take_along_axis(rows, top, 1)
-    return best_rows
+        best_scores, best_ids = np.take_along_axis(scores, top, 1), np.take_along_axis(candidates, top, 1)
+    order = np.argsort(-best_scores, axis=1, kind="stable")
+    scores, ids = np.take_along_axis(best_scores, order, 1), np.take_along_axis(best_ids, order, 1)
+    ids[np.isneginf(scores)] = -1
+    return scores, ids
 
 
-def reranked(queries: np.ndarray, candidates: np.ndarray, vectors: np.ndarray, k: int):
-    """``(scores, rows)`` of the ``k`` of each query's ``candidates`` (``-1``: none) with the highest inner
-    products with its full-precision row of ``vectors`` (read row by row: a memory map stays on disk)."""
+def exact_neighbours(
+    queries: np.ndarray, vectors: Vectors | np.ndarray, k: int = 10, excluded: np.ndarray | None = None
+) -> np.ndarray:
+    """``(Q, k)``: the ids of the vectors (all but those ``excluded``) with the ``k`` highest inner
+    products with each query (:func:`exact_top_k`)."""
+    excluded = np.asarray([] if excluded is None else excluded, dtype=np.int64)
+
+    def kept_blocks():
+        for ids, block in as_vectors(vectors).blocks(EXACT_BLOCK):
+            keep = ~np.isin(ids, excluded)
+            yield ids[keep], block[keep]
+
+    return exact_top_k(queries, kept_blocks(), k)[1]
+
+
+def reranked(queries: np.ndarray, candidates: np.ndarray, vectors: Vectors, k: int):
+    """``(scores, ids)`` of the ``k`` of each query's ``candidates`` (``-1``: none) with the highest inner
+    products with its full-precision vector (read vector by vector: a memory map stays on disk)."""
     scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     rows = np.full((len(queries), k), -1, dtype=np.int64)
     for i, (query, found) in enumerate(zip(queries, candidates, strict=True)):
         found = np.unique(found[found >= 0])  # sorted: the reads run forward through the file
-        exact = np.asarray(vectors[found], dtype=np.float32) @ query
+        exact = vectors.take(found) @ query
         best = np.argsort(-exact, kind="stable")[:k]
         scores[i, : len(best)], rows[i, : len(best)] = exact[best], found[best]
     return scores, rows

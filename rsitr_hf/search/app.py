@@ -36,6 +36,7 @@ from .errors import SearchError
 from .index import ImageIndex, index_model, model_mismatch
 from .query import Hit, hit_image, search_images, similar_images
 from .scenes import outline_windows, scene_overview
+from .spatial import Area, bbox_area
 
 THUMBNAIL_SIZE = 256  # the longer side of gallery images, in pixels
 MAX_TOP_K = 50
@@ -78,28 +79,30 @@ class SearchPage:
 
     def header(self) -> str:
         """Markdown naming the model, the index and its search backend."""
-        backend = self.index.ann.summary() if self.index.ann is not None else "exact search"
+        backend = self.index.backend()
         return (
             f"## rsitr-app: search {self.index.describe()}\n"
             f"**Model:** {self.model.identity.describe()}  \n"
-            f"**Index:** `{self.index_dir}` ({'images' if self.index.tiles is None else 'scenes'} under "
+            f"**Index:** `{self.index_dir}` ({'images' if self.index.tiling is None else 'scenes'} under "
             f"`{self.index.root}`, {backend})"
         )
 
-    def text_query(self, query: str, top_k: int) -> Answer:
-        """The answer to a text query: the ``top_k`` best images, captioned with rank, file and score."""
+    def text_query(self, query: str, top_k: int, bbox: str = "") -> Answer:
+        """The answer to a text query: the ``top_k`` best images, captioned with rank, file and score (in a
+        scene index, only windows meeting ``bbox``, ``minlon,minlat,maxlon,maxlat``, when given)."""
         self.check_usable()
         started = time.perf_counter()
-        hits = search_images(self.index, self.model, [query], int(top_k))[0]
+        hits = search_images(self.index, self.model, [query], int(top_k), area=area_of(bbox))[0]
         return self.answer(hits, f"“{query}”", started)
 
-    def image_query(self, image: PIL.Image.Image | None, top_k: int) -> Answer:
-        """The answer to an image query: the ``top_k`` nearest indexed images."""
+    def image_query(self, image: PIL.Image.Image | None, top_k: int, bbox: str = "") -> Answer:
+        """The answer to an image query: the ``top_k`` nearest indexed images (``bbox``: as for text)."""
         self.check_usable()
         if image is None:
             raise SearchError("upload an image to search with")
         started = time.perf_counter()
-        return self.answer(similar_images(self.index, self.model, image, int(top_k)), "the image", started)
+        hits = similar_images(self.index, self.model, image, int(top_k), area=area_of(bbox))
+        return self.answer(hits, "the image", started)
 
     def check_usable(self) -> None:
         if self.problem is not None:
@@ -111,9 +114,9 @@ class SearchPage:
             image = hit_image(self.index, hit)
             image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
             gallery.append((image, f"{hit.rank}. {hit.describe()} ({hit.score:.3f})"))
-        scenes = None if self.index.tiles is None else self.scene_views(hits)
+        scenes = None if self.index.tiling is None else self.scene_views(hits)
         seconds = time.perf_counter() - started
-        best = "best" if self.index.tiles is None else "best places"
+        best = "best" if self.index.tiling is None else "best places"
         summary = f"{len(hits)} {best} of {self.index.describe()} for {query} ({1000 * seconds:.0f} ms)"
         return Answer(gallery, summary, scenes)
 
@@ -121,7 +124,7 @@ class SearchPage:
         """For each scene with hits (in order of its best): its overview with the hits' windows outlined."""
         views = []
         for scene in dict.fromkeys(hit.item for hit in hits):
-            info = self.index.tiles.scenes[scene]
+            info = self.index.scenes[scene]
             if scene not in self.overviews:
                 self.overviews[scene] = scene_overview(Path(self.index.root) / scene, info)
             windows = [(str(hit.rank), hit.window) for hit in hits if hit.item == scene]
@@ -131,7 +134,25 @@ class SearchPage:
 
     def shown(self, answer: Answer) -> tuple:
         """The answer as the page's outputs: with the scene overviews for a scene index."""
-        return tuple(answer) if self.index.tiles is not None else tuple(answer[:2])
+        return tuple(answer) if self.index.tiling is not None else tuple(answer[:2])
+
+
+def area_of(bbox: str) -> Area | None:
+    """The page's area box (``minlon,minlat,maxlon,maxlat``) as an area; empty: none."""
+    if not bbox or not bbox.strip():
+        return None
+    try:
+        return bbox_area(bbox.strip())
+    except InputError as error:  # shown on the page
+        raise SearchError(str(error)) from None
+
+
+def area_box(gradio, page: SearchPage, elem_id: str) -> list:
+    """For a scene index, a box for an area the hits must meet; else none."""
+    if page.index.tiling is None:
+        return []
+    label = "Area: minlon,minlat,maxlon,maxlat (WGS84; empty: everywhere)"
+    return [gradio.Textbox(label=label, elem_id=elem_id, interactive=page.problem is None)]
 
 
 def shown_as_page_error(function, shown=lambda answer: answer):
@@ -150,7 +171,7 @@ def shown_as_page_error(function, shown=lambda answer: answer):
 
 def scene_gallery(gradio, page: SearchPage, elem_id: str) -> list:
     """For a scene index, the gallery of scene overviews (hits outlined) below the hits; else none."""
-    if page.index.tiles is None:
+    if page.index.tiling is None:
         return []
     return [gradio.Gallery(label="Where in the scenes", columns=2, height="auto", elem_id=elem_id)]
 
@@ -175,6 +196,7 @@ def build_app(page: SearchPage, top_k: int = 12):
                     interactive=usable,
                 )
                 text_k = gradio.Slider(1, MAX_TOP_K, value=top_k, step=1, label="Results", interactive=usable)
+            text_area = area_box(gradio, page, "text_bbox")
             search = gradio.Button("Search", variant="primary", elem_id="search_text", interactive=usable)
             text_summary = gradio.Markdown(elem_id="text_summary")
             text_results = gradio.Gallery(
@@ -183,7 +205,7 @@ def build_app(page: SearchPage, top_k: int = 12):
             gradio.on(
                 [query.submit, search.click],
                 shown_as_page_error(page.text_query, page.shown),
-                [query, text_k],
+                [query, text_k, *text_area],
                 [text_results, text_summary, *scene_gallery(gradio, page, "text_scenes")],
                 api_name="search_text",
             )
@@ -195,6 +217,7 @@ def build_app(page: SearchPage, top_k: int = 12):
                 image_k = gradio.Slider(
                     1, MAX_TOP_K, value=top_k, step=1, label="Results", interactive=usable
                 )
+            image_area = area_box(gradio, page, "image_bbox")
             similar = gradio.Button(
                 "Find similar", variant="primary", elem_id="search_image", interactive=usable
             )
@@ -204,7 +227,7 @@ def build_app(page: SearchPage, top_k: int = 12):
             )
             similar.click(
                 shown_as_page_error(page.image_query, page.shown),
-                [image, image_k],
+                [image, image_k, *image_area],
                 [image_results, image_summary, *scene_gallery(gradio, page, "image_scenes")],
                 api_name="search_image",
             )

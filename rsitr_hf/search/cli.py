@@ -7,44 +7,54 @@
     rsitr-search query --index INDEX_DIR --text "many planes parked at the airport" [--text ...] [--top_k 5]
     rsitr-search query --index INDEX_DIR --image PATH [--captions CAPTIONS.txt] [--top_k 5]
         [--model BASE --adapter ADAPTER] [--json FILE|-] [--geojson FILE] [--max_overlap 0]
+        [--bbox MINLON,MINLAT,MAXLON,MAXLAT | --within AREA.geojson]
+    rsitr-search compact --index INDEX_DIR
+    rsitr-search export --index INDEX_DIR OUT.parquet
 
 ``index`` embeds every image under IMAGE_DIR (recursively; ``.jpg/.jpeg/.png/.tif/.tiff/.bmp/.webp``) with the
-base CLIP model (a folder or Hub id) and optional PEFT adapter (a folder or Hub id), and saves INDEX_DIR:
-``embeddings-<id>.safetensors`` (``image_embeds``: ``(N, D)`` unit vectors, float32) and ``index.json`` (the
-image folder, the files relative to it in row order, the model's identity and the embeddings file's name).
-Run again on the same folder, it embeds only the images that are new and drops the ones that are gone.
+base CLIP model (a folder or Hub id) and optional PEFT adapter (a folder or Hub id) into INDEX_DIR, an
+append-only store (:mod:`rsitr_hf.search.store`): shards of embeddings (``(N, D)`` unit vectors, float32, or
+float16 with ``--dtype float16``) each with a Parquet table of its rows, listed by ``manifest.json`` (the
+image folder, the model's identity, the shards). Run again on the same folder, it embeds only the images
+that are new, into new shards, and records the ones that are gone as deletions; ``compact`` rewrites the
+shards that have deletions. ``export`` writes the rows and their embeddings as one Parquet file
+(GeoParquet for a scene index). An index of rsitr_hf 0.2 (``index.json``) is converted by its next
+update.
 
 Above 100,000 images (``--ann auto``), or whenever ``--ann flat|ivf|hnsw`` asks, a FAISS index over the
 embeddings (:mod:`rsitr_hf.search.ann`) is made at the end of the run and saved as ``ann-<id>.faiss``,
-named in ``index.json``; queries then go through it. ``--ann exact`` never uses FAISS. A run that only
-adds images extends the FAISS index (IVF keeps its trained lists); one that drops images, or whose size
-calls for another index type (``auto`` crossing 100,000; IVF's list count doubling when the size
-quadruples), rebuilds it. An IVF or HNSW index measures its own recall@10 against exact search whenever it
-is built or extended (up to 1,000 of the vectors added, drawn seeded and held out of it as queries) and
-searches with the smallest ``nprobe`` / ``efSearch`` that reaches ``--target_recall``, or says plainly that
-none does; the figure is printed, stored in ``index.json`` and shown by ``rsitr-app``.
-``--calibration_texts FILE`` adds real text queries (one per line) to that measurement.
+named in the manifest; queries then go through it (rows deleted since are left out as FAISS searches, rows
+added since are searched exactly). ``--ann exact`` never uses FAISS. A run that adds or drops images extends
+the FAISS index (IVF keeps its trained lists); one whose size calls for another index type (``auto``
+crossing 100,000; IVF's list count doubling when the size quadruples) builds it again. An IVF or HNSW index
+measures its own recall@10 against exact search whenever it is built or extended (up to 1,000 of the
+vectors added, drawn seeded and held out of it as queries) and searches with the smallest ``nprobe`` /
+``efSearch`` that reaches ``--target_recall``, or says plainly that none does; the figure is printed, stored
+in the manifest and shown by ``rsitr-app``. With ``--ann auto``, an index that cannot reach the target is
+not used: search is exact, and the output and the app say why. ``--calibration_texts FILE`` adds real text
+queries (one per line) to that measurement.
 
 ``index --scenes SCENE_DIR`` indexes large scenes (GeoTIFF, or any large image GDAL reads) instead: each
 is cut into square windows of ``--tile`` every ``--stride`` (pixels, or metres with ``--tile_unit metres``
 for scenes in a projected CRS), read window by window (never a whole scene in memory), and every window
-with valid pixels is a row; ``index.json`` also keeps each scene's size, bands, value scaling, CRS and
-geotransform and each row's window (:mod:`rsitr_hf.search.scenes` says how bands, bit depths and nodata
-are read). A query then answers with windows: the scene, the pixel window and, for a georeferenced scene,
-its footprint in WGS84; windows overlapping a better hit of their scene (by more than ``--max_overlap``,
-intersection over union) are dropped, so the top-k are k places. ``--geojson FILE`` writes the hits as a
-GeoJSON FeatureCollection (one polygon per hit with query, rank, score, scene and window), which QGIS opens.
+with valid pixels is a row; the shards also keep each scene's size, bands, value scaling, CRS and
+geotransform, and each row's window and footprint (:mod:`rsitr_hf.search.scenes` says how bands, bit
+depths and nodata are read). A query then answers with windows: the scene, the pixel window and, for a
+georeferenced scene, its footprint in WGS84; windows overlapping a better hit of their scene (by more than
+``--max_overlap``, intersection over union) are dropped, so the top-k are k places. ``--geojson FILE`` writes
+the hits as a GeoJSON FeatureCollection (one polygon per hit with query, rank, score, scene and window),
+which QGIS opens.
 Needs rasterio (``pip install -e ".[scenes]"``).
 
 Embedding can be spread over processes (GPUs or nodes) with ``accelerate launch -m rsitr_hf.search index
-...``: batches are dealt out in turn, the main process gathers them in order and saves one index, equal to
-a one-process build. The embeddings so far are saved every ``SAVE_EVERY_SECONDS`` (5 minutes), so an
-interrupted run keeps its work (the FAISS index is made again by the next run).
+...``: batches are dealt out in turn, the main process gathers them in order and writes the shards, equal to
+a one-process build. What is embedded so far is committed as a shard every ``SAVE_EVERY_SECONDS`` (5
+minutes), so an interrupted run keeps its work.
 
-Saves are atomic: a new embeddings file is written first, then ``index.json`` is replaced by a rename, and
-only then is the old embeddings file deleted, so a kill at any point leaves the previous index or the new
-one. One indexer at a time updates an index (a file lock, ``INDEX_DIR/.lock``; a second one waits). An index
-lists only paths inside its image folder; a damaged or crafted ``index.json`` is refused with what to do.
+Every change is committed by replacing ``manifest.json`` (a rename) after the shards it names are written,
+so a kill at any point leaves the previous index or the new one; the next run removes what a kill left.
+One indexer at a time updates an index (a file lock, ``INDEX_DIR/.lock``; a second one waits). A damaged or
+crafted manifest is refused with what to do.
 
 The model identity is the base and adapter names plus a fingerprint: the embeddings of a fixed probe
 image and caption. An index is only ever extended or queried with the model that built it: a different
@@ -66,7 +76,8 @@ from ..utils.cli import HelpFormatter, command, command_parser, parse_arguments
 from ..utils.distributed import Shards
 from .ann import ANN_KINDS, ANNConfig
 from .errors import SearchError
-from .index import build_index, open_index, read_image
+from .export import export_index
+from .index import open_index, read_image
 from .query import (
     Hit,
     format_table,
@@ -77,6 +88,9 @@ from .query import (
     similar_images,
 )
 from .scenes import TILE_UNITS, Tiling
+from .spatial import bbox_area, geojson_area
+from .store import STORED_DTYPES
+from .update import build_index, compact
 
 
 @command
@@ -128,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0.95,
         help="IVF and HNSW: the recall@10 against exact search that the index calibrates its search setting "
         "to (measured with up to 1,000 indexed vectors held out as queries when it is built or extended; "
-        "reported, and stored in index.json)",
+        "reported, and stored in the manifest)",
     )
     index_parser.add_argument(
         "--calibration_texts",
@@ -136,6 +150,23 @@ def main(argv: list[str] | None = None) -> int:
         help="IVF, HNSW, ivfpq: real text queries, one per line, on which the index measures its recall "
         "beside the held-out vectors (the setting then reaches the target on both)",
     )
+    index_parser.add_argument(
+        "--dtype",
+        choices=STORED_DTYPES,
+        help="how a new index stores its embeddings: float32 (default), or float16 (half the disk and page "
+        "cache; its effect on recall is measured in docs/search.md); an index keeps its own",
+    )
+    compact_help = "rewrite the shards that have deleted rows, without them (row ids are kept)"
+    compact_parser = commands.add_parser(
+        "compact", help=compact_help, description=compact_help, formatter_class=HelpFormatter
+    )
+    compact_parser.add_argument("--index", required=True, help="the index folder")
+    export_help = "write the index's rows and embeddings as one Parquet file (GeoParquet for scenes)"
+    export_parser = commands.add_parser(
+        "export", help=export_help, description=export_help, formatter_class=HelpFormatter
+    )
+    export_parser.add_argument("--index", required=True, help="the index folder")
+    export_parser.add_argument("out", help="the Parquet file to write (replaced atomically)")
     query_parser = commands.add_parser(
         "query", help=query_help, description=query_help, formatter_class=HelpFormatter
     )
@@ -154,6 +185,17 @@ def main(argv: list[str] | None = None) -> int:
     query_parser.add_argument(
         "--geojson", help="scene index: also write the hits as a GeoJSON FeatureCollection to this file"
     )
+    area = query_parser.add_mutually_exclusive_group()
+    area.add_argument(
+        "--bbox",
+        metavar="MINLON,MINLAT,MAXLON,MAXLAT",
+        help="scene index: only hits whose footprint intersects this WGS84 box (needs shapely)",
+    )
+    area.add_argument(
+        "--within",
+        metavar="FILE.geojson",
+        help="scene index: only hits whose footprint intersects the polygons of this GeoJSON file",
+    )
     query_parser.add_argument(
         "--max_overlap",
         type=float,
@@ -171,12 +213,20 @@ def main(argv: list[str] | None = None) -> int:
         config = ANNConfig(kind=args.ann, target_recall=args.target_recall)
         folder = args.scenes or args.image_dir
         texts = read_captions(args.calibration_texts) if args.calibration_texts else None
-        update = build_index(folder, args.index, model, args.batch_size, config, shards, tiling, texts)
+        update = build_index(
+            folder, args.index, model, args.batch_size, config, shards, tiling, texts, args.dtype
+        )
         if shards.is_main:
             print(update.describe(args.index))
             if update.calibration is not None:
                 print(f"{args.index}: search {update.calibration.describe()}")
         shards.close()
+        return 0
+    if args.command == "compact":
+        print(compact(args.index))
+        return 0
+    if args.command == "export":
+        print(export_index(args.index, args.out))
         return 0
     return run_query(args)
 
@@ -185,19 +235,22 @@ def run_query(args) -> int:
     if bool(args.text) == bool(args.image) or (args.captions and not args.image):
         raise SearchError("give --text QUERY (repeatable), or --image PATH (with --captions FILE: captions)")
     index, model = open_index(args.index, args.model, args.adapter)
-    if args.geojson and (index.tiles is None or args.captions):
-        raise SearchError(f"--geojson: {args.index} is not a scene index (rsitr-search index --scenes)")
+    for flag, given in (("--geojson", args.geojson), ("--bbox", args.bbox), ("--within", args.within)):
+        if given and (index.tiling is None or args.captions):
+            raise SearchError(f"{flag}: {args.index} is not a scene index (rsitr-search index --scenes)")
+    area = bbox_area(args.bbox) if args.bbox else geojson_area(args.within) if args.within else None
     if args.captions:
         key, queries, prefix, print_prefix = "caption", [str(args.image)], None, ""
         found = [search_captions(model, args.image, read_captions(args.captions), args.top_k)]
     else:  # the table shows paths relative to the indexed folder, the JSON full paths
-        kind = "images" if index.tiles is None else "scenes"
+        kind = "images" if index.tiling is None else "scenes"
         key, prefix, print_prefix = "path", Path(index.root), f" ({kind} under {index.root})"
         if args.text:
-            queries, found = args.text, search_images(index, model, args.text, args.top_k, args.max_overlap)
+            queries = args.text
+            found = search_images(index, model, args.text, args.top_k, args.max_overlap, area)
         else:
             queries, image = [str(args.image)], read_image(Path(args.image))
-            found = [similar_images(index, model, image, args.top_k, args.max_overlap)]
+            found = [similar_images(index, model, image, args.top_k, args.max_overlap, area)]
     if args.json != "-":
         for query, hits in zip(queries, found, strict=True):
             print(format_table(query + print_prefix, hits))

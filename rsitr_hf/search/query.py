@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import torch
 
@@ -14,6 +15,7 @@ from ..evaluation.inference import RetrievalModel
 from .errors import SearchError
 from .index import ImageIndex, read_image
 from .scenes import Window, read_tiles, window_iou
+from .spatial import Area, rows_in
 
 SEARCH_GROWTH = 4  # a scene index fetches this many times more candidates while overlaps leave too few
 
@@ -55,83 +57,103 @@ def top_k(similarity: torch.Tensor, items: list[str], k: int) -> list[list[Hit]]
 
 
 def search_images(
-    index: ImageIndex, model: RetrievalModel, queries: list[str], k: int = 5, max_overlap: float = 0.0
+    index: ImageIndex,
+    model: RetrievalModel,
+    queries: list[str],
+    k: int = 5,
+    max_overlap: float = 0.0,
+    area: Area | None = None,
 ) -> list[list[Hit]]:
     """Text -> image: the ``k`` best indexed images (paths under ``index.root``), or scene windows, for each
-    query (``max_overlap``: see :func:`nearest_images`)."""
+    query (``max_overlap``, ``area``: see :func:`nearest_images`)."""
     if not queries or any(not query.strip() for query in queries):
         raise SearchError("text queries must be non-empty")
-    return nearest_images(index, model.embed_texts(queries), k, max_overlap)
+    return nearest_images(index, model.embed_texts(queries), k, max_overlap, area)
 
 
 def similar_images(
-    index: ImageIndex, model: RetrievalModel, image: PIL.Image.Image, k: int = 5, max_overlap: float = 0.0
+    index: ImageIndex,
+    model: RetrievalModel,
+    image: PIL.Image.Image,
+    k: int = 5,
+    max_overlap: float = 0.0,
+    area: Area | None = None,
 ) -> list[Hit]:
     """Image -> image: the ``k`` indexed images (or scene windows) nearest to ``image`` (itself first when it
     is indexed)."""
-    return nearest_images(index, model.embed_images([to_rgb(image)]), k, max_overlap)[0]
+    return nearest_images(index, model.embed_images([to_rgb(image)]), k, max_overlap, area)[0]
 
 
 def nearest_images(
-    index: ImageIndex, query_embeds: torch.Tensor, k: int, max_overlap: float = 0.0
+    index: ImageIndex,
+    query_embeds: torch.Tensor,
+    k: int,
+    max_overlap: float = 0.0,
+    area: Area | None = None,
 ) -> list[list[Hit]]:
-    """For each of ``(Q, D)`` unit ``query_embeds``: the ``k`` indexed images of highest cosine, through the
-    FAISS index when there is one, else exactly. From a scene index, the ``k`` best windows of which no two
-    of one scene overlap by more than ``max_overlap`` (intersection over union; 0: not at all): a window
-    overlapping a better one is dropped (non-maximum suppression), so that the hits are ``k`` places."""
-    # exact search scores every row once, however many candidates the overlaps make it fetch
-    similarity = query_embeds @ index.embeddings.T if index.ann is None else None
-
-    def nearest(count: int) -> tuple[torch.Tensor, torch.Tensor]:  # (scores, rows), best first
-        if similarity is not None:
-            return similarity.topk(count, dim=1)
-        scores, rows = index.ann.search(query_embeds.numpy(), count)  # rows of -1 where FAISS found fewer
-        return torch.from_numpy(scores), torch.from_numpy(rows)
-
-    fetch = k if index.tiles is None else k * SEARCH_GROWTH
+    """For each of ``(Q, D)`` unit ``query_embeds``: the ``k`` indexed images of highest cosine
+    (:meth:`ImageIndex.search`: through the FAISS index when there is one, else exactly). From a scene index,
+    the ``k`` best windows of which no two of one scene overlap by more than ``max_overlap`` (intersection
+    over union; 0: not at all): a window overlapping a better one is dropped (non-maximum suppression), so
+    that the hits are ``k`` places; given an ``area``, only windows whose footprint intersects it
+    (:mod:`rsitr_hf.search.spatial`)."""
+    allowed = None
+    if area is not None:
+        if index.tiling is None:
+            raise SearchError(
+                f"{area.description}: {index.folder} is not a scene index (it has no footprints)"
+            )
+        allowed = rows_in(index.shards, area)
+    queries, total = query_embeds.float().numpy(), len(index) if allowed is None else len(allowed)
+    fetch = k if index.tiling is None else k * SEARCH_GROWTH
     while True:
-        scores, rows = nearest(min(fetch, len(index.files)))
+        if total:
+            scores, ids = index.search(queries, min(fetch, total), allowed)
+        else:
+            scores, ids = (np.zeros((len(queries), 0)),) * 2
         found = [
-            [(score, row) for score, row in zip(query_scores, query_rows, strict=True) if row >= 0]
-            for query_scores, query_rows in zip(scores.tolist(), rows.tolist(), strict=True)
+            [(score, row) for score, row in zip(query_scores, query_ids, strict=True) if row >= 0]
+            for query_scores, query_ids in zip(scores.tolist(), ids.tolist(), strict=True)
         ]  # IVF: fewer than asked when the probed lists hold fewer
-        if index.tiles is not None:
-            found = [suppress_overlaps(index, candidates, max_overlap)[:k] for candidates in found]
-        if index.tiles is None or fetch >= len(index.files) or all(len(hits) == k for hits in found):
+        wanted = sorted({row for candidates in found for _, row in candidates})
+        items = dict(zip(wanted, index.items(np.array(wanted, dtype=np.int64)), strict=True))
+        if index.tiling is not None:
+            found = [suppress_overlaps(candidates, items, max_overlap)[:k] for candidates in found]
+        if index.tiling is None or fetch >= total or all(len(hits) == k for hits in found):
             return [
-                [hit_of_row(index, rank + 1, score, row) for rank, (score, row) in enumerate(hits)]
+                [hit_of(index, rank + 1, score, *items[row]) for rank, (score, row) in enumerate(hits)]
                 for hits in found
             ]
         fetch *= SEARCH_GROWTH
 
 
-def suppress_overlaps(index: ImageIndex, candidates: list[tuple[float, int]], max_overlap: float):
-    """``candidates`` (score, row), best first, without those overlapping a better kept one of their scene
-    by more than ``max_overlap``."""
+def suppress_overlaps(
+    candidates: list[tuple[float, int]], items: dict[int, tuple[str, Window]], max_overlap: float
+) -> list[tuple[float, int]]:
+    """``candidates`` (score, row id), best first, without those overlapping a better kept one of their
+    scene (``items``: the scene and window of each row) by more than ``max_overlap``."""
     kept: list[tuple[float, int]] = []
-    windows = index.tiles.windows
     for score, row in candidates:
-        scene, window = index.files[row], windows[row]
+        scene, window = items[row]
         if all(
-            index.files[other] != scene or window_iou(window, windows[other]) <= max_overlap
+            items[other][0] != scene or window_iou(window, items[other][1]) <= max_overlap
             for _, other in kept
         ):
             kept.append((score, row))
     return kept
 
 
-def hit_of_row(index: ImageIndex, rank: int, score: float, row: int) -> Hit:
-    if index.tiles is None:
-        return Hit(rank, score, index.files[row])
-    scene, window = index.files[row], index.tiles.windows[row]
-    return Hit(rank, score, scene, window, index.tiles.scenes[scene].footprint(window))
+def hit_of(index: ImageIndex, rank: int, score: float, item: str, window: Window | None) -> Hit:
+    if window is None:
+        return Hit(rank, score, item)
+    return Hit(rank, score, item, window, index.scenes[item].footprint(window))
 
 
 def hit_image(index: ImageIndex, hit: Hit) -> PIL.Image.Image:
     """The image found, or the window found (read from its scene, never the whole scene), as RGB."""
     if hit.window is None:
         return read_image(Path(index.root) / hit.item)
-    return read_tiles(index.root, [(hit.item, hit.window)], index.tiles.scenes)[0]
+    return read_tiles(index.root, [(hit.item, hit.window)], index.scenes)[0]
 
 
 def read_captions(path: str | os.PathLike) -> list[str]:

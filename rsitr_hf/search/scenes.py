@@ -103,22 +103,38 @@ class SceneInfo:
     def footprint(self, window: Window) -> list[list[float]] | None:
         """The window's corners in WGS84 as a closed counter-clockwise ring of ``[longitude, latitude]``
         (``None`` for a scene without georeference)."""
+        return self.footprints([window])[0]
+
+    def footprints(self, windows: list[Window]) -> list[list[list[float]] | None]:
+        """:meth:`footprint` of each of ``windows``, transformed in one call."""
         if not self.georeferenced:
-            return None
+            return [None] * len(windows)
+        if not windows:
+            return []
         from rasterio.crs import CRS
         from rasterio.warp import transform
 
         a, b, c, d, e, f = self.transform
-        column, row, width, height = window
-        right, bottom = column + width, row + height
-        corners = [(column, row), (right, row), (right, bottom), (column, bottom)]
+        corners = [
+            corner
+            for column, row, width, height in windows
+            for corner in (
+                (column, row),
+                (column + width, row),
+                (column + width, row + height),
+                (column, row + height),
+            )
+        ]
         xs = [a * x + b * y + c for x, y in corners]
         ys = [d * x + e * y + f for x, y in corners]
         longitudes, latitudes = transform(CRS.from_wkt(self.crs), CRS.from_epsg(4326), xs, ys)
-        ring = [[float(lon), float(lat)] for lon, lat in zip(longitudes, latitudes, strict=True)]
-        if signed_area(ring) < 0:
-            ring.reverse()
-        return ring + [ring[0]]
+        rings = []
+        for start in range(0, len(corners), 4):
+            ring = [[float(longitudes[i]), float(latitudes[i])] for i in range(start, start + 4)]
+            if signed_area(ring) < 0:
+                ring.reverse()
+            rings.append(ring + [ring[0]])
+        return rings
 
 
 def window_starts(size: int, tile: int, stride: int) -> list[int]:
