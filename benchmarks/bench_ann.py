@@ -84,10 +84,9 @@ def measure(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, config:
         latency.append(time.perf_counter() - started)
     recall = recall_at_k(np.asarray(found), truth, 10)
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "index.faiss"
-        settings = index.save(path)
+        settings = index.save(folder)
         before, after = map(float, subprocess.run(
-            [sys.executable, "-c", LOADED_RSS, str(path), json.dumps(settings)],
+            [sys.executable, "-c", LOADED_RSS, folder, json.dumps(settings)],
             capture_output=True, text=True, check=True,
         ).stdout.split()[-2:])  # fmt: skip
     measured = index.calibration

@@ -48,8 +48,8 @@ def test_the_index_type_follows_the_size():
 def test_a_saved_index_loads_with_its_settings_and_answers_the_same(tmp_path):
     vectors, queries = unit_vectors(3000), unit_vectors(10, seed=2)
     index = ANNIndex.build(vectors, ANNConfig(kind="ivf", nlist=32, nprobe=4))
-    settings = index.save(tmp_path / "index.faiss")
-    loaded = ANNIndex.load(tmp_path / "index.faiss", settings)
+    settings = index.save(tmp_path)
+    loaded = ANNIndex.load(tmp_path, settings)
     assert loaded.factory == "IVF32,Flat" and loaded.config.nprobe == 4 and len(loaded) == 3000
     for before, after in zip(index.search(queries, 5), loaded.search(queries, 5), strict=True):
         np.testing.assert_array_equal(before, after)
@@ -83,7 +83,7 @@ def test_rsitr_search_on_a_faiss_index_answers_like_the_exact_one(
         assert [hit.item for hit in approximate] == [hit.item for hit in exact]
         np.testing.assert_allclose([h.score for h in approximate], [h.score for h in exact], rtol=1e-5)
     # a damaged FAISS file is one line saying how to rebuild
-    (tmp_path / "flat" / metadata["ann"]["file"]).write_bytes(b"not a faiss index")
+    (tmp_path / "flat" / metadata["ann"]["settings"]["files"][0]).write_bytes(b"not a faiss index")
     with pytest.raises(SearchError, match="is damaged or missing.*build it again"):
         ImageIndex.load(tmp_path / "flat")
 
@@ -147,3 +147,31 @@ def test_updates_extend_the_faiss_index_which_leaves_deleted_rows_out_until_comp
     assert len(compacted.ann) == 19 and compacted.shards[0].entry.deletions is None  # HNSW: built again
     after = search_images(compacted, model, queries, k=20)
     assert [[hit.item for hit in hits] for hits in after] == [[hit.item for hit in hits] for hits in shrunk]
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+def test_ivf_lists_are_written_once_in_parts_and_searched_memory_mapped(kind, tmp_path, monkeypatch):
+    import faiss
+
+    import rsitr_hf.search.ann
+
+    monkeypatch.setattr(rsitr_hf.search.ann, "PART_ROWS", 1000)
+    vectors, queries = unit_vectors(5000), unit_vectors(20, seed=2)
+    config = ANNConfig(kind=kind, nlist=16, nprobe=16, pq_bytes=8, rerank=64)
+    index = ANNIndex.build(vectors[:3000], config, folder=tmp_path)
+    first = index.save(tmp_path)["files"]
+    assert len(first) == 1 + 3  # the trained index, then three parts of at most 1,000 rows
+    written = {name: (tmp_path / name).read_bytes() for name in first}
+    index.add(vectors[3000:], store=vectors)
+    settings = index.save(tmp_path)
+    assert settings["files"][: len(first)] == first and len(settings["files"]) == 1 + 5
+    assert all((tmp_path / name).read_bytes() == data for name, data in written.items())  # never rewritten
+    loaded = ANNIndex.load(tmp_path, settings)
+    assert len(loaded) == 5000
+    assert all(isinstance(part.owner, faiss.OnDiskInvertedLists) for part in loaded.parts)  # mapped, not read
+    loaded.vectors = index.vectors
+    for before, after in zip(index.search(queries, 10), loaded.search(queries, 10), strict=True):
+        np.testing.assert_array_equal(before, after)
+    if kind == "ivf":  # every list probed: exact
+        expected = exact_top_k(vectors, queries, 10)
+        assert [set(row) for row in loaded.search(queries, 10)[1]] == [set(row) for row in expected]

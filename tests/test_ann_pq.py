@@ -57,8 +57,8 @@ def test_ivfpq_calibrates_with_its_reranking_and_sizes_its_codes_to_the_dimensio
     recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
     assert recall == pytest.approx(measured.recall, abs=0.1)  # re-ranked, as calibration measured it
     assert 1 <= measured.rerank < 512 and index.rerank == measured.rerank  # candidates: calibrated too
-    settings = index.save(tmp_path / "pq.faiss")
-    assert ANNIndex.load(tmp_path / "pq.faiss", settings).rerank == measured.rerank
+    settings = index.save(tmp_path)
+    assert ANNIndex.load(tmp_path, settings).rerank == measured.rerank
     with pytest.raises(InputError, match="ivfpq: needs at least 256 vectors"):
         ANNIndex.build(vectors[:100], ANNConfig(kind="ivfpq"))
 

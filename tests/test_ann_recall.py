@@ -88,21 +88,18 @@ def test_extending_the_index_measures_it_again_and_saving_keeps_the_figure(vecto
     first = index.calibration
     index.add(vectors[12_000:], store=vectors)
     assert index.calibration is not first and index.calibration.reached
-    settings = index.save(tmp_path / "ann.faiss")
-    json.dumps(settings)  # the manifest holds it
-    loaded = ANNIndex.load(tmp_path / "ann.faiss", json.loads(json.dumps(settings)))
+    settings = index.save(tmp_path)
+    loaded = ANNIndex.load(tmp_path, json.loads(json.dumps(settings)))  # the manifest holds it as JSON
     assert loaded.calibration == index.calibration and loaded.search_value() == index.calibration.value
     queries = weakly_clustered(50, seed=3)
     np.testing.assert_array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
 
 
-def test_an_index_saved_before_calibration_keeps_its_fixed_setting(tmp_path):
-    vectors = weakly_clustered(3000)
-    settings = ANNIndex.build(vectors, ANNConfig(kind="ivf", nlist=32, nprobe=8)).save(tmp_path / "a.faiss")
-    known_in_0_1 = ("kind", "flat_below", "nlist", "nprobe", "hnsw_m", "ef_search", "seed", "factory")
-    old = {key: value for key, value in settings.items() if key in known_in_0_1}
-    loaded = ANNIndex.load(tmp_path / "a.faiss", old)
-    assert loaded.calibration is None and loaded.search_value() == 8
+def test_an_index_too_small_to_measure_itself_keeps_its_setting_and_says_so(tmp_path):
+    vectors = weakly_clustered(80)  # fewer than MIN_NEW_FOR_CALIBRATION
+    settings = ANNIndex.build(vectors, ANNConfig(kind="ivf", nlist=2, nprobe=1)).save(tmp_path)
+    loaded = ANNIndex.load(tmp_path, settings)
+    assert loaded.calibration is None and loaded.search_value() == 1 and len(loaded) == 80
     assert "recall not measured" in loaded.summary()
 
 

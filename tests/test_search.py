@@ -238,11 +238,14 @@ def test_a_two_process_sharded_index_equals_the_one_process_index(tmp_path, imag
     assert result.stdout.count("13 images (13 embedded now, 0 gone; FAISS index: built Flat)") == 1
     single, sharded = ImageIndex.load(tmp_path / "single"), ImageIndex.load(tmp_path / "sharded")
     assert index_files(sharded) == index_files(single) == list_images(image_folder)
+    assert sharded.table()["row_id"].equals(single.table()["row_id"])  # row for row, id for id
     assert sharded.root == single.root and sharded.model.matches(single.model)  # within float tolerance
     torch.testing.assert_close(index_embeddings(sharded), index_embeddings(single), rtol=0, atol=1e-5)
     assert len(sharded.ann) == 13
-    layout = sorted(path.name.split("-")[0] for path in (tmp_path / "sharded").iterdir())
-    assert layout == sorted(path.name.split("-")[0] for path in (tmp_path / "single").iterdir())
+    # each process wrote its own shard of its contiguous share (5 batches of 3: 3 and 2); the main
+    # process committed the manifest naming both
+    ranges = [(shard.entry.first_id, shard.entry.end_id) for shard in sharded.shards]
+    assert ranges == [(0, 9), (9, 13)] and [len(shard.entry.checksums) for shard in sharded.shards] == [2, 2]
 
     # an unreadable image met by one process stops both, with the file named and no traceback
     (image_folder / "zz_broken.jpg").write_bytes(b"not a jpeg")

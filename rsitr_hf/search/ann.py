@@ -1,5 +1,4 @@
-"""Approximate nearest-neighbour search over unit embeddings with FAISS, through ``datasets``' FAISS
-integration (:class:`datasets.search.FaissIndex`: building, batched search, saving and loading).
+"""Approximate nearest-neighbour search over unit embeddings with FAISS.
 
 Inner product on unit vectors is cosine similarity. The index type follows the number of vectors unless
 given: an exact flat index below ``flat_below`` (100,000), IVF above it (``IVF<nlist>,Flat`` with ``nlist``
@@ -7,14 +6,24 @@ about ``sqrt(N)``, trained on a seeded sample, searched with ``nprobe`` lists), 
 searched with ``ef_search``), or IVF with product quantisation (``IVF<nlist>,PQ<m>``: ``m`` bytes a vector
 in memory), whose candidates are re-ranked by their full-precision vectors (memory-mapped from disk by
 the image index). Needs ``faiss-cpu`` (``pip install "rsitr_hf[search]"``).
+
+An IVF index is stored as its trained, empty index (``ann-<name>.faiss``: the centroids, and the codebooks
+of a quantised one) and its inverted lists in parts (``ann-<name>-<part>.faiss``, at most ``PART_ROWS``
+rows each, written once): FAISS memory-maps each part (``IO_FLAG_MMAP``) and searches them stacked
+(``HStackInvertedLists``), so a search holds the centroids and codebooks in memory, not the codes, and
+adding rows writes new parts only. Other kinds are one file, read whole. Ids are the caller's (an index's
+row ids); a search passes FAISS's search parameters: the setting, and an ID selector.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -28,6 +37,7 @@ MIN_NEW_FOR_CALIBRATION = 100  # held out: a tenth of the new vectors, at most c
 PQ_TRAINING_POINTS = 256 * 39  # FAISS's minimum for a codebook of 256 centroids, each sub-quantizer
 ADD_BLOCK = 65_536  # vectors given to FAISS per call
 EXACT_BLOCK = 32_768  # rows scored per step of exact search (Q x 32,768 scores in memory)
+PART_ROWS = 1 << 20  # IVF: rows per file of inverted lists
 
 
 def require_faiss():
@@ -193,12 +203,47 @@ class Calibration:
         )
 
 
-class ANNIndex:
-    """A FAISS index over ``(N, D)`` float32 unit vectors; row ``i`` of the embeddings is id ``i``. IVF and
-    HNSW indexes carry the :class:`Calibration` that chose (or measured) their search setting."""
+@dataclass
+class ListsPart:
+    """Some rows' share of an IVF index's inverted lists: ``owner`` holds them (an IVF index while they are
+    in memory, the memory-mapped lists once read from ``file``)."""
 
-    def __init__(self, faiss_index, config: ANNConfig, factory: str, calibration: Calibration | None = None):
-        self.index = faiss_index  # a datasets.search.FaissIndex
+    owner: object
+    file: str | None = None
+    rows: int | None = None  # counted once the lists are on disk
+
+    @property
+    def lists(self):
+        faiss = require_faiss()
+        return self.owner if self.file is not None else faiss.extract_index_ivf(self.owner).invlists
+
+    def __len__(self) -> int:
+        if self.file is None:
+            return self.owner.ntotal
+        if self.rows is None:
+            self.rows = int(sum(self.lists.list_size(number) for number in range(self.lists.nlist)))
+        return self.rows
+
+
+class ANNIndex:
+    """A FAISS index over unit vectors, which it knows by id. IVF and HNSW indexes carry the
+    :class:`Calibration` that chose (or measured) their search setting. ``folder``: where an IVF index
+    writes its parts as they fill (``None``: they stay in memory until :meth:`save`)."""
+
+    def __init__(
+        self,
+        faiss_index,
+        config: ANNConfig,
+        factory: str,
+        calibration: Calibration | None = None,
+        trained=None,
+        parts: list[ListsPart] | None = None,
+        name: str | None = None,
+        folder: Path | None = None,
+    ):
+        self.faiss = faiss_index  # what searches: for IVF, the trained index over the parts' lists stacked
+        self.trained, self.parts = trained, parts or []  # IVF: the trained, empty index; its lists in parts
+        self.name, self.folder = name or uuid.uuid4().hex[:12], folder
         self.config = config
         self.factory = factory
         self.calibration = calibration
@@ -206,17 +251,21 @@ class ANNIndex:
         self.excluded: np.ndarray | None = None  # ids never returned (rows deleted since they were added)
         self.rerank = (calibration.rerank if calibration else None) or config.rerank or config.max_rerank
         self.set_search_value(self.search_value())
+        if self.trained is not None:
+            self.stack_parts()
 
     @classmethod
     def build(
-        cls, vectors: Vectors | np.ndarray, config: ANNConfig | None = None, queries: np.ndarray | None = None
+        cls,
+        vectors: Vectors | np.ndarray,
+        config: ANNConfig | None = None,
+        queries: np.ndarray | None = None,
+        folder: Path | None = None,
     ) -> ANNIndex:
         """A FAISS index of ``vectors`` (unit vectors by id: a store's, or an array's rows as ids ``0 ..
         N - 1``), read block by block; an IVF or HNSW one is calibrated on a held-out sample of them
         (:meth:`calibrate`) before the sample goes in."""
         faiss = require_faiss()
-        from datasets.search import FaissIndex
-
         config = config or ANNConfig()
         vectors = as_vectors(vectors)
         factory = config.factory(len(vectors), vectors.dim)
@@ -229,20 +278,23 @@ class ANNIndex:
         index = faiss.index_factory(vectors.dim, structure, faiss.METRIC_INNER_PRODUCT)
         if ",PQ" in factory:  # polysemous codes serve a Hamming pre-filter, which search does not use
             faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
-        if not index.is_trained:  # IVF: k-means on a seeded sample (datasets would take the first rows)
+        if not index.is_trained:  # IVF: k-means on a seeded sample
             wanted = TRAINING_POINTS_PER_LIST * config.lists_for(len(vectors))
             wanted = max(wanted, PQ_TRAINING_POINTS) if ",PQ" in factory else wanted
             ids = vectors.ids()
             sample = np.sort(np.random.default_rng(config.seed).permutation(len(ids))[:wanted])
             index.train(vectors.take(ids[sample]))
-        built = cls(FaissIndex(custom_index=index), config, factory)
+        if factory.startswith("IVF"):
+            built = cls(faiss.clone_index(index), config, factory, trained=index, folder=folder)
+        else:
+            built = cls(index, config, factory, folder=folder)
         built.add(vectors, store=vectors, queries=queries)
         return built
 
     def can_extend(self, config: ANNConfig, num_vectors: int) -> bool:
         """Whether this index, grown to ``num_vectors`` by :meth:`add`, is what ``config`` would build: same
         settings, same index type at the new size (IVF's list count doubles when ``N`` quadruples)."""
-        same_type = config.factory(num_vectors, self.index.faiss_index.d) == self.factory
+        same_type = config.factory(num_vectors, self.faiss.d) == self.factory
         return config == self.config and same_type
 
     def add(
@@ -264,22 +316,71 @@ class ANNIndex:
             count = min(self.config.calibration_queries, len(new) // 10)
             rng = np.random.default_rng(self.config.seed)
             held_out = np.sort(new.ids()[rng.choice(len(new), count, replace=False)])
+        target = self.faiss if self.trained is None else None  # IVF: new parts of lists
         for ids, block in new.blocks(ADD_BLOCK):
             keep = ~np.isin(ids, held_out)
-            self.index.faiss_index.add_with_ids(np.ascontiguousarray(block[keep]), ids[keep])
+            ids, block, start = ids[keep], block[keep], 0
+            while start < len(ids):  # IVF: a part takes at most PART_ROWS rows
+                if self.trained is not None and (target is None or target.ntotal >= PART_ROWS):
+                    target = self.new_part()
+                room = len(ids) - start if self.trained is None else PART_ROWS - target.ntotal
+                target.add_with_ids(
+                    np.ascontiguousarray(block[start : start + room]), ids[start : start + room]
+                )
+                start += room
+        if self.trained is not None:
+            self.stack_parts()
         if store is not None:
             self.vectors = store
         if len(held_out):
             held_out_vectors = store.take(held_out)
             self.calibrate(held_out_vectors, store, held_out, queries)
-            self.index.faiss_index.add_with_ids(held_out_vectors, held_out)
+            (target if target is not None else self.new_part()).add_with_ids(held_out_vectors, held_out)
+        if self.trained is not None:
+            self.stack_parts()
+            if self.folder is not None:  # the full parts are on disk; this keeps the last one's memory
+                self.write_parts(self.folder)
+
+    def new_part(self):
+        """An empty IVF index for more rows' lists (the part before it, full, goes to disk when it can)."""
+        if self.folder is not None:
+            self.write_parts(self.folder)
+        part = require_faiss().clone_index(self.trained)
+        self.parts.append(ListsPart(part))
+        return part
+
+    def stack_parts(self) -> None:
+        """Search the parts' inverted lists as one (FAISS's ``HStackInvertedLists``; no part: no lists)."""
+        faiss = require_faiss()
+        ivf = faiss.extract_index_ivf(self.faiss)
+        if self.parts:
+            pointers = faiss.InvertedListsPtrVector()
+            for part in self.parts:
+                pointers.push_back(part.lists)
+            stacked = faiss.HStackInvertedLists(pointers.size(), pointers.data())
+            ivf.replace_invlists(stacked, False)
+            self.stacked = (pointers, stacked)  # FAISS does not own them: kept alive with the index
+        ivf.ntotal = self.faiss.ntotal = sum(len(part) for part in self.parts)
+
+    def write_parts(self, folder: Path) -> None:
+        """Write the parts still in memory to ``folder`` and map them back from there."""
+        faiss = require_faiss()
+        for part in self.parts:
+            if part.file is None:
+                file = f"ann-{self.name}-{uuid.uuid4().hex[:8]}.faiss"
+                writer = faiss.FileIOWriter(str(folder / file))
+                faiss.write_InvertedLists(part.lists, writer)
+                del writer  # closes the file
+                part.owner, part.file = read_lists(folder / file), file
+        self.stack_parts()
 
     def remove(self, ids: np.ndarray) -> bool:
-        """Remove ``ids`` from the index; ``False`` when this index type cannot (HNSW: build it again)."""
-        if self.factory.startswith("HNSW"):
+        """Remove ``ids`` from the index; ``False`` when this index type cannot (HNSW, and IVF, whose lists
+        are written once: build it again)."""
+        if self.factory.startswith(("HNSW", "IVF")):
             return False
         faiss = require_faiss()
-        self.index.faiss_index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64)))
+        self.faiss.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64)))
         return True
 
     def summary(self) -> str:
@@ -321,7 +422,7 @@ class ANNIndex:
         if self.parameter == "nprobe":
             if config.nprobe is not None:
                 return [config.nprobe]
-            lists = require_faiss().extract_index_ivf(self.index.faiss_index).nlist
+            lists = require_faiss().extract_index_ivf(self.faiss).nlist
             most = max(1, int(lists * config.max_nprobe_fraction))
             return [*powers_of_two(1, most), *([most] if most & (most - 1) else [])]
         if config.ef_search is not None:
@@ -395,7 +496,7 @@ class ANNIndex:
     @property
     def coarse_quantizer(self):
         """The IVF index's quantizer: the lists' centroids."""
-        return require_faiss().extract_index_ivf(self.index.faiss_index).quantizer
+        return require_faiss().extract_index_ivf(self.faiss).quantizer
 
     def lists_of(self, embeddings: Vectors, truth: np.ndarray) -> np.ndarray:
         """``(Q, k)``: the IVF list of each true neighbour (an id of ``embeddings``) in ``truth``; each
@@ -410,7 +511,7 @@ class ANNIndex:
         return np.array([np.isin(lists, seen).mean() for lists, seen in zip(true_lists, probed, strict=True)])
 
     def __len__(self) -> int:
-        return self.index.faiss_index.ntotal
+        return self.faiss.ntotal
 
     @property
     def quantised(self) -> bool:
@@ -426,7 +527,7 @@ class ANNIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         wanted = min(k * self.rerank if self.quantised and self.vectors is not None else k, len(self))
         parameters = self.search_parameters(allowed)
-        scores, ids = self.index.faiss_index.search(queries, max(wanted, 1), params=parameters)
+        scores, ids = self.faiss.search(queries, max(wanted, 1), params=parameters)
         if wanted == k or not self.quantised:
             return scores[:, :k], ids[:, :k]
         return reranked(queries, ids, self.vectors, k)
@@ -453,26 +554,52 @@ class ANNIndex:
             parameters.referenced = selector
         return parameters
 
-    def save(self, path: str | os.PathLike) -> dict:
-        """Write the index to ``path``; returns its settings (config, factory and calibration), to be stored
-        beside it."""
-        self.index.save(path)
+    def save(self, folder: str | os.PathLike) -> dict:
+        """Write what is not yet written to ``folder``: an IVF index's trained index (once) and its new
+        parts, any other index whole (under a new name). Returns its settings (config, factory, calibration
+        and ``files``, the first being the index), to be stored beside it."""
+        faiss, folder = require_faiss(), Path(folder)
+        if self.trained is not None:
+            first = f"ann-{self.name}.faiss"
+            if not (folder / first).is_file():
+                faiss.write_index(self.trained, str(folder / first))
+            for part in self.parts:
+                if part.file is not None and self.folder != folder:  # parts written elsewhere: copied
+                    shutil.copyfile(self.folder / part.file, folder / part.file)
+            self.write_parts(folder)
+            self.folder = folder
+            files = [first, *(part.file for part in self.parts)]
+        else:
+            self.name = uuid.uuid4().hex[:12]
+            files = [f"ann-{self.name}.faiss"]
+            faiss.write_index(self.faiss, str(folder / files[0]))
         calibration = asdict(self.calibration) if self.calibration is not None else None
-        return {**asdict(self.config), "factory": self.factory, "calibration": calibration}
+        return {**asdict(self.config), "factory": self.factory, "calibration": calibration, "files": files}
 
     @classmethod
-    def load(cls, path: str | os.PathLike, settings: dict) -> ANNIndex:
-        require_faiss()
-        from datasets.search import FaissIndex
-
+    def load(cls, folder: str | os.PathLike, settings: dict) -> ANNIndex:
+        """The index ``settings`` (what :meth:`save` returned) describe, from ``folder``: an IVF index's parts
+        memory-mapped."""
+        faiss, folder = require_faiss(), Path(folder)
         settings = dict(settings)
-        factory = settings.pop("factory")
-        calibration = settings.pop("calibration", None)  # absent from indexes of rsitr_hf 0.1
+        factory, files = settings.pop("factory"), settings.pop("files")
+        calibration = settings.pop("calibration", None)
         if calibration is not None:
             calibration = Calibration(
                 **{**calibration, "tried": {int(v): r for v, r in calibration["tried"].items()}}
             )
-        return cls(FaissIndex.load(path), ANNConfig(**settings), factory, calibration)
+        config, name = ANNConfig(**settings), files[0][len("ann-") : -len(".faiss")]
+        first = faiss.read_index(str(folder / files[0]))
+        if not factory.startswith("IVF"):
+            return cls(first, config, factory, calibration, name=name, folder=folder)
+        parts = [ListsPart(read_lists(folder / file), file) for file in files[1:]]
+        return cls(faiss.clone_index(first), config, factory, calibration, first, parts, name, folder)
+
+
+def read_lists(path: Path):
+    """Inverted lists written by :meth:`ANNIndex.write_parts`, memory-mapped (the codes stay on disk)."""
+    faiss = require_faiss()
+    return faiss.read_InvertedLists(faiss.FileIOReader(str(path)), faiss.IO_FLAG_MMAP)
 
 
 def smallest_reaching(values: list[int], reaches) -> int | None:

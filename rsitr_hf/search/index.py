@@ -216,9 +216,9 @@ def load_ann(folder: Path, manifest: Manifest) -> ANNIndex | None:
     """The FAISS index the manifest names (``None`` for exact search), checked against it."""
     if manifest.ann is None:
         return None
-    path = folder / manifest.ann["file"]
+    path = folder / manifest.ann_files()[0]
     try:
-        ann = ANNIndex.load(path, manifest.ann["settings"])
+        ann = ANNIndex.load(folder, manifest.ann["settings"])
     except InputError:
         raise
     except Exception as error:  # FAISS raises RuntimeError for damaged files

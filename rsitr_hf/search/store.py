@@ -5,7 +5,7 @@
     INDEX_DIR/shard-<id>/rows.parquet          a row per embedding (GeoParquet for a scene index)
     INDEX_DIR/shard-<id>/scenes.parquet        scene index: how each scene tiled in this shard is read
     INDEX_DIR/shard-<id>/deleted-<id>.parquet  names (files or scenes) of this shard deleted since
-    INDEX_DIR/ann-<id>.faiss                   the FAISS index, when there is one
+    INDEX_DIR/ann-<id>[-<part>].faiss          the FAISS index, when there is one (IVF: lists in parts)
 
 Each row has a ``row_id``, given once (``next_id`` counts on) and never reused: a shard holds the ids
 ``[first_id, end_id)``, all of them as written, a sorted subset after ``compact``. Adding writes new shards
@@ -39,7 +39,7 @@ EMBEDDINGS_FILE, ROWS_FILE, SCENES_FILE = "embeddings.npy", "rows.parquet", "sce
 STORED_DTYPES = ("float32", "float16")
 SHARD_NAME = re.compile(r"shard-[0-9a-f]{12}")
 DELETIONS_NAME = re.compile(r"deleted-[0-9a-f]{12}\.parquet")
-ANN_NAME = re.compile(r"ann-[0-9a-f]{12}\.faiss")
+ANN_NAME = re.compile(r"ann-[0-9a-f]{12}(-[0-9a-f]{8})?\.faiss")
 SCENE_SCHEMA = pa.schema(
     [
         ("scene", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
@@ -77,10 +77,11 @@ class ShardEntry:
 class Manifest:
     """What an index is: the folder it indexes (``root``), the model that embedded it, the embeddings'
     ``dim`` and stored ``dtype``, the ``tiling`` of a scene index, its shards, the next row id, the scenes
-    an interruption cut short (``pending``: tiled again by the next run), its FAISS index (``ann``: file,
-    settings and size; ``None`` for exact search), the row id up to which the search backend was chosen
-    (``ann_through``: the FAISS index holds every row below it, later rows are searched exactly) with the
-    settings it was chosen by (``ann_config``), and, when ``auto`` chose exact search, why
+    an interruption cut short (``pending``: tiled again by the next run), its FAISS index (``ann``: its
+    settings, whose ``files`` are its files, and its size; ``None`` for exact search), the row id up to
+    which the search backend was chosen (``ann_through``: the FAISS index holds every row below it, later
+    rows are searched exactly) with the settings it was chosen by (``ann_config``), and, when ``auto`` chose
+    exact search, why
     (``exact_because``)."""
 
     root: str
@@ -139,10 +140,14 @@ class Manifest:
                 raise ValueError(
                     f"shard {entry.name!r} (deletions {entry.deletions!r}) is not a name it writes"
                 )
-        ann_file = (manifest.ann or {}).get("file", "ann-000000000000.faiss")
-        if not isinstance(ann_file, str) or not ANN_NAME.fullmatch(ann_file):
-            raise ValueError(f"ANN file {ann_file!r} is not a name it writes")
+        for ann_file in manifest.ann_files():
+            if not isinstance(ann_file, str) or not ANN_NAME.fullmatch(ann_file):
+                raise ValueError(f"ANN file {ann_file!r} is not a name it writes")
         return manifest
+
+    def ann_files(self) -> list[str]:
+        """The files of the FAISS index (none for exact search)."""
+        return [] if self.ann is None else list(self.ann["settings"]["files"])
 
 
 def file_sha256(path: Path) -> str:
@@ -262,7 +267,7 @@ def sweep(folder: Path, manifest: Manifest | None) -> None:
     """Remove what ``manifest`` does not name: shards, deletion files and FAISS files of interrupted
     runs, and half-written temporary files (``None``: no index yet, so every such file goes)."""
     shards = {} if manifest is None else {entry.name: entry for entry in manifest.shards}
-    ann_file = None if manifest is None or manifest.ann is None else manifest.ann["file"]
+    ann_files = set() if manifest is None else set(manifest.ann_files())
     for child in folder.iterdir():
         if SHARD_NAME.fullmatch(child.name) and child.is_dir():
             if child.name not in shards:
@@ -271,7 +276,7 @@ def sweep(folder: Path, manifest: Manifest | None) -> None:
             for leftover in child.glob("deleted-*.parquet"):
                 if leftover.name != shards[child.name].deletions:
                     leftover.unlink()
-        elif (ANN_NAME.fullmatch(child.name) and child.name != ann_file) or (
+        elif (ANN_NAME.fullmatch(child.name) and child.name not in ann_files) or (
             child.name.startswith(".") and child.name.endswith(".tmp")
         ):
             child.unlink()

@@ -7,14 +7,16 @@ leaves the previous index, whose answers are unchanged; the next run removes wha
 indexer at a time (a file lock, ``INDEX_DIR/.lock``). A long run commits a shard of what it has embedded
 every ``SAVE_EVERY_SECONDS`` or ``SHARD_ROWS`` rows, so an interruption keeps its work.
 
-Embedding can be spread over the processes of ``accelerate launch``: batches are dealt out in turn by
-:func:`rsitr_hf.utils.distributed.embed_batches`, the main process gathers them in order and writes the
-shards, equal to a one-process build.
+Embedding can be spread over the processes of ``accelerate launch`` (machines sharing the index folder):
+each process embeds a contiguous share of the batches and writes its own shards; only their entries (a few
+numbers each) reach the main process, which commits the manifest. The store equals a one-process build's,
+row id for row id (:func:`embed_into_shards`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,10 +27,11 @@ import PIL.Image
 import pyarrow as pa
 import torch
 from filelock import FileLock
+from tqdm.auto import tqdm
 
 from ..evaluation.inference import ModelIdentity, RetrievalModel
-from ..utils.distributed import Shards, embed_batches
-from ..utils.errors import first_line
+from ..utils.distributed import Shards, embedded_locally
+from ..utils.errors import InputError, first_line
 from ..utils.files import write_json
 from .ann import ANNConfig, ANNIndex, Calibration
 from .errors import SearchError
@@ -40,7 +43,7 @@ from .store import (
     STORED_DTYPES,
     Manifest,
     Shard,
-    new_name,
+    ShardEntry,
     sweep,
     write_shard,
 )
@@ -48,6 +51,7 @@ from .store import (
 LOCK_FILE = ".lock"
 SAVE_EVERY_SECONDS = 300  # a long run commits what it has embedded (a new shard: nothing is rewritten)
 SHARD_ROWS = 1 << 20  # and at least every this many rows (2 GB of 512-dimensional float32)
+SYNC_BATCHES = 8  # each process's batches between two checks with the others (errors, commits)
 
 
 @dataclass
@@ -100,16 +104,16 @@ def build_index(
     measures its recall on them too. ``dtype``: how a new index stores its embeddings (``float32``, or
     ``float16``: half the disk; an existing index keeps its own).
 
-    Under ``accelerate launch`` every process calls this with its ``shards``: the main process holds the
-    index's lock, plans the update, and writes what all of them embed. A second indexer waits for the lock.
+    Under ``accelerate launch`` (any number of machines sharing ``index_dir``) every process calls this
+    with its ``shards``: the main process holds the index's lock and plans the update; each process embeds a
+    contiguous share of the work and writes its own shards; the main process commits the manifest that names
+    them (:func:`embed_into_shards`). A second indexer waits for the lock.
     """
-    shards = shards or Shards.single()
+    shards, folder = shards or Shards.single(), Path(index_dir)
     if not shards.is_main:
-        root, plan = shards.from_main()
-        for _ in embedded_rounds(plan, root, model, batch_size, shards):
-            pass
+        plan, manifest = shards.from_main()
+        embed_into_shards(folder, manifest, plan, model, batch_size, shards)
         return plan
-    folder = Path(index_dir)
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder / LOCK_FILE)):
         try:
@@ -117,7 +121,7 @@ def build_index(
         except Exception as error:
             shards.from_main(error=error)  # the other processes stop with its message
             raise
-        shards.from_main((index.root, plan))
+        shards.from_main((plan, index.manifest))
         return apply_update(index, plan, model, batch_size, shards, ann or ANNConfig(), calibration_texts)
 
 
@@ -172,14 +176,9 @@ def check_same_tiling(index: ImageIndex, tiling: Tiling | None, index_dir) -> No
         )
 
 
-def embedded_rounds(plan: IndexUpdate, root: str, model: RetrievalModel, batch_size: int, shards: Shards):
-    """Embed ``plan.work()`` (images, or windows of scenes, under ``root``) in batches of ``batch_size``, one
-    batch per process per round. Yields, on every process, how many items are done and each round's ``(B,
-    D)`` embeddings in order (each row computed from the same batch as in a one-process run; a window without
-    valid pixels is a row of NaN)."""
-    work = plan.work()
-    batches = [work[start : start + batch_size] for start in range(0, len(work), batch_size)]
-    done = 0
+def embedder(plan: IndexUpdate, root: str, model: RetrievalModel):
+    """``(read, embed)`` for the plan's work: reading a batch of images (or of windows of scenes) under
+    ``root``, and embedding it into ``(B, D)`` rows (a window without valid pixels is a row of NaN)."""
 
     def read_batch(batch: list[tuple[str, Window | None]]) -> list[PIL.Image.Image | None]:
         if plan.tiles is not None:
@@ -189,66 +188,112 @@ def embedded_rounds(plan: IndexUpdate, root: str, model: RetrievalModel, batch_s
     def embed(images: list[PIL.Image.Image | None]) -> torch.Tensor:
         valid = [image for image in images if image is not None]
         if len(valid) == len(images):
-            return model.embed_images(images)
+            return model.embed_images(images).float().cpu()
         rows = torch.full((len(images), model.model.config.projection_dim), torch.nan)
         if valid:
             rows[[image is not None for image in images]] = model.embed_images(valid).float().cpu()
         return rows
 
-    desc = "embedding images" if plan.tiles is None else "embedding scene windows"
-    for embedded in embed_batches(batches, embed, shards, load=read_batch, batches_per_round=1, desc=desc):
-        done += sum(len(piece) for piece in embedded)
-        yield done, embedded
+    return read_batch, embed
 
 
-class ShardWriter:
-    """Collects embedded rows and writes them as shards of ``index``, committing each: a shard covers a
-    span of the plan's work (its rows, and for scenes every scene of that span, windowless ones included)."""
+class ShardBuffer:
+    """Embedded rows of one process, written as a shard when asked: the row of work item ``i`` has the id
+    ``first_id + i`` (the same in a one-process run; items without valid pixels leave their id unused), and
+    a scene index's shard lists every scene of the span it covers, windowless ones included."""
 
-    def __init__(self, index: ImageIndex, plan: IndexUpdate):
-        self.index, self.plan, self.work = index, plan, plan.work()
-        self.written = 0  # work items written so far
+    def __init__(self, folder: Path, manifest: Manifest, plan: IndexUpdate, first_id: int):
+        self.folder, self.manifest, self.plan, self.first_id = folder, manifest, plan, first_id
+        self.work, self.span, self.skipped = plan.work(), None, 0
+        self.ids: list[int] = []
         self.embeddings: list[np.ndarray] = []
-        self.items: list[tuple[str, Window | None]] = []
-
-    def append(self, done: int, block: torch.Tensor) -> None:
-        """The embeddings of work items ``done - len(block)`` to ``done``; rows of NaN are skipped."""
-        valid = ~block.isnan().any(dim=1)
-        span = self.work[done - len(block) : done]
-        self.items += [item for item, ok in zip(span, valid.tolist(), strict=True) if ok]
-        self.embeddings.append(block[valid].float().numpy())
-        self.plan.skipped += len(block) - int(valid.sum())
 
     @property
     def rows(self) -> int:
-        return len(self.items)
+        return len(self.ids)
 
-    def flush(self, done: int) -> None:
-        """Write the rows collected (work up to ``done``) as a shard and commit it; scenes with windows
-        after ``done`` are pending (tiled again should the run stop here)."""
-        manifest = self.index.manifest
-        span = self.work[self.written : done]
-        if span:
-            first = manifest.next_id
-            ids = list(range(first, first + len(self.items)))
-            names = [name for name, _ in self.items]
-            if manifest.tiling is None:
-                rows, scenes = image_rows(ids, names), None
-            else:
-                windows = [window for _, window in self.items]
-                footprints = footprints_of(self.items, self.plan.scenes)
-                rows = scene_rows(ids, names, windows, footprints)
-                scenes = {name: self.plan.scenes[name] for name, _ in span}
-            embeddings = np.concatenate(self.embeddings) if self.embeddings else np.empty((0, manifest.dim))
-            entry = write_shard(self.index.folder, embeddings, rows, manifest.dtype, scenes, first)
-            self.index.shards.append(Shard(self.index.folder, entry, manifest))
-            manifest.shards.append(entry)
-            manifest.next_id = entry.end_id
-        manifest.pending = list(
-            dict.fromkeys(name for name, window in self.work[done:] if window is not None)
-        )
-        self.written, self.embeddings, self.items = done, [], []
-        commit(self.index)
+    def append(self, start: int, block: torch.Tensor) -> None:
+        """The embeddings of work items ``start`` to ``start + len(block)``; rows of NaN are skipped."""
+        valid = ~block.isnan().any(dim=1)
+        self.ids += [self.first_id + start + i for i, ok in enumerate(valid.tolist()) if ok]
+        self.embeddings.append(block[valid].numpy())
+        self.skipped += len(block) - int(valid.sum())
+        self.span = (start if self.span is None else self.span[0], start + len(block))
+
+    def write(self) -> ShardEntry | None:
+        """Write what was appended since the last write as a shard (not yet part of the index)."""
+        if self.span is None:
+            return None
+        items = [self.work[i - self.first_id] for i in self.ids]
+        names = [name for name, _ in items]
+        if self.manifest.tiling is None:
+            rows, scenes = image_rows(self.ids, names), None
+        else:
+            windows = [window for _, window in items]
+            rows = scene_rows(self.ids, names, windows, footprints_of(items, self.plan.scenes))
+            scenes = {name: self.plan.scenes[name] for name, _ in self.work[self.span[0] : self.span[1]]}
+        embeddings = np.concatenate(self.embeddings) if self.embeddings else np.empty((0, self.manifest.dim))
+        first, end = (self.first_id + position for position in self.span)
+        entry = write_shard(self.folder, embeddings, rows, self.manifest.dtype, scenes, first, end)
+        self.span, self.ids, self.embeddings = None, [], []
+        return entry
+
+
+def embed_into_shards(
+    folder: Path,
+    manifest: Manifest,
+    plan: IndexUpdate,
+    model: RetrievalModel,
+    batch_size: int,
+    shards: Shards,
+    committed=None,
+) -> None:
+    """Embed ``plan.work()`` in batches of ``batch_size`` (each row computed from the same batch as in a
+    one-process run), each process a contiguous share of the batches, and write what each embeds as its own
+    shards: no embedding leaves the process that computed it. Every ``SYNC_BATCHES`` batches the processes
+    compare notes (an input error on one stops them all, naming it) and, every ``SAVE_EVERY_SECONDS`` or
+    ``SHARD_ROWS`` rows and at the end, each writes a shard; the main process then calls ``committed(entries,
+    pending, next_id)`` with the shards written, the scenes not yet fully embedded and, at the end, the next
+    free row id."""
+    work, first_id = plan.work(), manifest.next_id
+    batches = [(start, work[start : start + batch_size]) for start in range(0, len(work), batch_size)]
+    share = math.ceil(len(batches) / shards.count)
+    mine = batches[shards.rank * share : (shards.rank + 1) * share]
+    done = end = min(len(work), shards.rank * share * batch_size)
+    if mine:
+        end = mine[-1][0] + len(mine[-1][1])
+    read_batch, embed = embedder(plan, manifest.root, model)
+    buffer, last_save = ShardBuffer(folder, manifest, plan, first_id), time.monotonic()
+    embedded = embedded_locally([batch for _, batch in mine], embed, shards, load=read_batch)
+    desc = "embedding images" if plan.tiles is None else "embedding scene windows"
+    every = SYNC_BATCHES if shards.count > 1 else 1  # alone, it checks the time after every batch
+    syncs = max(1, math.ceil(share / every))
+    with tqdm(total=end - done, desc=desc, disable=not (work and shards.is_main)) as progress:
+        for sync in range(syncs):
+            error = None
+            try:
+                for (start, _), (batch, block) in zip(mine[:every], embedded, strict=False):
+                    buffer.append(start, block)
+                    done = start + len(batch)
+                    progress.update(len(batch))
+                mine = mine[every:]
+            except InputError as failure:
+                error = failure
+            rows = shards.gather([buffer.rows], error)  # the other processes stop with its message
+            if error is not None:
+                raise error
+            last = sync == syncs - 1
+            due = last or max(rows) >= SHARD_ROWS or time.monotonic() - last_save >= SAVE_EVERY_SECONDS
+            if not shards.from_main(due):
+                continue
+            reports = shards.gather([(buffer.write(), done, end, buffer.skipped)])
+            last_save = time.monotonic()
+            if committed is not None:
+                plan.skipped = sum(skipped for *_, skipped in reports)
+                undone = [item for _, done_at, end_at, _ in reports for item in work[done_at:end_at]]
+                pending = list(dict.fromkeys(name for name, window in undone if window is not None))
+                entries = [entry for entry, *_ in reports if entry is not None]
+                committed(entries, pending, first_id + len(work) if last else None)
 
 
 def footprints_of(items: list[tuple[str, Window]], scenes: dict[str, SceneInfo]) -> list:
@@ -290,14 +335,17 @@ def apply_update(
         entry = shard.with_deleted(index.folder, dropped)
         if entry is not None:
             shard.entry = manifest.shards[number] = entry
-    writer, last_save = ShardWriter(index, plan), time.monotonic()
-    for done, embedded in embedded_rounds(plan, index.root, model, batch_size, shards):
-        writer.append(done, torch.cat(embedded))
-        due = time.monotonic() - last_save >= SAVE_EVERY_SECONDS or writer.rows >= SHARD_ROWS
-        if due and done < len(writer.work):
-            writer.flush(done)
-            last_save = time.monotonic()
-    writer.flush(len(writer.work))
+
+    def committed(entries: list[ShardEntry], pending: list[str], next_id: int | None) -> None:
+        index.shards.extend(Shard(index.folder, entry, manifest) for entry in entries)
+        index.shards.sort(key=lambda shard: shard.entry.first_id)
+        manifest.shards = [shard.entry for shard in index.shards]
+        ends = [entry.end_id for entry in entries]
+        manifest.next_id = next_id if next_id is not None else max([manifest.next_id, *ends])
+        manifest.pending = pending
+        commit(index)
+
+    embed_into_shards(index.folder, manifest, plan, model, batch_size, shards, committed)
     index = ImageIndex(index.folder, manifest, index.shards, index.ann)  # sees the new shards and deletions
     texts = None
     if calibration_texts and ann.uses_faiss(len(index)):
@@ -326,7 +374,7 @@ def update_ann(index: ImageIndex, config: ANNConfig, queries: np.ndarray | None 
             previous.add(index.vectors.since(index.covers), store=index.vectors, queries=queries)
             built, done = previous, f"extended {previous.factory}"
         else:
-            built = ANNIndex.build(index.vectors, config, queries)
+            built = ANNIndex.build(index.vectors, config, queries, index.folder)
             done = f"built {built.factory}"
         measured = built.calibration
         if config.kind == "auto" and measured is not None and not measured.reached:
@@ -336,9 +384,7 @@ def update_ann(index: ImageIndex, config: ANNConfig, queries: np.ndarray | None 
             )
             built, done = None, f"none, exact search ({because})"
     if built is not None:
-        file_name = new_name("ann", ".faiss")
-        settings = built.save(index.folder / file_name)
-        manifest.ann = {"file": file_name, "settings": settings, "vectors": len(built)}
+        manifest.ann = {"settings": built.save(index.folder), "vectors": len(built)}
     else:
         manifest.ann = None
     manifest.ann_through, manifest.ann_config, manifest.exact_because = (
@@ -379,10 +425,9 @@ def compact(index_dir: str | os.PathLike) -> str:
             if ann.remove(np.concatenate(dead_ids)):
                 index.ann = ann
                 ann.vectors, ann.excluded = index.vectors, None
-                file_name = new_name("ann", ".faiss")
-                settings = ann.save(folder / file_name)
-                manifest.ann = {**manifest.ann, "file": file_name, "settings": settings, "vectors": len(ann)}
-            else:
+                manifest.ann = {"settings": ann.save(folder), "vectors": len(ann)}
+            else:  # built again, from the rows kept
+                manifest.ann_config = None
                 update_ann(index, ann.config)
         commit(index)
         return (

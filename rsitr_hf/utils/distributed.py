@@ -178,15 +178,8 @@ def embed_batches(
         for mine in rounds:
             part, error = [], None
             try:
-                loader = torch.utils.data.DataLoader(
-                    LoadedBatches(mine, load or as_given),
-                    batch_size=None,
-                    num_workers=num_workers,
-                    pin_memory=shards.device.type == "cuda",
-                    generator=torch.Generator(),  # its seed draw must not take from the training's stream
-                )
-                for batch, inputs in zip(mine, loader, strict=True):
-                    part.append(embed(inputs))
+                for batch, embedded in embedded_locally(mine, embed, shards, load, num_workers):
+                    part.append(embedded)
                     progress.update(len(batch))
                 part = [torch.cat(part).float().cpu()] if part else []
             except InputError as failure:
@@ -195,3 +188,23 @@ def embed_batches(
             if error is not None:
                 raise error
             yield gathered
+
+
+def embedded_locally(
+    batches: Sequence[Sequence],
+    embed: Callable[[Any], torch.Tensor],
+    shards: Shards,
+    load: Callable[[Sequence], Any] | None = None,
+    num_workers: int = 0,
+) -> Iterator[tuple[Sequence, torch.Tensor]]:
+    """``(batch, embeddings)`` for each of ``batches``, in this process alone: each loaded (``load``, in
+    ``num_workers`` data-loader workers when there are some) and embedded with ``embed`` on its device."""
+    loader = torch.utils.data.DataLoader(
+        LoadedBatches(batches, load or as_given),
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=shards.device.type == "cuda",
+        generator=torch.Generator(),  # its seed draw must not take from the training's stream
+    )
+    for batch, inputs in zip(batches, loader, strict=True):
+        yield batch, embed(inputs)
