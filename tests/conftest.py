@@ -294,3 +294,19 @@ def write_format_2(index_dir: Path, index) -> None:
     for stored in [index_dir / "manifest.json", *index_dir.glob("shard-*")]:
         shutil.rmtree(stored) if stored.is_dir() else stored.unlink()
     (index_dir / "index.json").write_text(json.dumps(metadata))
+
+
+def copy_test_images(synthetic_dir: Path, folder: Path, count: int) -> Path:
+    """``folder`` holding the first ``count`` test images of the synthetic set (an image folder to index)."""
+    folder.mkdir(parents=True)
+    for path in sorted((synthetic_dir / "synthrs_images").glob("test_*.tif"))[:count]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def search_model(tiny_clip_dir):
+    """The tiny CLIP as a search model (no adapter)."""
+    from rsitr_hf.search import RetrievalModel
+
+    return RetrievalModel(tiny_clip_dir)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import assert_one_line_error, write_recipe
+from conftest import assert_one_line_error, copy_test_images, write_recipe
 from filelock import FileLock
 from safetensors.torch import load_file
 
@@ -356,16 +356,7 @@ def test_pruning_deletes_only_this_runs_checkpoints(tmp_path):
 
 @pytest.fixture
 def image_folder(tmp_path, synthetic_dir) -> Path:
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for path in sorted((synthetic_dir / "synthrs_images").glob("test_*.tif"))[:8]:
-        shutil.copy(path, folder / path.name)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def search_model(tiny_clip_dir):
-    return RetrievalModel(tiny_clip_dir)
+    return copy_test_images(synthetic_dir, tmp_path / "images", 8)
 
 
 def damage_embeddings(index_dir: Path) -> None:

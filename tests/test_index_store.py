@@ -10,11 +10,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import index_embeddings, index_files, run_in_fresh_process, write_format_2
+from conftest import copy_test_images, index_embeddings, index_files, run_in_fresh_process, write_format_2
 
 from rsitr_hf.search import (
     ImageIndex,
-    RetrievalModel,
     SearchError,
     build_index,
     compact,
@@ -30,16 +29,12 @@ QUERIES = ["many planes parked at the airport", "a river next to green fields", 
 
 @pytest.fixture
 def image_folder(tmp_path, synthetic_dir):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for path in sorted((synthetic_dir / "synthrs_images").glob("test_*.tif"))[:10]:
-        shutil.copy(path, folder / path.name)
-    return folder
+    return copy_test_images(synthetic_dir, tmp_path / "images", 10)
 
 
-@pytest.fixture(scope="module")
-def model(tiny_clip_dir):
-    return RetrievalModel(tiny_clip_dir)
+@pytest.fixture
+def model(search_model):
+    return search_model
 
 
 def answers(index_dir, model) -> list[list[tuple[str, float]]]:

@@ -7,11 +7,13 @@ searched with ``ef_search``), or IVF with product quantisation (``IVF<nlist>,PQ<
 in memory), whose candidates are re-ranked by their full-precision vectors (memory-mapped from disk by
 the image index). Needs ``faiss-cpu`` (``pip install "rsitr_hf[search]"``).
 
-An IVF index is stored as its trained, empty index (``ann-<name>.faiss``: the centroids, and the codebooks
-of a quantised one) and its inverted lists in parts (``ann-<name>-<part>.faiss``, at most ``PART_ROWS``
-rows each, written once): FAISS memory-maps each part (``IO_FLAG_MMAP``) and searches them stacked
-(``HStackInvertedLists``), so a search holds the centroids and codebooks in memory, not the codes, and
-adding rows writes new parts only. Other kinds are one file, read whole. Ids are the caller's (an index's
+A quantised IVF index (``ivfpq``) is stored as its trained, empty index (``ann-<name>.faiss``: the
+centroids and codebooks) and its inverted lists in parts (``ann-<name>-<part>.faiss``, at most
+``PART_ROWS`` rows each, written once): FAISS memory-maps each part (``IO_FLAG_MMAP``) and searches them
+stacked (``HStackInvertedLists``, which copies each probed list's codes from its parts: cheap for 64-byte
+codes), so a search holds the centroids and codebooks in memory, not the codes, and adding rows writes new
+parts only. Other kinds (``IVF,Flat``, whose lists hold the full vectors, HNSW, flat) are one file, read
+whole and written whole. Ids are the caller's (an index's
 row ids); a search passes FAISS's search parameters: the setting, and an ID selector.
 """
 
@@ -284,7 +286,7 @@ class ANNIndex:
             ids = vectors.ids()
             sample = np.sort(np.random.default_rng(config.seed).permutation(len(ids))[:wanted])
             index.train(vectors.take(ids[sample]))
-        if factory.startswith("IVF"):
+        if factory.startswith("IVF") and ",PQ" in factory:  # lists in parts, on disk
             built = cls(faiss.clone_index(index), config, factory, trained=index, folder=folder)
         else:
             built = cls(index, config, factory, folder=folder)
@@ -375,9 +377,9 @@ class ANNIndex:
         self.stack_parts()
 
     def remove(self, ids: np.ndarray) -> bool:
-        """Remove ``ids`` from the index; ``False`` when this index type cannot (HNSW, and IVF, whose lists
-        are written once: build it again)."""
-        if self.factory.startswith(("HNSW", "IVF")):
+        """Remove ``ids`` from the index; ``False`` when this index type cannot (HNSW, and ``ivfpq``, whose
+        lists are written once: build it again)."""
+        if self.factory.startswith("HNSW") or self.trained is not None:
             return False
         faiss = require_faiss()
         self.faiss.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64)))
@@ -590,7 +592,7 @@ class ANNIndex:
             )
         config, name = ANNConfig(**settings), files[0][len("ann-") : -len(".faiss")]
         first = faiss.read_index(str(folder / files[0]))
-        if not factory.startswith("IVF"):
+        if len(files) == 1 and not (factory.startswith("IVF") and ",PQ" in factory):
             return cls(first, config, factory, calibration, name=name, folder=folder)
         parts = [ListsPart(read_lists(folder / file), file) for file in files[1:]]
         return cls(faiss.clone_index(first), config, factory, calibration, first, parts, name, folder)

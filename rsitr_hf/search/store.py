@@ -169,6 +169,7 @@ class Shard:
         if not (self.path / ROWS_FILE).is_file():
             raise ValueError(f"{self.path / ROWS_FILE} is missing")
         self._rows: pa.Table | None = None
+        self._ids: np.ndarray | None = None
         self._dead: np.ndarray | None = None
         self.deleted_names: set[str] = set()
         if entry.deletions is not None:
@@ -190,9 +191,12 @@ class Shard:
         return self._rows
 
     def ids(self) -> np.ndarray:
+        """The row ids this shard holds, increasing."""
         if self.dense:
             return np.arange(self.entry.first_id, self.entry.end_id, dtype=np.int64)
-        return self.rows()["row_id"].to_numpy()
+        if self._ids is None:  # the one column, not the whole table
+            self._ids = pq.read_table(self.path / ROWS_FILE, columns=["row_id"])["row_id"].to_numpy()
+        return self._ids
 
     def dead(self) -> np.ndarray | None:
         """``(rows,)``: which rows are deleted (``None``: none is)."""

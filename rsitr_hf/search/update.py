@@ -57,8 +57,9 @@ SYNC_BATCHES = 8  # each process's batches between two checks with the others (e
 @dataclass
 class IndexUpdate:
     """What :func:`build_index` did: images (or scenes) embedded now, dropped (gone from the folder), the
-    total, what became of the FAISS index (``"none"``, ``"built <factory>"``, ``"extended <factory>"``, or
-    ``"none (auto: ...)"`` when exact search replaced one below its target) and the recall it measured. For
+    total, what became of the FAISS index (``"none"``, ``"built <factory>"``, ``"extended <factory>"``,
+    ``"unchanged <factory>"``, or ``"none, exact search (auto: ...)"`` when exact search replaced one below
+    its target) and the recall it measured. For
     scenes also: the windows of the scenes added (``tiles``, in row order), how each added scene is read
     (``scenes``) and the windows without valid pixels (``skipped``: not indexed)."""
 
