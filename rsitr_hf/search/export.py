@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from ..utils.files import temporary_name
 from .errors import SearchError
-from .geoparquet import file_bbox, geo_schema_metadata, union_bbox
+from .geoparquet import geo_schema_metadata, union_bbox
 from .index import ImageIndex
 from .store import ROWS_FILE, StoreVectors
 
@@ -27,9 +27,7 @@ def export_index(index_dir: str | os.PathLike, out: str | os.PathLike) -> str:
     try:
         with pq.ParquetWriter(temporary, schema) as writer:
             for shard in index.shards:
-                rows, dead = shard.rows(), shard.dead()
-                rows = rows if dead is None else rows.filter(pa.array(~dead))
-                start = 0
+                rows, start = shard.live_rows(), 0
                 for ids, block in StoreVectors([shard], dim).blocks():
                     part = rows.slice(start, len(ids))
                     start += len(ids)
@@ -53,5 +51,5 @@ def export_schema(index: ImageIndex) -> pa.Schema:
     schema = rows_schema.append(pa.field("embedding", pa.list_(pa.float32(), index.manifest.dim)))
     if index.tiling is None:
         return schema.remove_metadata()
-    boxes = [file_bbox(pq.read_schema(shard.path / ROWS_FILE)) for shard in index.shards]
+    boxes = [shard.bbox() for shard in index.shards]
     return schema.with_metadata(geo_schema_metadata(union_bbox([box for box in boxes if box is not None])))

@@ -24,6 +24,15 @@ def polygon_wkb(ring: list[list[float]]) -> bytes:
     return struct.pack("<BIII", 1, WKB_POLYGON, 1, len(ring)) + points
 
 
+def wkb_polygon_ring(wkb: bytes) -> list[list[float]]:
+    """The exterior ring of a WKB Polygon written by :func:`polygon_wkb`, as ``[longitude, latitude]``."""
+    order, kind, rings, points = struct.unpack_from("<BIII", wkb)
+    if order != 1 or kind != WKB_POLYGON or rings < 1:
+        raise ValueError("not a little-endian WKB Polygon")
+    values = struct.unpack_from(f"<{2 * points}d", wkb, 13)
+    return [[values[i], values[i + 1]] for i in range(0, len(values), 2)]
+
+
 def ring_bbox(ring: list[list[float]]) -> dict[str, float]:
     xs, ys = [point[0] for point in ring], [point[1] for point in ring]
     return {"xmin": min(xs), "ymin": min(ys), "xmax": max(xs), "ymax": max(ys)}

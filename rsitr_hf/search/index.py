@@ -20,7 +20,7 @@ from ..evaluation.inference import RetrievalModel
 from ..utils.errors import InputError, first_line
 from .ann import ANNIndex, exact_top_k
 from .errors import SearchError
-from .geoparquet import WINDOW_COLUMNS
+from .geoparquet import WINDOW_COLUMNS, wkb_polygon_ring
 from .scenes import SceneInfo, Window
 from .store import MANIFEST_FILE, Manifest, Shard, StoreVectors
 
@@ -146,8 +146,9 @@ class ImageIndex:
         order = np.argsort(-scores, axis=1, kind="stable")[:, :count]
         return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
-    def items(self, ids: np.ndarray) -> list[tuple[str, Window | None]]:
-        """For each row id: the image (or scene) and, in a scene index, the window."""
+    def items(self, ids: np.ndarray) -> list[tuple[str, Window | None, list[list[float]] | None]]:
+        """For each row id: the image (or scene) and, in a scene index, the window and the footprint the
+        index stored (``None`` without georeference)."""
         ids = np.asarray(ids, dtype=np.int64)
         found: list = [None] * len(ids)
         owner = np.searchsorted(self.vectors.starts, ids, side="right") - 1
@@ -162,20 +163,19 @@ class ImageIndex:
                     f"{shard.path} lists {outside!r}, outside its folder; an index names only files inside "
                     f"the indexed folder ({self.root}): {rebuild_advice(self.folder)}"
                 )
-            if self.tiling is None:
-                windows = [None] * len(names)
-            else:
+            windows, footprints = [None] * len(names), [None] * len(names)
+            if self.tiling is not None:
                 windows = list(zip(*(rows[column].to_pylist() for column in WINDOW_COLUMNS), strict=True))
-            for place, name, window in zip(chosen, names, windows, strict=True):
-                found[place] = (name, window)
+                footprints = [
+                    None if wkb is None else wkb_polygon_ring(wkb) for wkb in rows["geometry"].to_pylist()
+                ]
+            for place, name, window, footprint in zip(chosen, names, windows, footprints, strict=True):
+                found[place] = (name, window, footprint)
         return found
 
     def table(self) -> pa.Table:
         """The live rows of every shard, in row-id order (read whole: for export and small indexes)."""
-        pieces = []
-        for shard in self.shards:
-            rows, dead = shard.rows(), shard.dead()
-            pieces.append(rows if dead is None else rows.filter(pa.array(~dead)))
+        pieces = [shard.live_rows() for shard in self.shards]
         return pa.concat_tables(pieces) if pieces else pa.table({"row_id": pa.array([], pa.int64())})
 
     def matrix(self) -> np.ndarray:

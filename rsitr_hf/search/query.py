@@ -121,32 +121,26 @@ def nearest_images(
             found = [suppress_overlaps(candidates, items, max_overlap)[:k] for candidates in found]
         if index.tiling is None or fetch >= total or all(len(hits) == k for hits in found):
             return [
-                [hit_of(index, rank + 1, score, *items[row]) for rank, (score, row) in enumerate(hits)]
+                [Hit(rank + 1, score, *items[row]) for rank, (score, row) in enumerate(hits)]
                 for hits in found
             ]
         fetch *= SEARCH_GROWTH
 
 
 def suppress_overlaps(
-    candidates: list[tuple[float, int]], items: dict[int, tuple[str, Window]], max_overlap: float
+    candidates: list[tuple[float, int]], items: dict[int, tuple], max_overlap: float
 ) -> list[tuple[float, int]]:
     """``candidates`` (score, row id), best first, without those overlapping a better kept one of their
-    scene (``items``: the scene and window of each row) by more than ``max_overlap``."""
+    scene (``items``: the scene, window and footprint of each row) by more than ``max_overlap``."""
     kept: list[tuple[float, int]] = []
     for score, row in candidates:
-        scene, window = items[row]
+        scene, window, _ = items[row]
         if all(
             items[other][0] != scene or window_iou(window, items[other][1]) <= max_overlap
             for _, other in kept
         ):
             kept.append((score, row))
     return kept
-
-
-def hit_of(index: ImageIndex, rank: int, score: float, item: str, window: Window | None) -> Hit:
-    if window is None:
-        return Hit(rank, score, item)
-    return Hit(rank, score, item, window, index.scenes[item].footprint(window))
 
 
 def hit_image(index: ImageIndex, hit: Hit) -> PIL.Image.Image:

@@ -18,12 +18,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ..utils.errors import InputError
 from ..utils.optional import require
-from .geoparquet import file_bbox
-from .store import ROWS_FILE, Shard
+from .store import Shard
 
 
 def require_shapely():
@@ -84,7 +82,7 @@ def rows_in(shards: list[Shard], area: Area) -> np.ndarray:
     west, south, east, north = area.bounds
     found = []
     for shard in shards:
-        box = file_bbox(pq.read_schema(shard.path / ROWS_FILE))
+        box = shard.bbox()  # read once per opened shard, not per query
         if box is None or box[0] > east or box[2] < west or box[1] > north or box[3] < south:
             continue
         rows = shard.rows()

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from ..evaluation.inference import ModelIdentity
 from .ann import EXACT_BLOCK
+from .geoparquet import file_bbox
 from .scenes import SceneInfo, Tiling
 
 MANIFEST_FILE = "manifest.json"
@@ -170,6 +171,7 @@ class Shard:
             raise ValueError(f"{self.path / ROWS_FILE} is missing")
         self._rows: pa.Table | None = None
         self._ids: np.ndarray | None = None
+        self._bbox: list[float] | None | bool = False  # not read yet
         self._dead: np.ndarray | None = None
         self.deleted_names: set[str] = set()
         if entry.deletions is not None:
@@ -189,6 +191,17 @@ class Shard:
                 )
             self._rows = table
         return self._rows
+
+    def live_rows(self) -> pa.Table:
+        """Its rows, the deleted ones left out."""
+        dead = self.dead()
+        return self.rows() if dead is None else self.rows().filter(pa.array(~dead))
+
+    def bbox(self) -> list[float] | None:
+        """The bbox its rows table's GeoParquet metadata gives (read once; ``None``: no footprint)."""
+        if self._bbox is False:
+            self._bbox = file_bbox(pq.read_schema(self.path / ROWS_FILE))
+        return self._bbox
 
     def ids(self) -> np.ndarray:
         """The row ids this shard holds, increasing."""
