@@ -86,7 +86,7 @@ def test_every_planted_duplicate_is_found_and_no_lookalike_is_flagged(planted_di
     pairs = image_pairs(fingerprint(images))
     planted = {(f"train_{k:03d}.tif", f"test_{k:03d}.png") for k in range(len(PLANTED))}
     assert found_by(pairs, "exact") == {("train_000.tif", "test_000.png")}
-    assert found_by(pairs, "perceptual") == planted  # each edit found, nothing else flagged
+    assert found_by(pairs, "perceptual") == planted  # each edit found, nothing else proposed
     rotated = next(pair for pair in pairs if pair.b.file_name == "test_004.png")
     assert rotated.transform in ("rotate_90", "rotate_270")
     assert all(pair.evidence["perceptual"] <= PERCEPTUAL_MAX_DISTANCE for pair in pairs)
@@ -123,19 +123,26 @@ def test_the_command_writes_report_manifest_and_grid(planted_dir, tmp_path, caps
     for name in ("train_caps.txt", "train_filename.txt", "test_caps.txt", "test_filename.txt"):
         (captions_only / name).write_bytes((planted_dir / name).read_bytes())
     out = tmp_path / "audit"
-    assert audit_main([str(planted_dir), str(captions_only), "--output_dir", str(out)]) == 0
+    arguments = [str(planted_dir), str(captions_only), "--output_dir", str(out), "--candidates", "perceptual"]
+    assert audit_main([*arguments, "--workers", "1"]) == 0
     printed = capsys.readouterr().out
     assert printed == (out / "audit.md").read_text()
-    assert "| plant/train | plant/test | 1 | 6 | 6 |" in printed  # exact, perceptual, any
+    assert (
+        "| plant/train | plant/test | 1 | 6 | 6 | 6 |" in printed
+    )  # exact, perceptual, candidates, verified
     assert "| textonly | 24 | 18 | no (no image folder: captions only) |" in printed
     manifest = json.loads((out / "audit.json").read_text())
-    assert len(manifest["image_pairs"]) == len(PLANTED)
+    assert len(manifest["image_pairs"]) == len(PLANTED) and "visual_words" not in manifest["methods"]
     assert manifest["image_pairs"][0] == {
         "a": {"dataset": "plant", "split": "train", "file": "train_000.tif"},
         "b": {"dataset": "plant", "split": "test", "file": "test_000.png"},
         "evidence": {"exact": 0.0, "perceptual": 0.0},
         "transform": "none",
+        "verified": True,
+        "geometry": None,  # the same pixels
     }
+    rotated = manifest["image_pairs"][4]["geometry"]  # verified with the quarter turn that made it
+    assert manifest["image_pairs"][4]["verified"] and abs(abs(rotated["rotation"]) - 90) < 1
     textonly = next(
         o for o in manifest["caption_overlaps"] if o["a"] == "plant/test" and o["b"] == "textonly/test"
     )
@@ -167,9 +174,11 @@ def test_close_pairs_are_every_pair_above_the_cosine_through_faiss_or_exactly():
 
 def test_the_command_adds_the_embedding_method_with_a_model(planted_dir, tiny_clip_dir, tmp_path, capsys):
     out = tmp_path / "audit"
-    arguments = [str(planted_dir), "--output_dir", str(out), "--model", str(tiny_clip_dir)]
-    assert audit_main([*arguments, "--min_cosine", "0.9999"]) == 0
-    assert "| split a | split b | exact | perceptual | embedding | any |" in capsys.readouterr().out
+    arguments = [str(planted_dir), "--output_dir", str(out), "--model", str(tiny_clip_dir), "--workers", "1"]
+    assert audit_main([*arguments, "--candidates", "perceptual", "--min_cosine", "0.9999"]) == 0
+    assert "| split a | split b | exact | perceptual | embedding | candidates | verified |" in (
+        capsys.readouterr().out
+    )
     manifest = json.loads((out / "audit.json").read_text())
     assert manifest["methods"]["embedding"]["min_cosine"] == 0.9999
     copy = manifest["image_pairs"][0]

@@ -13,12 +13,13 @@ from rsitr_hf.training.data import drop_test_duplicates
 from rsitr_hf.training.recipe import RecipeError, load_recipe
 
 
-def pair(a: tuple[str, str, str], b: tuple[str, str, str]) -> dict:
+def pair(a: tuple[str, str, str], b: tuple[str, str, str], verified: bool = True) -> dict:
     where = ("dataset", "split", "file")
     return {
         "a": dict(zip(where, a, strict=True)),
         "b": dict(zip(where, b, strict=True)),
         "evidence": {"perceptual": 3.0},
+        "verified": verified,
     }
 
 
@@ -30,9 +31,11 @@ MANIFEST = {
         pair(
             ("other", "train", "train_00008.tif"), ("synthrs", "test", "test_00002.tif")
         ),  # not this dataset
+        pair(("synthrs", "train", "train_00009.tif"), ("synthrs", "test", "test_00003.tif"), verified=False),
     ]
 }
 LINKED = {"train_00003.tif", "train_00017.tif"}
+CANDIDATE = "train_00009.tif"  # linked by a pair that was not verified
 
 
 def test_exactly_the_linked_training_images_are_dropped(tmp_path, tiny_clip_dir, synthetic_dir):
@@ -49,6 +52,47 @@ def test_exactly_the_linked_training_images_are_dropped(tmp_path, tiny_clip_dir,
     assert kept["synthrs"]["test"]["filename"] == full["test"]["filename"]
     assert sum(len(files) for files in record["dropped"]["synthrs"].values()) == len(LINKED)
     assert record["manifest"] == str(tmp_path / "audit.json") and record["test_splits_of"] == ["synthrs"]
+
+
+def test_unverified_candidates_are_dropped_only_when_asked(tmp_path, tiny_clip_dir, synthetic_dir):
+    (tmp_path / "audit.json").write_text(json.dumps(MANIFEST))
+    recipe = load_recipe(
+        write_recipe(tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "out"),
+        {
+            "data.exclude_test_duplicates": str(tmp_path / "audit.json"),
+            "data.exclude_unverified_candidates": True,
+        },
+    )
+    full = load_rsitr(synthetic_dir, validation_fraction=0.2)
+    kept, record = drop_test_duplicates(recipe, {"synthrs": full})
+    assert set(kept["synthrs"]["train"]["filename"]) | set(kept["synthrs"]["validation"]["filename"]) == (
+        set(full["train"]["filename"]) | set(full["validation"]["filename"])
+    ) - LINKED - {CANDIDATE}
+    assert record["pairs"] == "verified and unverified candidate pairs"
+
+
+@pytest.mark.parametrize(
+    "manifest, problem",
+    [
+        ({"datasets": []}, "no image_pairs list"),
+        ({"image_pairs": [{k: v for k, v in MANIFEST["image_pairs"][0].items() if k != "verified"}]},
+         r"image_pairs\[0\] has no verified: true/false"),
+        ({"image_pairs": [{**MANIFEST["image_pairs"][0], "b": {"dataset": "synthrs", "split": "test"}}]},
+         r"image_pairs\[0\]\.b lacks one of dataset, split, file"),
+    ],
+)  # fmt: skip
+def test_a_manifest_without_the_fields_exclusion_reads_is_one_line(
+    tmp_path, tiny_clip_dir, synthetic_dir, manifest, problem
+):
+    (tmp_path / "audit.json").write_text(json.dumps(manifest))
+    recipe = load_recipe(
+        write_recipe(tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "out"),
+        {"data.exclude_test_duplicates": str(tmp_path / "audit.json")},
+    )
+    with pytest.raises(
+        RecipeError, match=rf"^data.exclude_test_duplicates: .*audit.json: {problem} \(expected"
+    ):
+        drop_test_duplicates(recipe, {"synthrs": load_rsitr(synthetic_dir)})
 
 
 def test_a_run_audits_its_dataset_and_records_what_it_dropped(tmp_path, tiny_clip_dir, synthetic_dir):

@@ -4,38 +4,16 @@ that relates them; different scenes drawn the same way (look-alikes) are not."""
 
 import io
 
-import numpy as np
 import PIL.Image
-import PIL.ImageDraw
 import PIL.ImageEnhance
 import pytest
 
 pytest.importorskip("cv2", reason="geometric verification needs OpenCV (pip install -e '.[audit]')")
 
 from rsitr_hf.data.geometric import GeometricVerifier  # noqa: E402
+from rsitr_hf.demo.textured import aerial_scene  # noqa: E402
 
 TILE = 384
-
-
-def aerial_scene(seed: int, size: int = 768) -> PIL.Image.Image:
-    """A synthetic aerial scene: fields, roads and buildings drawn at random (seeded) with sensor noise;
-    every seed is a different place of the same kind and layout."""
-    rng = np.random.default_rng(seed)
-    image = PIL.Image.new("RGB", (size, size), (96, 112, 72))
-    draw = PIL.ImageDraw.Draw(image)
-    fields = [(70, 110, 50), (120, 140, 70), (150, 120, 80), (100, 90, 60), (60, 90, 40)]
-    for _ in range(40):
-        x, y = rng.integers(0, size, 2)
-        width, height = rng.integers(40, 200, 2)
-        draw.rectangle([x, y, x + width, y + height], fill=fields[rng.integers(len(fields))])
-    for _ in range(8):
-        draw.line(list(rng.integers(0, size, 4)), fill=(128, 128, 128), width=6)
-    for _ in range(300):
-        x, y = rng.integers(0, size, 2)
-        width, height = rng.integers(6, 16, 2)
-        draw.rectangle([x, y, x + width, y + height], fill=tuple(int(v) for v in rng.integers(120, 230, 3)))
-    pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, 8, (size, size, 3))
-    return PIL.Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
 def jpeg(image: PIL.Image.Image, quality: int = 40) -> PIL.Image.Image:

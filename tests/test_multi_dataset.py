@@ -219,14 +219,17 @@ def test_exclusion_drops_training_images_that_duplicate_any_scored_test_split(
             {
                 "a": image("synthb", "train", "train_00002.tif"),
                 "b": image("synthrs", "test", "test_00001.tif"),
+                "verified": True,
             },
             {
                 "a": image("synthrs", "train", "train_00004.tif"),
                 "b": image("synthb", "test", "test_00003.tif"),
+                "verified": True,
             },
             {
                 "a": image("synthrs", "train", "train_00005.tif"),
                 "b": image("synthb", "train", "train_00006.tif"),
+                "verified": True,
             },
         ]
     }

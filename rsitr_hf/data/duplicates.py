@@ -1,15 +1,26 @@
 """Duplicates within and across the splits of RSITR datasets: what ``rsitr-audit`` finds.
 
-Three kinds of evidence, each named in the report:
+Candidates first, then verification. Candidate methods, each named in the report:
 
-- ``exact``: the same decoded pixels (SHA-256 of the RGB array and its shape), whatever the file format;
+- ``exact``: the same decoded pixels (SHA-256 of the RGB array and its shape), whatever the file format
+  (verified by itself);
 - ``perceptual``: a 256-bit DCT hash (``imagehash.phash``, ``hash_size=16``) of the greyscale image
-  reduced to 128 px, compared under the 8 rotations and flips of the square; two images are near
-  duplicates when the smallest Hamming distance is at most ``max_distance`` (default
-  :data:`PERCEPTUAL_MAX_DISTANCE`). It survives re-encoding, resizing, colour changes, 90° rotations and
-  flips, not crops or shifts of more than a few pixels;
-- ``caption``: the same caption after normalisation (lower case, every character that is not a letter or a
-  digit a space; :func:`rsitr_hf.data.pos.normalise_caption`, ``"words"``), counted per pair of splits.
+  reduced to 128 px, compared under the 8 rotations and flips of the square; a candidate when the smallest
+  Hamming distance is at most ``max_distance`` (default :data:`PERCEPTUAL_MAX_DISTANCE`). It survives
+  re-encoding, resizing, colour changes, 90° rotations and flips, not crops or shifts of more than a few
+  pixels;
+- ``visual_words``: ORB features hashed into words, each image's nearest images by their shared words
+  (:mod:`rsitr_hf.data.visual_words`): survives shifts, crops, overlapping tiles and rescaling too;
+- further methods given as :class:`ExtraMethod` (``rsitr-audit --model``: CLIP embedding neighbours).
+
+Verification (:mod:`rsitr_hf.data.geometric`) fits a similarity transform to matched local features of
+each candidate pair and verifies it when enough matches agree and the images overlap enough; the pair
+records the transform, the overlap and the inliers. Only verified pairs are duplicates; the others stay in
+the manifest as candidates.
+
+Captions: ``caption``: the same caption after normalisation (lower case, every character that is not a
+letter or a digit a space; :func:`rsitr_hf.data.pos.normalise_caption`, ``"words"``), counted per pair of
+splits.
 
 Images are read from the seed layout (``<name>_precomp``: ``train``/``test`` captions and file names,
 ``<name>_images/``); a dataset whose image folder is absent (the packaged split files) is audited by its
@@ -18,11 +29,12 @@ captions only.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import imagehash
@@ -30,13 +42,21 @@ import numpy as np
 import PIL.Image
 
 from ..utils.errors import InputError
+from ..utils.processes import in_processes
+from .geometric import GeometricVerifier, Verification, one_thread
 from .images import UnreadableImageError, read_rgb
 from .pos import normalise_caption
 from .seed_layout import SPLITS, RSITRDataError, infer_name, read_split_listing
+from .visual_words import VisualWords
 
 HASH_SIZE = 16  # 256 bits
 REDUCED_SIZE = 128
-PERCEPTUAL_MAX_DISTANCE = 24
+PERCEPTUAL_MAX_DISTANCE = 32
+DEFAULT_WORDS = VisualWords()
+DEFAULT_VERIFIER = GeometricVerifier()
+DESCRIBED_IMAGES = 1024  # verification: described images kept for further pairs
+BATCH = 64  # images fingerprinted, or pairs verified, at a time by one process
+Progress = Callable[..., Iterable]  # tqdm's signature: progress(iterable, total=..., desc=...)
 DIHEDRAL = {
     "none": None,
     "rotate_90": PIL.Image.Transpose.ROTATE_90,
@@ -66,24 +86,30 @@ class AuditImage:
 
 @dataclass
 class Fingerprints:
-    """What the image methods compare, one row per readable image: ``pixels`` the SHA-256 of the pixels,
-    ``hashes`` ``(N, 8, 4)`` uint64, the perceptual hash of each image under each of :data:`DIHEDRAL`."""
+    """What the candidate methods compare, one row per readable image: ``pixels`` the SHA-256 of the pixels,
+    ``hashes`` ``(N, 8, 4)`` uint64, the perceptual hash of each image under each of :data:`DIHEDRAL`,
+    ``words`` each image's visual words (empty when they were not asked for)."""
 
     images: list[AuditImage]
     pixels: list[str]
     hashes: np.ndarray
+    words: list[np.ndarray] = field(default_factory=list)
     unreadable: list[AuditImage] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class ImagePair:
-    """Two images found to be the same: ``a`` comes first in the audited order; ``evidence`` maps each
-    method that found them to its score (``exact``: 0; ``perceptual``: the Hamming distance)."""
+    """Two images a candidate method found alike: ``a`` comes first in the audited order; ``evidence`` maps
+    each method that found them to its score (``exact``: 0; ``perceptual``: the Hamming distance;
+    ``visual_words``: the cosine); ``verified``: the same pixels, or verification's ``geometry`` says they
+    show the same ground."""
 
     a: AuditImage
     b: AuditImage
     evidence: dict[str, float]
     transform: str | None = None  # the rotation or flip of ``b`` that matches ``a`` (perceptual)
+    verified: bool = False
+    geometry: Verification | None = None
 
 
 @dataclass(frozen=True)
@@ -125,23 +151,49 @@ def perceptual_hashes(image: PIL.Image.Image) -> np.ndarray:
     return np.packbits(np.stack(bits).reshape(len(bits), -1), axis=1).view(np.uint64)
 
 
-def fingerprint(images: Sequence[AuditImage], progress: Iterable | None = None) -> Fingerprints:
-    """Decode every image once: its pixel digest and perceptual hashes; images that cannot be read are
-    listed in ``unreadable``."""
-    kept, pixels, hashes, unreadable = [], [], [], []
-    for image in progress if progress is not None else images:
+def fingerprint(
+    images: Sequence[AuditImage],
+    progress: Progress | None = None,
+    words: VisualWords | None = None,
+    workers: int = 1,
+) -> Fingerprints:
+    """Decode every image once: its pixel digest, perceptual hashes and (with ``words``) visual words, over
+    ``workers`` processes; images that cannot be read are listed in ``unreadable``."""
+    batches = [images[start : start + BATCH] for start in range(0, len(images), BATCH)]
+    results = in_processes(functools.partial(fingerprint_batch, words=words), batches, workers, one_thread)
+    if progress is not None:
+        results = progress(results, total=len(batches), desc=f"fingerprints ({BATCH} images a step)")
+    kept, pixels, hashes, bags, unreadable = [], [], [], [], []
+    for batch, found in zip(batches, results, strict=True):
+        for image, print_ in zip(batch, found, strict=True):
+            if print_ is None:
+                unreadable.append(image)
+                continue
+            kept.append(image)
+            pixels.append(print_[0])
+            hashes.append(print_[1])
+            if words is not None:
+                bags.append(print_[2])
+    stacked = np.stack(hashes) if hashes else np.zeros((0, len(DIHEDRAL), HASH_SIZE**2 // 64), np.uint64)
+    return Fingerprints(kept, pixels, stacked, bags, unreadable)
+
+
+def fingerprint_batch(
+    images: Sequence[AuditImage], words: VisualWords | None
+) -> list[tuple[str, np.ndarray, np.ndarray | None] | None]:
+    """``(pixel digest, perceptual hashes, visual words)`` of each image, ``None`` for one that cannot be
+    read."""
+    found = []
+    for image in images:
         try:
             rgb = read_rgb(image.path)
         except UnreadableImageError:
-            unreadable.append(image)
+            found.append(None)
             continue
         array = np.asarray(rgb)
         digest = hashlib.sha256(repr(array.shape).encode() + array.tobytes()).hexdigest()
-        kept.append(image)
-        pixels.append(digest)
-        hashes.append(perceptual_hashes(rgb))
-    stacked = np.stack(hashes) if hashes else np.zeros((0, len(DIHEDRAL), HASH_SIZE**2 // 64), np.uint64)
-    return Fingerprints(kept, pixels, stacked, unreadable)
+        found.append((digest, perceptual_hashes(rgb), words.words(rgb) if words is not None else None))
+    return found
 
 
 def exact_pairs(prints: Fingerprints) -> list[tuple[int, int]]:
@@ -191,26 +243,87 @@ class ExtraMethod:
 
 def image_pairs(
     prints: Fingerprints,
-    max_distance: int = PERCEPTUAL_MAX_DISTANCE,
+    max_distance: int | None = PERCEPTUAL_MAX_DISTANCE,
     extra: Sequence[ExtraMethod] = (),
+    words: VisualWords | None = None,
+    verifier: GeometricVerifier | None = None,
+    progress: Progress | None = None,
+    workers: int = 1,
 ) -> list[ImagePair]:
-    """Every pair of images found by the exact, the perceptual or an ``extra`` method, with the evidence of
-    each."""
+    """Every pair of images found by a candidate method (exact, perceptual, ``words`` on the fingerprints'
+    visual words, ``extra``), with the evidence of each; pairs of equal pixels are verified, the others
+    when ``verifier`` verifies them (over ``workers`` processes, ``progress`` wrapping the steps)."""
     evidence: dict[tuple[int, int], dict[str, float]] = defaultdict(dict)
     transforms: dict[tuple[int, int], str] = {}
     for i, j in exact_pairs(prints):
         evidence[i, j]["exact"] = 0.0
     names = list(DIHEDRAL)
-    for i, j, distance, transform in perceptual_pairs(prints, max_distance):
+    for i, j, distance, transform in (
+        perceptual_pairs(prints, max_distance) if max_distance is not None else ()
+    ):
         evidence[i, j]["perceptual"] = float(distance)
         transforms[i, j] = names[transform]
+    if words is not None:
+        for i, j, agreeing in words.candidates(prints.words):
+            evidence[i, j]["visual_words"] = agreeing
     for method in extra:
         for i, j, score in method.find(prints.images):
             evidence[i, j][method.name] = float(score)
+    unchecked = sorted(pair for pair, found in evidence.items() if "exact" not in found)
+    geometry = verify_pairs(prints.images, unchecked, verifier, progress, workers) if verifier else {}
     return [
-        ImagePair(prints.images[i], prints.images[j], found, transforms.get((i, j)))
+        ImagePair(
+            prints.images[i],
+            prints.images[j],
+            found,
+            transforms.get((i, j)),
+            "exact" in found or ((i, j) in geometry and geometry[i, j].duplicate),
+            geometry.get((i, j)),
+        )
         for (i, j), found in sorted(evidence.items())
     ]
+
+
+def verify_pairs(
+    images: Sequence[AuditImage],
+    pairs: Sequence[tuple[int, int]],
+    verifier: GeometricVerifier,
+    progress: Progress | None = None,
+    workers: int = 1,
+) -> dict[tuple[int, int], Verification]:
+    """The verification of each pair ``(i, j)`` of ``images``, over ``workers`` processes; each process
+    reads and describes an image once for the pairs it verifies (while among its last
+    :data:`DESCRIBED_IMAGES` described)."""
+    pairs = sorted(pairs)
+    batches = [
+        [(images[i].path, images[j].path) for i, j in pairs[start : start + BATCH]]
+        for start in range(0, len(pairs), BATCH)
+    ]
+    results = in_processes(functools.partial(verify_batch, verifier=verifier), batches, workers, one_thread)
+    if progress is not None:
+        results = progress(results, total=len(batches), desc=f"verification ({BATCH} pairs a step)")
+    found = [verification for batch in results for verification in batch]
+    described.cache_clear()
+    return dict(zip(pairs, found, strict=True))
+
+
+def verify_batch(pairs: Sequence[tuple[Path, Path]], verifier: GeometricVerifier) -> list[Verification]:
+    """The verification of each pair of image files."""
+    return [
+        verifier.verify_described(
+            described(first, False, verifier),
+            described(second, False, verifier),
+            functools.partial(described, second, True, verifier),
+        )
+        for first, second in pairs
+    ]
+
+
+@functools.lru_cache(maxsize=DESCRIBED_IMAGES)
+def described(path: Path, mirrored: bool, verifier: GeometricVerifier):
+    """The image at ``path`` (its mirror image when ``mirrored``) described by ``verifier``."""
+    rgb = read_rgb(path)
+    return verifier.describe(rgb.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT) if mirrored else rgb)
 
 
 def normalised(caption: str) -> str | None:
@@ -253,34 +366,43 @@ class AuditResult:
     pairs: list[ImagePair]
     overlaps: list[CaptionOverlap]
     unreadable: list[AuditImage]
-    max_distance: int
+    max_distance: int | None
     extra: Sequence[ExtraMethod] = ()
+    words: VisualWords | None = None
+    verifier: GeometricVerifier | None = None
 
     def manifest(self) -> dict:
         def where(image: AuditImage) -> dict:
             return {"dataset": image.dataset, "split": image.split, "file": image.file_name}
 
+        perceptual = {
+            "evidence": "Hamming distance of imagehash.phash",
+            "bits": HASH_SIZE**2,
+            "max_distance": self.max_distance,
+            "transforms": list(DIHEDRAL),
+        }
+        words = {"evidence": "ORB visual words shared where one similarity transform puts them"}
+        verification = {"evidence": "inliers and overlap of a RANSAC similarity transform of local features"}
         return {
             "datasets": self.datasets,
             "methods": {
                 "exact": {"evidence": "SHA-256 of the decoded RGB pixels"},
-                "perceptual": {
-                    "evidence": "Hamming distance of imagehash.phash",
-                    "bits": HASH_SIZE**2,
-                    "max_distance": self.max_distance,
-                    "transforms": list(DIHEDRAL),
-                },
+                **({"perceptual": perceptual} if self.max_distance is not None else {}),
+                **({"visual_words": {**words, **asdict(self.words)}} if self.words else {}),
                 **{method.name: method.settings for method in self.extra},
                 "caption": {
                     "evidence": "equal captions after normalisation (lower case, letters and digits)"
                 },
             },
+            "verification": {**verification, **asdict(self.verifier)} if self.verifier else None,
             "image_pairs": [
                 {
                     "a": where(pair.a),
                     "b": where(pair.b),
                     "evidence": pair.evidence,
                     "transform": pair.transform,
+                    "verified": pair.verified,
+                    "geometry": pair.geometry.record() if pair.geometry else None,
                 }
                 for pair in self.pairs
             ],
@@ -291,13 +413,17 @@ class AuditResult:
 
 def audit(
     data_dirs: Sequence[str | Path],
-    max_distance: int = PERCEPTUAL_MAX_DISTANCE,
-    progress: Callable[[list[AuditImage]], Iterable] | None = None,
+    max_distance: int | None = PERCEPTUAL_MAX_DISTANCE,
+    progress: Progress | None = None,
     extra: Sequence[ExtraMethod] = (),
+    words: VisualWords | None = DEFAULT_WORDS,
+    verifier: GeometricVerifier | None = DEFAULT_VERIFIER,
+    workers: int = 1,
 ) -> AuditResult:
     """Audit the seed-layout datasets ``data_dirs`` together: image pairs (of the datasets whose image folder
-    exists, by the exact, the perceptual and the ``extra`` methods) and caption overlaps; ``progress`` wraps
-    the images as they are fingerprinted (e.g. tqdm)."""
+    exists: candidates of the exact, the perceptual, the visual-word (``words``) and the ``extra`` methods,
+    verified by ``verifier``) and caption overlaps; images are fingerprinted and pairs verified over
+    ``workers`` processes, ``progress`` (tqdm's signature) wrapping the steps."""
     datasets, images, with_pixels = [], [], []
     for data_dir in data_dirs:
         found, has_images = read_images(data_dir)
@@ -307,17 +433,23 @@ def audit(
         )
         images += found
         with_pixels += found if has_images else []
-    prints = fingerprint(with_pixels, progress(with_pixels) if progress else None)
-    pairs = image_pairs(prints, max_distance, extra)
-    return AuditResult(datasets, pairs, caption_overlaps(images), prints.unreadable, max_distance, extra)
+    prints = fingerprint(with_pixels, progress, words, workers)
+    pairs = image_pairs(prints, max_distance, extra, words, verifier, progress, workers)
+    return AuditResult(
+        datasets, pairs, caption_overlaps(images), prints.unreadable, max_distance, extra, words, verifier
+    )
 
 
-def linked_training_files(manifest: dict, dataset: str, evaluated: Iterable[str]) -> set[str]:
-    """Files of ``dataset``'s training split that the manifest's image pairs link to the test split of a
-    dataset in ``evaluated`` (by any method)."""
+def linked_training_files(
+    manifest: dict, dataset: str, evaluated: Iterable[str], unverified: bool = False
+) -> set[str]:
+    """Files of ``dataset``'s training split that the manifest's verified image pairs (with
+    ``unverified``: every candidate pair) link to the test split of a dataset in ``evaluated``."""
     tests = {(name, "test") for name in evaluated}
     linked = set()
     for pair in manifest.get("image_pairs", []):
+        if not (unverified or pair["verified"]):
+            continue
         for mine, other in ((pair["a"], pair["b"]), (pair["b"], pair["a"])):
             if (mine["dataset"], mine["split"]) == (dataset, "train") and (
                 other["dataset"],

@@ -131,13 +131,36 @@ def audit_manifest(recipe: Recipe) -> tuple[dict, str]:
     setting = recipe.data.exclude_test_duplicates
     if setting is True:
         folders = [source.path for source in dataset_sources(recipe.data)] + recipe.evaluation.test_datasets
-        return audit(folders).manifest(), "audited when the run started (exact, perceptual)"
+        return audit(folders).manifest(), "audited when the run started (rsitr-audit's defaults)"
     try:
-        return json.loads(Path(setting).read_text(encoding="utf-8")), str(setting)
+        manifest = json.loads(Path(setting).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise RecipeError(
             f"data.exclude_test_duplicates: {setting} is not a readable audit.json ({error})"
         ) from None
+    problem = manifest_problem(manifest)
+    if problem:
+        raise RecipeError(
+            f"data.exclude_test_duplicates: {setting}: {problem} (expected rsitr-audit's audit.json)"
+        )
+    return manifest, str(setting)
+
+
+def manifest_problem(manifest) -> str | None:
+    """What an audit manifest lacks that exclusion reads, or ``None``."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("image_pairs"), list):
+        return "no image_pairs list"
+    for index, pair in enumerate(manifest["image_pairs"]):
+        if not isinstance(pair, dict) or not isinstance(pair.get("verified"), bool):
+            return f"image_pairs[{index}] has no verified: true/false"
+        for side in ("a", "b"):
+            where = pair.get(side)
+            if not isinstance(where, dict) or not all(isinstance(where.get(key), str) for key in WHERE):
+                return f"image_pairs[{index}].{side} lacks one of {', '.join(WHERE)}"
+    return None
+
+
+WHERE = ("dataset", "split", "file")
 
 
 def drop_test_duplicates(
@@ -160,13 +183,20 @@ def drop_test_duplicates(
     evaluated = [*audited.values(), *(infer_name(Path(p)) for p in recipe.evaluation.test_datasets)]
     kept, dropped = {}, {}
     for name, dataset in splits.items():
-        linked = linked_training_files(manifest, audited[name], evaluated)
+        linked = linked_training_files(
+            manifest, audited[name], evaluated, recipe.data.exclude_unverified_candidates
+        )
         dropped[name] = {split: sorted(set(dataset[split]["filename"]) & linked) for split in TRAINED_SPLITS}
         kept[name] = datasets.DatasetDict(
             {split: without_files(rows, linked) if split in TRAINED_SPLITS else rows
              for split, rows in dataset.items()}
         )  # fmt: skip
-    return kept, {"manifest": origin, "test_splits_of": evaluated, "dropped": dropped}
+    pairs = (
+        "verified and unverified candidate pairs"
+        if recipe.data.exclude_unverified_candidates
+        else "verified pairs"
+    )
+    return kept, {"manifest": origin, "pairs": pairs, "test_splits_of": evaluated, "dropped": dropped}
 
 
 TRAINED_SPLITS = ("train", "validation")

@@ -128,10 +128,13 @@ class DataRecipe:
     empty_captions: Literal["error", "drop", "keep"] = option("error", EMPTY_CAPTIONS)
     exclude_test_duplicates: bool | str = option(
         False,
-        "drop from train and validation every image that an audit links to a test split the run scores "
-        "(its datasets' and evaluation.test_datasets'): true (audit those seed-layout datasets now: exact "
-        "and perceptual, as rsitr-audit) or the path of rsitr-audit's audit.json; the run lists what it "
-        "dropped in excluded_training_images.json",
+        "drop from train and validation every image that an audit's verified pairs link to a test split "
+        "the run scores (its datasets' and evaluation.test_datasets'): true (audit those seed-layout "
+        "datasets now with rsitr-audit's defaults; needs the audit extra) or the path of rsitr-audit's "
+        "audit.json; the run lists what it dropped in excluded_training_images.json",
+    )
+    exclude_unverified_candidates: bool = option(
+        False, "exclude_test_duplicates also drops images linked by candidate pairs that were not verified"
     )
     augment: bool = option(
         False, "random resized crop (area 0.5-1, aspect 3/4-4/3) + horizontal flip, on the device"
