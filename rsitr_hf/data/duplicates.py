@@ -47,7 +47,7 @@ from .geometric import GeometricVerifier, Verification, one_thread
 from .images import UnreadableImageError, read_rgb
 from .pos import normalise_caption
 from .seed_layout import SPLITS, RSITRDataError, infer_name, read_split_listing
-from .visual_words import VisualWords
+from .visual_words import VisualWords, WordBag
 
 HASH_SIZE = 16  # 256 bits
 REDUCED_SIZE = 128
@@ -93,7 +93,7 @@ class Fingerprints:
     images: list[AuditImage]
     pixels: list[str]
     hashes: np.ndarray
-    words: list[np.ndarray] = field(default_factory=list)
+    words: list[WordBag] = field(default_factory=list)
     unreadable: list[AuditImage] = field(default_factory=list)
 
 
@@ -101,8 +101,8 @@ class Fingerprints:
 class ImagePair:
     """Two images a candidate method found alike: ``a`` comes first in the audited order; ``evidence`` maps
     each method that found them to its score (``exact``: 0; ``perceptual``: the Hamming distance;
-    ``visual_words``: the cosine); ``verified``: the same pixels, or verification's ``geometry`` says they
-    show the same ground."""
+    ``visual_words``: the shared words that agree with one transform); ``verified``: the same pixels, or
+    verification's ``geometry`` says they show the same ground."""
 
     a: AuditImage
     b: AuditImage
@@ -180,7 +180,7 @@ def fingerprint(
 
 def fingerprint_batch(
     images: Sequence[AuditImage], words: VisualWords | None
-) -> list[tuple[str, np.ndarray, np.ndarray | None] | None]:
+) -> list[tuple[str, np.ndarray, WordBag | None] | None]:
     """``(pixel digest, perceptual hashes, visual words)`` of each image, ``None`` for one that cannot be
     read."""
     found = []

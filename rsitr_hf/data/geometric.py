@@ -24,6 +24,7 @@ import PIL.Image
 from ..utils.optional import require
 
 FEATURES = ("sift", "orb")
+MAX_SCALE_CHANGE = 4.0  # larger changes of scale are taken for chance agreements collapsing onto a point
 Described = tuple[np.ndarray, "np.ndarray | None", tuple[int, int]]  # points, descriptors, (width, height)
 
 
@@ -83,7 +84,7 @@ class GeometricVerifier:
     ransac_threshold: float = 4.0
     min_inliers: int = 20
     min_overlap: float = 0.25
-    max_scale_change: float = 4.0
+    max_scale_change: float = MAX_SCALE_CHANGE
 
     def __post_init__(self):
         if self.features not in FEATURES:

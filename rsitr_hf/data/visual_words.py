@@ -26,7 +26,7 @@ import numpy as np
 import PIL.Image
 import scipy.sparse
 
-from .geometric import require_cv2, resized_grey
+from .geometric import MAX_SCALE_CHANGE, require_cv2, resized_grey
 
 DESCRIPTOR_BITS = 256
 
@@ -168,6 +168,9 @@ class VisualWords:
                 method=cv2.RANSAC,
                 ransacReprojThreshold=self.tolerance,
             )
-            if transform is not None and 0.25 <= np.hypot(transform[0, 0], transform[1, 0]) <= 4.0:
+            if (
+                transform is not None
+                and 1 / MAX_SCALE_CHANGE <= np.hypot(transform[0, 0], transform[1, 0]) <= MAX_SCALE_CHANGE
+            ):
                 best = max(best, int(agree.sum()))
         return best
