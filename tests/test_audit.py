@@ -1,13 +1,11 @@
 """rsitr-audit on a synthetic dataset with planted duplicates: edited copies of training images in its test
 split, among distinct look-alike scenes of the same generator."""
 
-import io
 import json
 import re
 from pathlib import Path
 
 import PIL.Image
-import PIL.ImageEnhance
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,23 +17,13 @@ from rsitr_hf.data.duplicates import (
     image_pairs,
     read_images,
 )
+from rsitr_hf.demo.planted import jitter, jpeg
 from rsitr_hf.demo.synthetic import make_example
 from rsitr_hf.search.ann import ANNConfig
 from rsitr_hf.search.duplicates import close_pairs
 from rsitr_hf.tools.audit import main as audit_main
 
 NUM_TRAIN, NUM_LOOKALIKES = 24, 12
-
-
-def jpeg(image: PIL.Image.Image) -> PIL.Image.Image:
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=70)
-    return PIL.Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-
-
-def jitter(image: PIL.Image.Image) -> PIL.Image.Image:
-    brighter = PIL.ImageEnhance.Brightness(PIL.ImageEnhance.Color(image).enhance(1.3)).enhance(1.15)
-    return PIL.ImageEnhance.Contrast(brighter).enhance(0.85)
 
 
 # test image k is an edited copy of training image k (the perceptual method must find each)

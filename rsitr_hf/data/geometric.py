@@ -142,20 +142,38 @@ class GeometricVerifier:
             return Verification(False, len(good), 0)
         source = np.float32([points_b[m.queryIdx] for m in good])
         target = np.float32([points_a[m.trainIdx] for m in good])
-        cv2.setRNGSeed(0)
-        transform, agree = cv2.estimateAffinePartial2D(
-            source, target, method=cv2.RANSAC, ransacReprojThreshold=self.ransac_threshold, maxIters=5000
-        )
+        transform, inliers = fitted_similarity(source, target, self.ransac_threshold, max_iters=5000)
         if transform is None:
             return Verification(False, len(good), 0)
-        inliers = int(agree.sum())
         scale = math.hypot(transform[0, 0], transform[1, 0])
         rotation = math.degrees(math.atan2(transform[1, 0], transform[0, 0]))
         overlap = overlap_share(transform, size_a, size_b)
-        plausible = 1 / self.max_scale_change <= scale <= self.max_scale_change
+        plausible = plausible_scale(transform, self.max_scale_change)
         duplicate = inliers >= self.min_inliers and overlap >= self.min_overlap and plausible
         shift = (float(transform[0, 2]), float(transform[1, 2]))
         return Verification(duplicate, len(good), inliers, shift, scale, rotation, False, overlap)
+
+
+def fitted_similarity(
+    source: np.ndarray, target: np.ndarray, threshold: float, max_iters: int = 2000
+) -> tuple[np.ndarray | None, int]:
+    """The similarity transform (2 x 3) from ``source`` points to ``target`` points that the most pairs agree
+    with within ``threshold`` pixels (RANSAC, seeded), and how many agree; ``(None, 0)`` when none fits."""
+    cv2 = require_cv2()
+    cv2.setRNGSeed(0)
+    transform, agree = cv2.estimateAffinePartial2D(
+        np.ascontiguousarray(source, np.float32),
+        np.ascontiguousarray(target, np.float32),
+        method=cv2.RANSAC,
+        ransacReprojThreshold=threshold,
+        maxIters=max_iters,
+    )
+    return (None, 0) if transform is None else (transform, int(agree.sum()))
+
+
+def plausible_scale(transform: np.ndarray, max_change: float = MAX_SCALE_CHANGE) -> bool:
+    """Whether ``transform`` changes the scale by at most ``max_change`` either way."""
+    return 1 / max_change <= math.hypot(transform[0, 0], transform[1, 0]) <= max_change
 
 
 def one_thread() -> None:

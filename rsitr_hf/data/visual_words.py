@@ -26,7 +26,7 @@ import numpy as np
 import PIL.Image
 import scipy.sparse
 
-from .geometric import MAX_SCALE_CHANGE, require_cv2, resized_grey
+from .geometric import fitted_similarity, plausible_scale, require_cv2, resized_grey
 
 DESCRIPTOR_BITS = 256
 
@@ -147,7 +147,6 @@ class VisualWords:
     def agreeing(self, first: WordBag, second: WordBag) -> int:
         """How many of the words ``first`` (as it is) shares with ``second`` (as it is, or mirrored) lie
         where one similarity transform puts them (RANSAC, seeded), one per point of ``first``."""
-        cv2 = require_cv2()
         upright = ~first.mirrored
         words, points = first.words[upright], first.points[upright]
         best = 0
@@ -161,16 +160,7 @@ class VisualWords:
             pairs = pairs[np.unique(pairs[:, :2], axis=0, return_index=True)[1]]
             if len(pairs) < max(3, self.min_agreeing, best + 1):
                 continue
-            cv2.setRNGSeed(0)
-            transform, agree = cv2.estimateAffinePartial2D(
-                np.ascontiguousarray(pairs[:, 2:]),
-                np.ascontiguousarray(pairs[:, :2]),
-                method=cv2.RANSAC,
-                ransacReprojThreshold=self.tolerance,
-            )
-            if (
-                transform is not None
-                and 1 / MAX_SCALE_CHANGE <= np.hypot(transform[0, 0], transform[1, 0]) <= MAX_SCALE_CHANGE
-            ):
-                best = max(best, int(agree.sum()))
+            transform, agree = fitted_similarity(pairs[:, 2:], pairs[:, :2], self.tolerance)
+            if transform is not None and plausible_scale(transform):
+                best = max(best, agree)
         return best
