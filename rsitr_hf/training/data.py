@@ -27,6 +27,7 @@ from ..data.release_augment import MAX_LEVEL, ReleaseRandomAugment
 from ..data.sampling import EpochWeightedSampler, example_weights, group_shares
 from ..data.seed_layout import RSITRDataError, infer_name
 from ..data.text_inputs import TextInputs
+from ..utils.processes import available_cpus
 from .recipe import DatasetSource, Recipe, RecipeError, dataset_sources
 
 MAX_AUTO_WORKERS = 8
@@ -72,8 +73,7 @@ def resolve_num_workers(value: int | str, device: torch.device, local_processes:
         return int(value)
     if device.type == "cpu":
         return 0
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(MAX_AUTO_WORKERS, cpus // max(1, local_processes) - 1))
+    return max(1, min(MAX_AUTO_WORKERS, available_cpus() // max(1, local_processes) - 1))
 
 
 def source_name(source: DatasetSource) -> str:
