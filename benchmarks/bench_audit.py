@@ -109,18 +109,18 @@ def main() -> None:
     prints = fingerprint(images, words=DEFAULT_WORDS, workers=args.workers)
     seconds["fingerprint"] = time.perf_counter() - started
     started = time.perf_counter()
-    pairs = image_pairs(prints, extra=extra, words=DEFAULT_WORDS, verifier=None)
+    pairs = image_pairs(prints, extra=extra, words=DEFAULT_WORDS, verifier=None, workers=args.workers)
     seconds["candidates"] = time.perf_counter() - started
     position = {image: index for index, image in enumerate(prints.images)}
-    unchecked = [(position[pair.a], position[pair.b]) for pair in pairs if "exact" not in pair.evidence]
+    unchecked = [(position[pair.a], position[pair.b]) for pair in pairs if pair.verifiable(DEFAULT_WORDS)]
     started = time.perf_counter()
     geometry = verify_pairs(prints.images, unchecked, DEFAULT_VERIFIER, workers=args.workers)
     seconds["verification"] = time.perf_counter() - started
-    verified = {
-        (pair.a.file_name, pair.b.file_name)
-        for pair in pairs
-        if "exact" in pair.evidence or geometry[position[pair.a], position[pair.b]].duplicate
-    }
+    verified = set()
+    for pair in pairs:
+        found = geometry.get((position[pair.a], position[pair.b]))
+        if pair.verified or (found is not None and found.duplicate):
+            verified.add((pair.a.file_name, pair.b.file_name))
 
     def planted(pair) -> bool:
         return pair.b.file_name in edits_of and pair.a.file_name == source_of(pair.b.file_name)

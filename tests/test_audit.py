@@ -5,16 +5,20 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
 
 from rsitr_hf.data.duplicates import (
+    DIHEDRAL,
     PERCEPTUAL_MAX_DISTANCE,
+    Fingerprints,
     caption_overlaps,
     fingerprint,
     image_pairs,
+    perceptual_pairs,
     read_images,
 )
 from rsitr_hf.demo.planted import jitter, jpeg
@@ -80,6 +84,24 @@ def test_every_planted_duplicate_is_found_and_no_lookalike_is_flagged(planted_di
     assert all(pair.evidence["perceptual"] <= PERCEPTUAL_MAX_DISTANCE for pair in pairs)
 
 
+def test_perceptual_pairs_are_every_pair_within_the_distance_under_its_best_transform():
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**63, (300, len(DIHEDRAL), 4), dtype=np.uint64)
+    for k in range(40):  # near copies: another image's hashes, transformed, with bits changed
+        near = hashes[k][rng.permutation(len(DIHEDRAL))]
+        near[:, 0] ^= np.uint64((1 << int(rng.integers(0, 40))) - 1)  # 0 to 39 bits
+        hashes[200 + k] = near
+    upright = hashes[:, None, None, 0, :]
+    distances = np.bitwise_count(upright ^ hashes[None]).sum(-1)  # (i, j, transform)
+    expected = [
+        (i, j, int(distances[i, j].min()), int(distances[i, j].argmin()))
+        for i, j in zip(*np.nonzero(distances.min(-1) <= PERCEPTUAL_MAX_DISTANCE), strict=True)
+        if i < j
+    ]
+    found = perceptual_pairs(Fingerprints([], [], hashes))
+    assert sorted(found) == expected and 20 < len(found) <= 40
+
+
 def test_captions_are_compared_after_normalisation(planted_dir):
     images, _ = read_images(planted_dir)
     overlaps = {(overlap.a, overlap.b): overlap for overlap in caption_overlaps(images)}
@@ -128,6 +150,7 @@ def test_the_command_writes_report_manifest_and_grid(planted_dir, tmp_path, caps
         "transform": "none",
         "verified": True,
         "geometry": None,  # the same pixels
+        "shared_words": None,  # looked at for the embedding method's own candidates only
     }
     rotated = manifest["image_pairs"][4]["geometry"]  # verified with the quarter turn that made it
     assert manifest["image_pairs"][4]["verified"] and abs(abs(rotated["rotation"]) - 90) < 1

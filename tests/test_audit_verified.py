@@ -7,16 +7,18 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import PIL.ImageEnhance
 import pytest
 
 pytest.importorskip("cv2", reason="visual words and verification need OpenCV (pip install -e '.[audit]')")
 
 from rsitr_hf.data.duplicates import (  # noqa: E402
     DEFAULT_WORDS,
+    ExtraMethod,
     audit,
     linked_training_files,
 )
-from rsitr_hf.demo.planted import EDITS, ORIGIN, SIZE, place, stored_or_window  # noqa: E402
+from rsitr_hf.demo.planted import EDITS, ORIGIN, SIZE, jpeg, place, stored_or_window  # noqa: E402
 from rsitr_hf.tools.audit import main as audit_main  # noqa: E402
 
 # edit -> where the copy's origin lies in the training image, the size of its pixel there, its rotation
@@ -29,6 +31,7 @@ PLANTED = {
     "tiles 50 % + flip": (None, 1.0, 0.0),
 }
 NUM_LOOKALIKES = 6
+FADED = 0.3  # contrast of the faint views
 
 
 def write_split(data_dir: Path, split: str, images: list) -> None:
@@ -132,3 +135,41 @@ def test_the_command_reports_candidates_and_verified_and_draws_the_overlap(place
         json.dumps(audit([places_dir]).manifest())
     )
     assert (out / "pairs.png").stat().st_size > 0
+
+
+def test_a_further_methods_own_candidates_are_verified_only_when_their_shared_words_agree(places_dir):
+    def every_train_test_pair(images):
+        return [
+            (i, j, 1.0)
+            for i, a in enumerate(images)
+            for j, b in enumerate(images)
+            if i < j and (a.split, b.split) == ("train", "test")
+        ]
+
+    oracle = ExtraMethod("oracle", {}, every_train_test_pair)
+    silent_words = replace(DEFAULT_WORDS, margin=100.0)  # the words propose nothing themselves
+    found = audit([places_dir], max_distance=None, extra=[oracle], words=silent_words)
+    planted = {(f"train_{k:03d}.png", f"test_{k:03d}.png") for k in range(len(PLANTED))}
+    assert len(found.pairs) == (len(PLANTED) + NUM_LOOKALIKES) ** 2
+    for pair in found.pairs:
+        assert set(pair.evidence) == {"oracle"}
+        copy = (pair.a.file_name, pair.b.file_name) in planted
+        assert (pair.shared_words >= silent_words.min_agreeing) == copy
+        assert pair.verified == copy and (pair.geometry is not None) == copy  # the others are not verified
+    record = next(pair for pair in found.manifest()["image_pairs"] if not pair["verified"])
+    assert record["geometry"] is None and record["shared_words"] < silent_words.min_agreeing
+
+
+def test_a_faint_view_is_checked_with_its_faint_corners():
+    farmland = place(4, "textured")  # weakly textured fields
+    faded = [
+        jpeg(PIL.ImageEnhance.Contrast(farmland(ORIGIN + shift, ORIGIN + shift, SIZE)).enhance(FADED))
+        for shift in (0, 32)
+    ]
+    original, copy = (DEFAULT_WORDS.words(image) for image in faded)
+    assert (~original.checked[original.ranked]).all()  # too few strong corners to check with
+    assert original.ranking().size == original.ranked.sum() * DEFAULT_WORDS.tables
+    assert DEFAULT_WORDS.agreeing(original, copy) >= DEFAULT_WORDS.min_agreeing
+    strong_only = replace(DEFAULT_WORDS, min_strong=0)
+    original, copy = (strong_only.words(image) for image in faded)
+    assert strong_only.agreeing(original, copy) < DEFAULT_WORDS.min_agreeing

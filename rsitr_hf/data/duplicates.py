@@ -6,12 +6,14 @@ Candidates first, then verification. Candidate methods, each named in the report
   (verified by itself);
 - ``perceptual``: a 256-bit DCT hash (``imagehash.phash``, ``hash_size=16``) of the greyscale image
   reduced to 128 px, compared under the 8 rotations and flips of the square; a candidate when the smallest
-  Hamming distance is at most ``max_distance`` (default :data:`PERCEPTUAL_MAX_DISTANCE`). It survives
+  Hamming distance is at most ``max_distance`` (default :data:`PERCEPTUAL_MAX_DISTANCE`; every pair, in
+  FAISS's exact binary index). It survives
   re-encoding, resizing, colour changes, 90° rotations and flips, not crops or shifts of more than a few
   pixels;
 - ``visual_words``: ORB features hashed into words, each image's nearest images by their shared words
   (:mod:`rsitr_hf.data.visual_words`): survives shifts, crops, overlapping tiles and rescaling too;
-- further methods given as :class:`ExtraMethod` (``rsitr-audit --model``: CLIP embedding neighbours).
+- further methods given as :class:`ExtraMethod` (``rsitr-audit --model``: CLIP embedding neighbours); their
+  own candidates go to verification when their shared visual words agree with one transform.
 
 Verification (:mod:`rsitr_hf.data.geometric`) fits a similarity transform to matched local features of
 each candidate pair and verifies it when enough matches agree and the images overlap enough; the pair
@@ -34,7 +36,7 @@ import hashlib
 import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import imagehash
@@ -42,6 +44,7 @@ import numpy as np
 import PIL.Image
 
 from ..utils.errors import InputError
+from ..utils.optional import require
 from ..utils.processes import in_processes
 from .geometric import GeometricVerifier, Verification, one_thread
 from .images import UnreadableImageError, read_rgb
@@ -52,6 +55,7 @@ from .visual_words import VisualWords, WordBag
 HASH_SIZE = 16  # 256 bits
 REDUCED_SIZE = 128
 PERCEPTUAL_MAX_DISTANCE = 32
+MODEL_FREE = ("exact", "perceptual", "visual_words")  # the methods verification trusts to propose
 DEFAULT_WORDS = VisualWords()
 DEFAULT_VERIFIER = GeometricVerifier()
 DESCRIBED_IMAGES = 1024  # verification: described images kept for further pairs
@@ -102,7 +106,9 @@ class ImagePair:
     """Two images a candidate method found alike: ``a`` comes first in the audited order; ``evidence`` maps
     each method that found them to its score (``exact``: 0; ``perceptual``: the Hamming distance;
     ``visual_words``: the shared words that agree with one transform); ``verified``: the same pixels, or
-    verification's ``geometry`` says they show the same ground."""
+    verification's ``geometry`` says they show the same ground; ``shared_words``: for a pair only a further
+    method (``--model``) proposed, how many of its shared visual words agree with one transform (verified
+    only when at least the words' ``min_agreeing``)."""
 
     a: AuditImage
     b: AuditImage
@@ -110,6 +116,13 @@ class ImagePair:
     transform: str | None = None  # the rotation or flip of ``b`` that matches ``a`` (perceptual)
     verified: bool = False
     geometry: Verification | None = None
+    shared_words: int | None = None  # a further method's candidate: how many of its shared words agree
+
+    def verifiable(self, words: VisualWords | None) -> bool:
+        """Whether verification looks at the pair: not the same pixels, and when only a further method
+        proposed it, at least ``words.min_agreeing`` of its shared words agree."""
+        enough = words.min_agreeing if words is not None else 0
+        return "exact" not in self.evidence and (self.shared_words is None or self.shared_words >= enough)
 
 
 @dataclass(frozen=True)
@@ -205,29 +218,29 @@ def exact_pairs(prints: Fingerprints) -> list[tuple[int, int]]:
 
 
 def perceptual_pairs(
-    prints: Fingerprints, max_distance: int = PERCEPTUAL_MAX_DISTANCE, chunk: int = 64
+    prints: Fingerprints, max_distance: int = PERCEPTUAL_MAX_DISTANCE
 ) -> list[tuple[int, int, int, int]]:
     """``(i, j, distance, transform)`` for every ``i < j`` whose hashes differ in at most ``max_distance``
-    of 256 bits under the best transform of image ``j`` (an index into :data:`DIHEDRAL`)."""
-    upright = prints.hashes[:, 0, :]  # (N, 4)
-    found = []
-    for start in range(0, len(upright), chunk):
-        rows = upright[start : start + chunk, None, :]
-        # (transforms, rows, N): Hamming distance of each row's upright hash to every image, transformed
-        distances = np.stack(
-            [
-                np.bitwise_count(rows ^ prints.hashes[None, :, transform, :]).sum(-1, dtype=np.int32)
-                for transform in range(len(DIHEDRAL))
-            ]
-        )
-        best = distances.min(0)
-        for row, column in zip(*np.nonzero(best <= max_distance), strict=True):
-            i = start + int(row)
-            if i < column:
-                found.append(
-                    (i, int(column), int(best[row, column]), int(distances[:, row, column].argmin()))
-                )
-    return found
+    of 256 bits under the best transform of image ``j`` (an index into :data:`DIHEDRAL`): every image's
+    upright hash against every image's transformed hashes (FAISS's exact binary index)."""
+    count, transforms, words = prints.hashes.shape
+    if count < 2:
+        return []
+    faiss = require("faiss", "the perceptual method", "faiss-cpu", "audit")
+    width = words * 8  # bytes of one hash
+    index = faiss.IndexBinaryFlat(width * 8)
+    index.add(np.ascontiguousarray(prints.hashes).view(np.uint8).reshape(count * transforms, width))
+    upright = np.ascontiguousarray(prints.hashes[:, 0, :]).view(np.uint8)
+    limits, distances, ids = index.range_search(upright, max_distance + 1)  # strictly below the radius
+    rows = np.repeat(np.arange(count), np.diff(limits.astype(np.int64)))
+    columns, transform = np.divmod(ids, transforms)
+    best: dict[tuple[int, int], tuple[int, int]] = {}
+    for i, j, distance, t in sorted(
+        zip(rows.tolist(), columns.tolist(), distances.astype(int).tolist(), transform.tolist(), strict=True)
+    ):
+        if i < j:
+            best.setdefault((i, j), (distance, t))  # the smallest distance, then the first transform
+    return [(i, j, distance, t) for (i, j), (distance, t) in best.items()]
 
 
 @dataclass
@@ -252,7 +265,9 @@ def image_pairs(
 ) -> list[ImagePair]:
     """Every pair of images found by a candidate method (exact, perceptual, ``words`` on the fingerprints'
     visual words, ``extra``), with the evidence of each; pairs of equal pixels are verified, the others
-    when ``verifier`` verifies them (over ``workers`` processes, ``progress`` wrapping the steps)."""
+    when ``verifier`` verifies them (over ``workers`` processes, ``progress`` wrapping the steps). A pair
+    only ``extra`` proposed goes to verification when its shared words agree (:meth:`ImagePair.verifiable`):
+    a model proposes look-alikes by the thousand."""
     evidence: dict[tuple[int, int], dict[str, float]] = defaultdict(dict)
     transforms: dict[tuple[int, int], str] = {}
     for i, j in exact_pairs(prints):
@@ -264,23 +279,34 @@ def image_pairs(
         evidence[i, j]["perceptual"] = float(distance)
         transforms[i, j] = names[transform]
     if words is not None:
-        for i, j, agreeing in words.candidates(prints.words):
+        for i, j, agreeing in words.candidates(prints.words, workers):
             evidence[i, j]["visual_words"] = agreeing
     for method in extra:
         for i, j, score in method.find(prints.images):
             evidence[i, j][method.name] = float(score)
-    unchecked = sorted(pair for pair, found in evidence.items() if "exact" not in found)
-    geometry = verify_pairs(prints.images, unchecked, verifier, progress, workers) if verifier else {}
-    return [
+    shared_words = {}
+    if words is not None:  # further methods' own candidates are verified when their shared words agree
+        further = [pair for pair, found in evidence.items() if found.keys().isdisjoint(MODEL_FREE)]
+        shared_words = dict(zip(further, words.agreeing_pairs(prints.words, further, workers), strict=True))
+    keys = sorted(evidence)
+    pairs = [
         ImagePair(
             prints.images[i],
             prints.images[j],
-            found,
+            evidence[i, j],
             transforms.get((i, j)),
-            "exact" in found or ((i, j) in geometry and geometry[i, j].duplicate),
-            geometry.get((i, j)),
+            "exact" in evidence[i, j],
+            shared_words=shared_words.get((i, j)),
         )
-        for (i, j), found in sorted(evidence.items())
+        for i, j in keys
+    ]
+    if verifier is None:
+        return pairs
+    wanted = [key for key, pair in zip(keys, pairs, strict=True) if pair.verifiable(words)]
+    geometry = verify_pairs(prints.images, wanted, verifier, progress, workers)
+    return [
+        replace(pair, verified=geometry[key].duplicate, geometry=geometry[key]) if key in geometry else pair
+        for key, pair in zip(keys, pairs, strict=True)
     ]
 
 
@@ -403,6 +429,7 @@ class AuditResult:
                     "transform": pair.transform,
                     "verified": pair.verified,
                     "geometry": pair.geometry.record() if pair.geometry else None,
+                    "shared_words": pair.shared_words,
                 }
                 for pair in self.pairs
             ],

@@ -77,8 +77,8 @@ class GeometricVerifier:
     """Settings of the verification (see the module)."""
 
     features: str = "sift"
-    max_features: int = 2000
-    side: int = 512
+    max_features: int = 1000
+    side: int = 384
     contrast_threshold: float = 0.01
     ratio: float = 0.75
     ransac_threshold: float = 4.0

@@ -14,9 +14,10 @@ compares every split's normalised captions with every other split's, and writes:
 - ``pairs.png``: the pairs side by side (verified ones first, the other image's outline drawn on the
   first), for a person to check.
 
-A dataset without its image folder (the packaged split files) is audited by its captions only. Visual words
-and verification need OpenCV (``pip install "rsitr_hf[audit]"``); without it, ``--candidates perceptual
---verification none`` audits as before them (nothing but equal pixels is then verified).
+A dataset without its image folder (the packaged split files) is audited by its captions only. Images need
+the ``audit`` extra (``pip install "rsitr_hf[audit]"``): FAISS compares perceptual hashes, OpenCV finds
+visual words and verifies; ``--candidates perceptual --verification none`` needs FAISS only (nothing but
+equal pixels is then verified).
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ def label(pair: ImagePair) -> str:
     found = pair.geometry
     if "exact" in pair.evidence:
         verdict = "verified: the same pixels"
+    elif found is None and pair.shared_words is not None:
+        verdict = f"not verified: {pair.shared_words} shared words agree"
     elif found is None:
         verdict = "not verified"
     else:
