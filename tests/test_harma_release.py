@@ -6,10 +6,21 @@ import pytest
 import torch
 from conftest import randomise_parameters, tiny_inputs
 from peft import PeftModel, get_peft_model
+from ruamel.yaml import YAML
 from transformers import CLIPModel, CLIPProcessor
 
 from rsitr_hf import HarMAConfig
 from rsitr_hf.tools.harma_release import ReleaseImportError, import_release, main
+
+RELEASE_CONFIG = """
+model: 'vit'  # 'geo' for GeoRSCLIP
+image_res: 224
+batch_size_train: 214
+use_affil_loss: False
+optimizer: {opt: adamW, lr: 4e-4, weight_decay: 0.04, lr_mult: 2}
+schedular: {sched: linear, lr: 4e-4, epochs: 50, num_warmup_steps: 0.1}
+train_file: ['data/finetune/rsitmd_train.json']
+"""
 
 RELEASE_NAMES = {
     "down": "img_proj_down",
@@ -45,7 +56,7 @@ def release_checkpoint(model, prefix: str = "model.") -> dict:
                     part, _, tail = name.partition(".")
                     release = ".".join(filter(None, [RELEASE_MINI_NAMES[part], tail]))
                     state[block + "mmadapter.BiShareAdapterxx." + release] = tensor.clone()
-    return {"model": state, "config": {"model": "vit", "batch_size_train": 214}}
+    return {"model": state, "config": YAML().load(RELEASE_CONFIG)}  # as Retrieval.py loads its config
 
 
 @pytest.fixture

@@ -98,7 +98,7 @@ class VisualWords:
         grey, _ = resized_grey(image, self.side)
         strong = cv2.ORB_create(nfeatures=self.max_features, fastThreshold=self.fast_threshold)
         faint = cv2.ORB_create(nfeatures=self.max_features, fastThreshold=self.faint_threshold)
-        found = []  # (points, descriptors, mirrored, ranked, checked)
+        found = []  # (keypoints, descriptors, mirrored, ranked, checked) of each detection
         for flipped, view in ((False, grey), (True, np.ascontiguousarray(grey[:, ::-1]))):
             keypoints, descriptors = strong.detectAndCompute(view, None)
             count = 0 if descriptors is None else len(descriptors)

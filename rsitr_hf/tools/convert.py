@@ -7,10 +7,11 @@ folders (``rsitr-convert``).
 The checkpoint is a ``.pt``/``.bin``/``.safetensors`` state dict with OpenAI's key names
 (``visual.conv1.weight``, ``visual.transformer.resblocks.N.attn.in_proj_weight``, ``token_embedding.weight``,
 ``text_projection`` ...), optionally inside ``{"state_dict": ...}`` and with DDP's ``module.`` prefix, or an
-OpenAI TorchScript archive. State dicts are read without running code (safetensors, or ``torch.load`` with
-``weights_only=True``). A TorchScript archive is different: loading it runs code stored in the file, so it is
-refused unless ``--trust_torchscript`` is given, which only a file from a source you trust (OpenAI's own
-release) deserves.
+OpenAI TorchScript archive. State dicts are read without running code (safetensors, or torch's zip format
+unpickled as plain data by :mod:`rsitr_hf.utils.checkpoint_pickle`, which also reads what training scripts
+save beside the weights: configs, epochs, optimizer states). A TorchScript archive is different: loading it
+runs code stored in the file, so it is refused unless ``--trust_torchscript`` is given, which only a file
+from a source you trust (OpenAI's own release) deserves.
 The architecture (ViT-B/32, B/16, L/14 or any other ViT CLIP) is read from the tensor shapes; every key
 must be known and every shape consistent, or the conversion stops naming the key. The activation cannot
 be read from the weights: use the one of the model config the checkpoint's authors load it with.
@@ -46,8 +47,9 @@ import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from ..utils import checkpoint_pickle
 from ..utils.cli import command, command_parser, parse_arguments
-from ..utils.errors import InputError, first_line
+from ..utils.errors import InputError
 from .openai_forward import HEAD_WIDTH, encode_image, encode_text
 
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -102,13 +104,8 @@ def read_checkpoint(path: str | os.PathLike, trust_torchscript: bool = False) ->
                 "--trust_torchscript only if you trust where it comes from (e.g. OpenAI's own release)"
             )
         state = torch.jit.load(path, map_location="cpu").state_dict()
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # a damaged file, or a pickle holding more than tensors
-            raise ConversionError(
-                f"{path}: cannot read the checkpoint as weights only ({first_line(error)})"
-            ) from None
+    else:  # training checkpoints: weights beside plain data (configs, epochs, optimizer states)
+        state = checkpoint_pickle.read(path)
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
