@@ -15,7 +15,8 @@ import torch
 from ruamel.yaml import YAML
 
 from rsitr_hf.tools.convert import main as convert_main
-from rsitr_hf.utils.checkpoint_pickle import CheckpointError, read
+from rsitr_hf.utils.checkpoint_pickle import read
+from rsitr_hf.utils.errors import CheckpointError
 
 CONFIG = """
 model: 'vit'  # comments and quoting are ruamel's, not the values'

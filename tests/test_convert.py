@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import CLIPModel, CLIPProcessor
 
 from rsitr_hf.demo.tiny_clip import save_tiny_clip
@@ -181,3 +182,15 @@ def test_a_conversion_whose_embeddings_differ_is_refused(tmp_path, tokenizer_dir
     with pytest.raises(ConversionError, match=r"differ from the source's \(lowest cosine: image 0\.\d+"):
         convert_checkpoint(tmp_path / "clip.pt", tmp_path / "hf", tokenizer=str(tokenizer_dir))
     assert not (tmp_path / "hf").exists()
+
+
+def test_a_damaged_safetensors_file_is_one_line_and_exit_2(tmp_path, capsys):
+    path = tmp_path / "model.safetensors"
+    save_file({"visual.proj": torch.zeros(2, 2)}, path)
+    damaged = bytearray(path.read_bytes())
+    damaged[:8] = (2**40).to_bytes(8, "little")  # the header's length: far beyond the file
+    path.write_bytes(bytes(damaged))
+    assert main([str(path), str(tmp_path / "out"), "--bpe", str(tmp_path / "unused.txt.gz")]) == 2
+    printed = capsys.readouterr().err
+    assert f"{path}: not a readable safetensors file" in printed and printed.count("\n") == 1
+    assert "Traceback" not in printed and not (tmp_path / "out").exists()

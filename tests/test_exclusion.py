@@ -23,7 +23,9 @@ def pair(a: tuple[str, str, str], b: tuple[str, str, str], verified: bool = True
     }
 
 
+AUDITED = [{"name": "synthrs", "images_audited": True}, {"name": "other", "images_audited": True}]
 MANIFEST = {
+    "datasets": AUDITED,
     "image_pairs": [
         pair(("synthrs", "train", "train_00003.tif"), ("synthrs", "test", "test_00001.tif")),
         pair(("synthrs", "test", "test_00004.tif"), ("synthrs", "train", "train_00017.tif")),  # either order
@@ -32,7 +34,7 @@ MANIFEST = {
             ("other", "train", "train_00008.tif"), ("synthrs", "test", "test_00002.tif")
         ),  # not this dataset
         pair(("synthrs", "train", "train_00009.tif"), ("synthrs", "test", "test_00003.tif"), verified=False),
-    ]
+    ],
 }
 LINKED = {"train_00003.tif", "train_00017.tif"}
 CANDIDATE = "train_00009.tif"  # linked by a pair that was not verified
@@ -74,10 +76,15 @@ def test_unverified_candidates_are_dropped_only_when_asked(tmp_path, tiny_clip_d
 @pytest.mark.parametrize(
     "manifest, problem",
     [
-        ({"datasets": []}, "no image_pairs list"),
-        ({"image_pairs": [{k: v for k, v in MANIFEST["image_pairs"][0].items() if k != "verified"}]},
+        ({"image_pairs": []}, "no datasets list"),
+        ({"datasets": [{"name": "synthrs"}], "image_pairs": []},
+         r"datasets\[0\] has no images_audited: true/false"),
+        ({"datasets": AUDITED}, "no image_pairs list"),
+        ({"datasets": AUDITED,
+          "image_pairs": [{k: v for k, v in MANIFEST["image_pairs"][0].items() if k != "verified"}]},
          r"image_pairs\[0\] has no verified: true/false"),
-        ({"image_pairs": [{**MANIFEST["image_pairs"][0], "b": {"dataset": "synthrs", "split": "test"}}]},
+        ({"datasets": AUDITED,
+          "image_pairs": [{**MANIFEST["image_pairs"][0], "b": {"dataset": "synthrs", "split": "test"}}]},
          r"image_pairs\[0\]\.b lacks one of dataset, split, file"),
     ],
 )  # fmt: skip
@@ -122,4 +129,25 @@ def test_a_bad_manifest_names_the_field(tmp_path, tiny_clip_dir, synthetic_dir):
         {"data.exclude_test_duplicates": str(tmp_path / "audit.json")},
     )
     with pytest.raises(RecipeError, match=r"^data.exclude_test_duplicates: .*audit.json is not a readable"):
+        drop_test_duplicates(recipe, {"synthrs": load_rsitr(synthetic_dir)})
+
+
+@pytest.mark.parametrize(
+    "datasets, named",
+    [
+        ([{"name": "other", "images_audited": True}], "those of other, not of synthrs"),
+        ([{"name": "synthrs", "images_audited": False}], "those of no dataset, not of synthrs"),
+    ],
+)
+def test_a_manifest_of_other_datasets_is_refused_naming_them(
+    tmp_path, tiny_clip_dir, synthetic_dir, datasets, named
+):
+    (tmp_path / "audit.json").write_text(json.dumps({**MANIFEST, "datasets": datasets}))
+    recipe = load_recipe(
+        write_recipe(tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "out"),
+        {"data.exclude_test_duplicates": str(tmp_path / "audit.json")},
+    )
+    with pytest.raises(
+        RecipeError, match=rf"^data.exclude_test_duplicates: .*audit.json: its images are {named} "
+    ):
         drop_test_duplicates(recipe, {"synthrs": load_rsitr(synthetic_dir)})

@@ -19,7 +19,7 @@ from rsitr_hf.data.sampling import EpochWeightedSampler
 from rsitr_hf.data.text_inputs import TextInputs
 from rsitr_hf.evaluation import METRIC_KEYS, evaluate_retrieval
 from rsitr_hf.training import load_recipe, model_card, train
-from rsitr_hf.training.data import drop_test_duplicates, prepare_data, training_loader
+from rsitr_hf.training.data import drop_test_duplicates, load_datasets, prepare_data, training_loader
 from rsitr_hf.training.recipe import RecipeError, dataset_sources
 
 
@@ -42,6 +42,12 @@ def two_dataset_recipe(tmp_path, tiny_clip_dir, first, second, second_weight=1.0
     }
     path.write_text(yaml.safe_dump(values))
     return load_recipe(path)
+
+
+def test_a_missing_dataset_folder_is_named_by_its_field(tmp_path, tiny_clip_dir, synthetic_dir):
+    recipe = two_dataset_recipe(tmp_path, tiny_clip_dir, synthetic_dir, tmp_path / "absent_precomp")
+    with pytest.raises(RecipeError, match=r"^data\.datasets\[1\]\.path: .*absent_precomp is not a folder"):
+        load_datasets(recipe)
 
 
 def test_items_take_the_sections_values_unless_they_set_their_own(tmp_path):
@@ -215,6 +221,7 @@ def test_exclusion_drops_training_images_that_duplicate_any_scored_test_split(
         return {"dataset": dataset, "split": split, "file": file}
 
     manifest = {
+        "datasets": [{"name": name, "images_audited": True} for name in ("synthrs", "synthb")],
         "image_pairs": [  # synthb's training images that duplicate synthrs's test images, and the reverse
             {
                 "a": image("synthb", "train", "train_00002.tif"),
@@ -231,7 +238,7 @@ def test_exclusion_drops_training_images_that_duplicate_any_scored_test_split(
                 "b": image("synthb", "train", "train_00006.tif"),
                 "verified": True,
             },
-        ]
+        ],
     }
     (tmp_path / "audit.json").write_text(json.dumps(manifest))
     recipe = two_dataset_recipe(tmp_path, tiny_clip_dir, synthetic_dir, second_dir)

@@ -95,6 +95,22 @@ def scenes(tmp_path_factory) -> Path:
     return folder
 
 
+def test_a_scene_whose_pixels_are_cut_short_is_named_in_one_line(tmp_path, scenes, tiny_clip_dir, capsys):
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    shutil.copyfile(scenes / "plain.png", folder / "plain.png")
+    index_dir = tmp_path / "index"
+    arguments = ["index", "--scenes", str(folder), "--index", str(index_dir), "--model", str(tiny_clip_dir)]
+    assert main(arguments) == 0
+    before = index_files(ImageIndex.load(index_dir))
+    whole = (scenes / "utm.tif").read_bytes()
+    (folder / "utm.tif").write_bytes(whole[: len(whole) * 2 // 3])  # the header first, then pixels, cut short
+    with open_scene(folder / "utm.tif") as scene:
+        assert (scene.width, scene.height) == (1200, 900)  # the header reads
+    assert_one_line_error(capsys, main(arguments), f"{folder / 'utm.tif'}: its pixels cannot be read")
+    assert index_files(ImageIndex.load(index_dir)) == before and set(before) == {"plain.png"}
+
+
 @pytest.fixture(scope="module")
 def scene_index(tmp_path_factory, scenes, tiny_clip_dir) -> Path:
     index_dir = tmp_path_factory.mktemp("scene_index") / "index"

@@ -1,10 +1,15 @@
 """rsitr-search (index, incremental update, text/image queries, model identity) and rsitr-visualize."""
 
+import errno
+import io
 import json
+import pathlib
 import shutil
 import subprocess
 import sys
+import zlib
 
+import PIL.Image
 import pytest
 import torch
 from conftest import (
@@ -99,7 +104,9 @@ def test_index_embeds_recursively_and_updates_incrementally(
     torch.testing.assert_close(index_embeddings(updated)[12], index_embeddings(index)[0], rtol=0, atol=1e-6)
 
 
-def test_text_and_image_queries_rank_by_cosine(tmp_path, image_folder, tiny_clip_dir, synthetic_dir, capsys):
+def test_text_and_image_queries_rank_by_cosine(
+    tmp_path, image_folder, tiny_clip_dir, synthetic_dir, capsys, monkeypatch
+):
     model = RetrievalModel(tiny_clip_dir)
     build_index(image_folder, tmp_path / "index", model)
     index = ImageIndex.load(tmp_path / "index")
@@ -122,6 +129,21 @@ def test_text_and_image_queries_rank_by_cosine(tmp_path, image_folder, tiny_clip
         "score": pytest.approx(hits[0].score),
         "path": str(image_folder / hits[0].item),
     }
+
+    written = pathlib.Path.write_text
+
+    def disk_full_halfway(self, text, *args, **kwargs):
+        written(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(pathlib.Path, "write_text", disk_full_halfway)
+        assert main(["query", "--index", str(tmp_path / "index"), "--text", "planes",
+                     "--json", str(tmp_path / "out.json")]) == 2  # fmt: skip
+    printed = capsys.readouterr().err
+    assert printed.endswith(f"{tmp_path / 'out.json'}: cannot write it (No space left on device)\n")
+    assert "Traceback" not in printed and json.loads((tmp_path / "out.json").read_text()) == results
+    assert not [path.name for path in tmp_path.iterdir() if path.name.endswith(".tmp")]
 
     captions_file = synthetic_dir / "test_caps.txt"
     image = image_folder / index_files(index)[0]
@@ -171,6 +193,25 @@ def test_unreadable_image_is_named(tmp_path, image_folder, tiny_clip_dir):
     (image_folder / "broken.png").write_bytes(b"not a png")
     with pytest.raises(SearchError, match="broken.png: not a readable image"):
         build_index(image_folder, tmp_path / "index", RetrievalModel(tiny_clip_dir))
+
+
+def decompression_bomb(side: int = 60_000) -> bytes:
+    """A PNG whose header claims ``side`` x ``side`` pixels (its data holds one)."""
+    buffer = io.BytesIO()
+    PIL.Image.new("L", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = side.to_bytes(4, "big") * 2  # IHDR's width and height
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    return bytes(data)
+
+
+def test_a_decompression_bomb_is_an_unreadable_image_named_in_one_line(tmp_path, image_folder, tiny_clip_dir):
+    (image_folder / "bomb.png").write_bytes(decompression_bomb())
+    with pytest.raises(
+        SearchError, match=r"bomb\.png: not a readable image \(Image size \(3600000000 pixels\)"
+    ) as error:
+        build_index(image_folder, tmp_path / "index", RetrievalModel(tiny_clip_dir))
+    assert "\n" not in str(error.value) and not (tmp_path / "index" / "manifest.json").exists()
 
 
 def test_the_base_alone_takes_clip_tokens(tiny_clip_dir):

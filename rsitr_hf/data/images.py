@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from ..utils.errors import InputError
+from ..utils.errors import InputError, first_line
 
 HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})  # image files by name
@@ -68,5 +68,9 @@ def read_rgb(path: str | Path) -> PIL.Image.Image:
             rgb = to_rgb(image)
             rgb.load()
             return rgb
-    except (OSError, ValueError) as error:  # PIL.UnidentifiedImageError is an OSError
-        raise UnreadableImageError(f"{path}: not a readable image ({error})") from None
+    except (
+        OSError,
+        ValueError,
+        PIL.Image.DecompressionBombError,
+    ) as error:  # UnidentifiedImageError: OSError
+        raise UnreadableImageError(f"{path}: not a readable image ({first_line(error)})") from None

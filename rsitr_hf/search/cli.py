@@ -74,6 +74,7 @@ from pathlib import Path
 from ..evaluation.inference import RetrievalModel
 from ..utils.cli import HelpFormatter, command, command_parser, parse_arguments
 from ..utils.distributed import Shards
+from ..utils.files import write_json, write_text
 from .ann import ANN_KINDS, ANNConfig
 from .errors import SearchError
 from .export import export_index
@@ -263,10 +264,10 @@ def run_query(args) -> int:
         if args.json == "-":
             print(text)
         else:
-            Path(args.json).write_text(text, encoding="utf-8")
+            write_text(args.json, text)
     if args.geojson:
         collection = hits_geojson(list(zip(queries, found, strict=True)))
-        Path(args.geojson).write_text(json.dumps(collection, indent=1), encoding="utf-8")
+        write_json(args.geojson, collection, indent=1)
     return 0
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
-from ..utils.errors import InputError
+from ..utils.errors import InputError, first_line
 from ..utils.optional import require
 
 TILE_UNITS = ("pixels", "metres")
@@ -220,7 +220,7 @@ def reduced_read(scene, bands: list[int], side: int) -> np.ma.MaskedArray:
     pixels on the longer side (GDAL resamples block by block: the scene is not loaded whole)."""
     factor = max(1.0, max(scene.width, scene.height) / side)
     shape = (len(bands), max(1, int(scene.height / factor)), max(1, int(scene.width / factor)))
-    return scene.read(bands, out_shape=shape, masked=True)
+    return read_pixels(scene, bands, out_shape=shape, masked=True)
 
 
 def value_range(scene, bands: list[int]) -> list[float]:
@@ -242,11 +242,21 @@ def to_rgb_array(values: np.ma.MaskedArray, info: SceneInfo) -> np.ndarray:
     return np.ascontiguousarray(pixels.transpose(1, 2, 0))
 
 
+def read_pixels(scene, *args, **kwargs) -> np.ma.MaskedArray:
+    """``scene.read(*args, **kwargs)``; an :class:`InputError` naming the scene when its pixels cannot be read
+    (a file cut short, a damaged block): indexing stops there and the index stays as it was."""
+    rasterio = require_rasterio()
+    try:
+        return scene.read(*args, **kwargs)
+    except rasterio.errors.RasterioError as error:
+        raise InputError(f"{scene.name}: its pixels cannot be read ({first_line(error)})") from None
+
+
 def read_tile(scene, info: SceneInfo, window: Window) -> PIL.Image.Image | None:
     """The window of the open rasterio ``scene`` as RGB, or ``None`` when it holds no valid pixel."""
     from rasterio.windows import Window as RasterWindow
 
-    values = scene.read(info.bands, window=RasterWindow(*window), masked=True)
+    values = read_pixels(scene, info.bands, window=RasterWindow(*window), masked=True)
     if np.ma.getmaskarray(values).all():
         return None
     return PIL.Image.fromarray(to_rgb_array(values, info))

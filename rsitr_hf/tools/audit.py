@@ -45,7 +45,7 @@ from ..data.images import read_rgb
 from ..evaluation.inference import RetrievalModel
 from ..search.duplicates import MIN_COSINE, NEIGHBOURS, embedding_method
 from ..utils.cli import command, command_parser, parse_arguments
-from ..utils.files import write_json
+from ..utils.files import write_json, write_text
 from ..utils.plotting import plt
 from ..utils.processes import available_cpus
 
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(output_dir / "audit.json", result.manifest())
     methods = ("exact", *args.candidates, *(method.name for method in result.extra))
     report = markdown(result.datasets, result.pairs, result.overlaps, methods)
-    (output_dir / "audit.md").write_text(report, encoding="utf-8")
+    write_text(output_dir / "audit.md", report)
     if result.pairs and args.grid_pairs > 0:
         plot_pairs(result.pairs, output_dir / "pairs.png", args.grid_pairs)
     print(report, end="")

@@ -49,7 +49,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from ..utils import checkpoint_pickle
 from ..utils.cli import command, command_parser, parse_arguments
-from ..utils.errors import InputError
+from ..utils.errors import InputError, first_line
 from .openai_forward import HEAD_WIDTH, encode_image, encode_text
 
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -94,9 +94,13 @@ def read_checkpoint(path: str | os.PathLike, trust_torchscript: bool = False) ->
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(path)
+        try:
+            state = load_file(path)
+        except (SafetensorError, OSError) as error:  # a damaged header, a file cut short
+            raise ConversionError(f"{path}: not a readable safetensors file ({first_line(error)})") from None
     elif is_torchscript_archive(path):  # OpenAI's released .pt files are TorchScript archives
         if not trust_torchscript:
             raise ConversionError(

@@ -90,6 +90,11 @@ def named_sources(recipe: Recipe) -> dict[str, DatasetSource]:
     named = {}
     for index, source in enumerate(dataset_sources(recipe.data)):
         where = f"data.datasets[{index}]" if recipe.data.datasets else "data.path"
+        if source.format == "seed" and not Path(source.path).is_dir():
+            field = f"{where}.path" if recipe.data.datasets else where
+            raise RecipeError(
+                f"{field}: {source.path} is not a folder (expected a seed-layout <name>_precomp)"
+            )
         try:
             name = source_name(source)
         except RSITRDataError as error:
@@ -121,8 +126,17 @@ def load_source(source: DatasetSource) -> datasets.DatasetDict:
 
 
 def load_datasets(recipe: Recipe) -> dict[str, datasets.DatasetDict]:
-    """Every dataset of the recipe by name (:func:`load_source`)."""
-    return {name: load_source(source) for name, source in named_sources(recipe).items()}
+    """Every dataset of the recipe by name (:func:`load_source`); a seed-layout folder that is not there is
+    named by its recipe field."""
+    loaded = {}
+    for index, (name, source) in enumerate(named_sources(recipe).items()):
+        if source.format == "seed" and not Path(source.path).is_dir():
+            field = f"data.datasets[{index}].path" if recipe.data.datasets else "data.path"
+            raise RecipeError(
+                f"{field}: {source.path} is not a folder (expected a seed-layout <name>_precomp)"
+            )
+        loaded[name] = load_source(source)
+    return loaded
 
 
 def audit_manifest(recipe: Recipe) -> tuple[dict, str]:
@@ -148,7 +162,14 @@ def audit_manifest(recipe: Recipe) -> tuple[dict, str]:
 
 def manifest_problem(manifest) -> str | None:
     """What an audit manifest lacks that exclusion reads, or ``None``."""
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("image_pairs"), list):
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("datasets"), list):
+        return "no datasets list"
+    for index, entry in enumerate(manifest["datasets"]):
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)):
+            return f"datasets[{index}] has no name"
+        if not isinstance(entry.get("images_audited"), bool):
+            return f"datasets[{index}] has no images_audited: true/false"
+    if not isinstance(manifest.get("image_pairs"), list):
         return "no image_pairs list"
     for index, pair in enumerate(manifest["image_pairs"]):
         if not isinstance(pair, dict) or not isinstance(pair.get("verified"), bool):
@@ -161,6 +182,20 @@ def manifest_problem(manifest) -> str | None:
 
 
 WHERE = ("dataset", "split", "file")
+
+
+def unaudited(manifest: dict, names: list[str]) -> str | None:
+    """Which of the datasets ``names`` the manifest did not compare by their images, said in a line, or
+    ``None``: a manifest of other datasets would exclude nothing without a word."""
+    images = {entry["name"]: entry["images_audited"] for entry in manifest["datasets"]}
+    missing = [name for name in names if not images.get(name)]
+    if not missing:
+        return None
+    audited = [name for name, compared in images.items() if compared]
+    return (
+        f"its images are those of {', '.join(audited) or 'no dataset'}, not of {', '.join(missing)} "
+        "(audit the run's datasets and evaluation.test_datasets together)"
+    )
 
 
 def drop_test_duplicates(
@@ -181,6 +216,9 @@ def drop_test_duplicates(
     manifest, origin = audit_manifest(recipe)
     audited = {name: infer_name(Path(source.path)) for name, source in sources.items()}
     evaluated = [*audited.values(), *(infer_name(Path(p)) for p in recipe.evaluation.test_datasets)]
+    problem = unaudited(manifest, list(dict.fromkeys(evaluated)))
+    if problem:
+        raise RecipeError(f"data.exclude_test_duplicates: {origin}: {problem}")
     kept, dropped = {}, {}
     for name, dataset in splits.items():
         linked = linked_training_files(

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputError, first_line
+from .errors import CheckpointError, first_line
 
 STORAGES = {  # torch's legacy storage classes, as torch.save names a tensor's storage
     "DoubleStorage": torch.float64,
@@ -42,10 +42,6 @@ STORAGES = {  # torch's legacy storage classes, as torch.save names a tensor's s
     "ComplexFloatStorage": torch.complex64,
     "ComplexDoubleStorage": torch.complex128,
 }
-
-
-class CheckpointError(InputError):
-    """A checkpoint that cannot be read as plain data (one line: the file and why)."""
 
 
 class StandIn:

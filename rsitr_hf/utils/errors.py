@@ -18,6 +18,10 @@ class CheckpointError(InputError):
     previous run's outputs in the way)."""
 
 
+class OutputError(InputError):
+    """A file that cannot be written (disk full, read-only file system, no permission), naming its path."""
+
+
 class AdapterFileError(InputError):
     """An adapter folder whose config or weights cannot be read as an rsitr_hf / PEFT adapter."""
 

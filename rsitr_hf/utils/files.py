@@ -3,11 +3,14 @@ beside the target, then rename over it)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import uuid
 from pathlib import Path
+
+from .errors import OutputError, first_line
 
 
 def cache_root() -> Path:
@@ -21,11 +24,24 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
 
 
-def write_json(path: Path, data, indent: int | None = 2) -> None:
-    """Replace ``path`` atomically with ``data`` as JSON: a reader sees the old file or the new one."""
+def write_text(path: str | Path, text: str) -> None:
+    """Replace ``path`` atomically with ``text`` (UTF-8): a reader sees the old file or the new one; when the
+    write fails (disk full, read-only, no permission) the partial file is removed and an
+    :class:`~rsitr_hf.utils.errors.OutputError` names ``path``."""
+    path = Path(path)
     temporary = temporary_name(path)
-    temporary.write_text(json.dumps(data, indent=indent), encoding="utf-8")
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write it ({error.strerror or first_line(error)})") from None
+
+
+def write_json(path: str | Path, data, indent: int | None = 2) -> None:
+    """:func:`write_text` of ``data`` as JSON."""
+    write_text(path, json.dumps(data, indent=indent))
 
 
 def install_folder(staged: Path, target: Path) -> None:
