@@ -287,7 +287,10 @@ def write_format_2(index_dir: Path, index) -> None:
     if index.tiling is not None:
         metadata["scene_tiles"] = {
             "tiling": index.tiling.to_dict(),
-            "scenes": {name: asdict(info) for name, info in index.scenes.items()},
+            "scenes": {  # 0.2 kept no fingerprint of the scenes' files
+                name: {key: value for key, value in asdict(info).items() if key != "fingerprint"}
+                for name, info in index.scenes.items()
+            },
             "windows": [list(window) for window in index_windows(index)],
             "pending": [],
         }

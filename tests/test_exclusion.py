@@ -40,12 +40,26 @@ LINKED = {"train_00003.tif", "train_00017.tif"}
 CANDIDATE = "train_00009.tif"  # linked by a pair that was not verified
 
 
-def test_exactly_the_linked_training_images_are_dropped(tmp_path, tiny_clip_dir, synthetic_dir):
-    (tmp_path / "audit.json").write_text(json.dumps(MANIFEST))
-    recipe = load_recipe(
+def excluding_with(manifest: dict | str, tmp_path, tiny_clip_dir, synthetic_dir, **fields):
+    """The recipe of a run that excludes with ``manifest`` (a mapping written as JSON, or the file's text),
+    written to ``audit.json``; ``fields``: more recipe overrides."""
+    text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+    (tmp_path / "audit.json").write_text(text)
+    return load_recipe(
         write_recipe(tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "out"),
-        {"data.exclude_test_duplicates": str(tmp_path / "audit.json")},
+        {"data.exclude_test_duplicates": str(tmp_path / "audit.json"), **fields},
     )
+
+
+def refused(recipe, synthetic_dir, problem: str) -> None:
+    """Excluding with ``recipe``'s manifest is a one-line :class:`RecipeError` naming the manifest's field
+    (``problem``: a regular expression of what follows the manifest's name)."""
+    with pytest.raises(RecipeError, match=rf"^data.exclude_test_duplicates: .*audit.json{problem}"):
+        drop_test_duplicates(recipe, {"synthrs": load_rsitr(synthetic_dir)})
+
+
+def test_exactly_the_linked_training_images_are_dropped(tmp_path, tiny_clip_dir, synthetic_dir):
+    recipe = excluding_with(MANIFEST, tmp_path, tiny_clip_dir, synthetic_dir)
     full = load_rsitr(synthetic_dir, validation_fraction=0.2)
     kept, record = drop_test_duplicates(recipe, {"synthrs": full})
     for split in ("train", "validation"):
@@ -57,14 +71,8 @@ def test_exactly_the_linked_training_images_are_dropped(tmp_path, tiny_clip_dir,
 
 
 def test_unverified_candidates_are_dropped_only_when_asked(tmp_path, tiny_clip_dir, synthetic_dir):
-    (tmp_path / "audit.json").write_text(json.dumps(MANIFEST))
-    recipe = load_recipe(
-        write_recipe(tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "out"),
-        {
-            "data.exclude_test_duplicates": str(tmp_path / "audit.json"),
-            "data.exclude_unverified_candidates": True,
-        },
-    )
+    fields = {"data.exclude_unverified_candidates": True}
+    recipe = excluding_with(MANIFEST, tmp_path, tiny_clip_dir, synthetic_dir, **fields)
     full = load_rsitr(synthetic_dir, validation_fraction=0.2)
     kept, record = drop_test_duplicates(recipe, {"synthrs": full})
     assert set(kept["synthrs"]["train"]["filename"]) | set(kept["synthrs"]["validation"]["filename"]) == (
@@ -91,15 +99,8 @@ def test_unverified_candidates_are_dropped_only_when_asked(tmp_path, tiny_clip_d
 def test_a_manifest_without_the_fields_exclusion_reads_is_one_line(
     tmp_path, tiny_clip_dir, synthetic_dir, manifest, problem
 ):
-    (tmp_path / "audit.json").write_text(json.dumps(manifest))
-    recipe = load_recipe(
-        write_recipe(tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "out"),
-        {"data.exclude_test_duplicates": str(tmp_path / "audit.json")},
-    )
-    with pytest.raises(
-        RecipeError, match=rf"^data.exclude_test_duplicates: .*audit.json: {problem} \(expected"
-    ):
-        drop_test_duplicates(recipe, {"synthrs": load_rsitr(synthetic_dir)})
+    recipe = excluding_with(manifest, tmp_path, tiny_clip_dir, synthetic_dir)
+    refused(recipe, synthetic_dir, rf": {problem} \(expected")
 
 
 def test_a_run_audits_its_dataset_and_records_what_it_dropped(tmp_path, tiny_clip_dir, synthetic_dir):
@@ -123,13 +124,8 @@ def test_a_run_audits_its_dataset_and_records_what_it_dropped(tmp_path, tiny_cli
 
 
 def test_a_bad_manifest_names_the_field(tmp_path, tiny_clip_dir, synthetic_dir):
-    (tmp_path / "audit.json").write_text("{not json")
-    recipe = load_recipe(
-        write_recipe(tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "out"),
-        {"data.exclude_test_duplicates": str(tmp_path / "audit.json")},
-    )
-    with pytest.raises(RecipeError, match=r"^data.exclude_test_duplicates: .*audit.json is not a readable"):
-        drop_test_duplicates(recipe, {"synthrs": load_rsitr(synthetic_dir)})
+    recipe = excluding_with("{not json", tmp_path, tiny_clip_dir, synthetic_dir)
+    refused(recipe, synthetic_dir, " is not a readable")
 
 
 @pytest.mark.parametrize(
@@ -142,12 +138,5 @@ def test_a_bad_manifest_names_the_field(tmp_path, tiny_clip_dir, synthetic_dir):
 def test_a_manifest_of_other_datasets_is_refused_naming_them(
     tmp_path, tiny_clip_dir, synthetic_dir, datasets, named
 ):
-    (tmp_path / "audit.json").write_text(json.dumps({**MANIFEST, "datasets": datasets}))
-    recipe = load_recipe(
-        write_recipe(tmp_path / "recipe.yaml", tiny_clip_dir, synthetic_dir, tmp_path / "out"),
-        {"data.exclude_test_duplicates": str(tmp_path / "audit.json")},
-    )
-    with pytest.raises(
-        RecipeError, match=rf"^data.exclude_test_duplicates: .*audit.json: its images are {named} "
-    ):
-        drop_test_duplicates(recipe, {"synthrs": load_rsitr(synthetic_dir)})
+    recipe = excluding_with({**MANIFEST, "datasets": datasets}, tmp_path, tiny_clip_dir, synthetic_dir)
+    refused(recipe, synthetic_dir, f": its images are {named} ")

@@ -4,7 +4,9 @@ Bad inputs give one line on stderr and exit status 2; checkpoints, the best adap
 survive an interruption between any two of their write steps; no file is unpickled beyond weights.
 """
 
+import errno
 import json
+import os
 import pickle
 import shutil
 import threading
@@ -39,6 +41,7 @@ from rsitr_hf.training.checkpoints import (
 )
 from rsitr_hf.training.recipe import load_recipe
 from rsitr_hf.utils.errors import AdapterFileError, CheckpointError
+from rsitr_hf.utils.files import FileFingerprint
 
 
 class Canary:
@@ -351,6 +354,28 @@ def test_pruning_deletes_only_this_runs_checkpoints(tmp_path):
     ]  # fmt: skip
 
 
+def test_a_file_fingerprint_notices_another_size_time_or_bytes_at_its_ends(tmp_path):
+    path, data = tmp_path / "scene.tif", bytearray(200_000)
+    path.write_bytes(data)
+    fingerprint = FileFingerprint.of(path)
+    assert fingerprint.change(path) is None and FileFingerprint.of(path) == fingerprint
+
+    def rewrite(position: int, value: int, mtime_ns: int = fingerprint.mtime_ns) -> str | None:
+        data[position] = value
+        path.write_bytes(data)
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+        return fingerprint.change(path)
+
+    assert rewrite(0, 0, fingerprint.mtime_ns + 10**9).startswith("modified ")
+    assert rewrite(-1, 1) == "other bytes than when indexed, with the same size and time"  # the last 64 KiB
+    assert rewrite(-1, 0) is None
+    assert rewrite(100_000, 1) is None  # between its ends, with size and time kept: cheap by design
+    path.write_bytes(bytes(100))
+    assert fingerprint.change(path) == "100 bytes, 200,000 when indexed"
+    path.unlink()
+    assert fingerprint.change(path) == "the file is gone"
+
+
 # --- The search index ----------------------------------------------------------------------------------
 
 
@@ -374,6 +399,11 @@ def damage_manifest(index_dir: Path) -> None:
     (index_dir / "manifest.json").write_text(text[: len(text) // 2])
 
 
+def written_in_format_3(index_dir: Path) -> None:
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    (index_dir / "manifest.json").write_text(json.dumps({**manifest, "format_version": 3}))
+
+
 def escape_with_a_shard(index_dir: Path) -> None:
     manifest = json.loads((index_dir / "manifest.json").read_text())
     manifest["shards"][0]["name"] = "../../etc"
@@ -393,6 +423,7 @@ def escape_with_a_row(index_dir: Path) -> None:
         (damage_embeddings, "is damaged or missing"),
         (remove_rows, "rows.parquet is missing"),
         (damage_manifest, "manifest.json is damaged"),
+        (written_in_format_3, "is an index of an earlier rsitr_hf (format 3; this one reads format 4)"),
         (escape_with_a_shard, "shard '../../etc' (deletions None) is not a name it writes"),
         (escape_with_a_row, "lists '../../etc/passwd', outside its folder"),
     ],
@@ -420,6 +451,38 @@ def test_a_damaged_or_crafted_index_is_one_line_saying_how_to_rebuild(
     )
     assert_one_line_error(capsys, status, expected)
     assert not (tmp_path / "g.png").exists()
+
+
+def disk_full_after(write):
+    """``write`` that does its work, then fails as a full disk does (what it wrote left behind)."""
+
+    def failing(self, *args, **kwargs):
+        write(self, *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    return failing
+
+
+@pytest.mark.parametrize("output", ["grid.png", "rows.parquet"])
+def test_a_full_disk_under_a_grid_or_an_export_is_one_line_and_the_previous_file_stays(
+    output, image_folder, tmp_path, search_model, monkeypatch, capsys
+):
+    import matplotlib.figure
+
+    index_dir, out = tmp_path / "index", tmp_path / output
+    build_index(image_folder, index_dir, search_model, batch_size=8)
+    if output == "grid.png":  # rsitr-visualize, through matplotlib
+        arguments = ["--index", str(index_dir), "--queries", str(write_queries(tmp_path)), "--out", str(out)]
+        command, writer, method = visualize_main, matplotlib.figure.Figure, "savefig"
+    else:  # rsitr-search export, through pyarrow
+        arguments = ["export", "--index", str(index_dir), str(out)]
+        command, writer, method = search_main, pq.ParquetWriter, "write_table"
+    assert command(arguments) == 0
+    before, files = out.read_bytes(), sorted(tmp_path.iterdir())
+    with monkeypatch.context() as patched:
+        patched.setattr(writer, method, disk_full_after(getattr(writer, method)))
+        assert_one_line_error(capsys, command(arguments), f"{out}: cannot write it (No space left on device)")
+    assert out.read_bytes() == before and sorted(tmp_path.iterdir()) == files  # no partial file left
 
 
 def write_queries(tmp_path: Path) -> Path:

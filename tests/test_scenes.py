@@ -3,6 +3,7 @@ hits with their windows and WGS84 footprints, GeoJSON, overlap suppression, incr
 over two processes, and rsitr-app's scene view (answers and headless chromium)."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -271,6 +272,88 @@ def test_a_scene_index_updates_by_scene_and_keeps_its_tiling(tmp_path, scenes, t
     assert resumed.manifest.pending == [] and index_files(resumed) == index_files(fresh)
     assert index_windows(resumed) == index_windows(fresh)
     torch.testing.assert_close(index_embeddings(resumed), index_embeddings(fresh), rtol=0, atol=1e-6)
+
+
+def replace_with_its_corner(path: Path, width: int, height: int) -> None:
+    """Write over the GeoTIFF at ``path`` its top-left ``width`` x ``height`` pixels: another, smaller scene
+    under the same name."""
+    with rasterio.open(path) as scene:
+        profile, values = scene.profile, scene.read(window=rasterio.windows.Window(0, 0, width, height))
+    with rasterio.open(path, "w", **{**profile, "width": width, "height": height}) as scene:
+        scene.write(values)
+
+
+def test_a_scene_replaced_under_its_name_is_left_out_of_answers_until_an_update_tiles_it_again(
+    tmp_path, scenes, tiny_clip_dir, capsys
+):
+    from rsitr_hf.search.app import SearchPage
+    from rsitr_hf.search.visualize import main as visualize_main
+
+    folder, index_dir = tmp_path / "scenes", tmp_path / "index"
+    shutil.copytree(scenes, folder)
+    arguments = ["index", "--scenes", str(folder), "--index", str(index_dir), "--model", str(tiny_clip_dir)]
+    assert main(arguments) == 0
+    indexed = ImageIndex.load(index_dir).scenes["utm.tif"]
+    replace_with_its_corner(folder / "utm.tif", 600, 450)  # the object's window (x 672) now lies outside it
+    size = (folder / "utm.tif").stat().st_size
+    warning = (
+        f"warning: 1 scene(s) changed since indexing, their windows left out (utm.tif: {size:,} bytes, "
+        f"{indexed.fingerprint.size:,} when indexed): update the index with rsitr-search index --scenes "
+        f"{folder.resolve()} --index {index_dir}"
+    )
+    capsys.readouterr()
+
+    # query: every window asked for, only the unchanged scene's come back, and one line says why
+    query = ["query", "--index", str(index_dir), "--image", str(scenes.parent / "query.png"), "--json", "-"]
+    assert main([*query, "--top_k", "80", "--max_overlap", "1"]) == 0
+    captured = capsys.readouterr()
+    hits = json.loads(captured.out)[0]["hits"]
+    assert len(hits) == 8 and {Path(hit["path"]).name for hit in hits} == {"plain.png"}
+    assert [line for line in captured.err.splitlines() if "warning" in line] == [warning]
+
+    # rsitr-visualize and rsitr-app draw no window of it and say so
+    (tmp_path / "queries.tsv").write_text("a white cross\n")
+    grid = ["--index", str(index_dir), "--queries", str(tmp_path / "queries.tsv"), "--top_k", "3"]
+    assert visualize_main([*grid, "--out", str(tmp_path / "grid.png")]) == 0
+    assert warning in capsys.readouterr().err.splitlines()
+    gallery, summary, views = SearchPage.open(index_dir).image_query(
+        PIL.Image.open(scenes.parent / "query.png"), 3
+    )
+    assert all(" plain.png [" in caption for _, caption in gallery) and len(views) == 1
+    assert summary.endswith(f"**Warning:** {warning.removeprefix('warning: ')}")
+    # a window read from a scene whose size changed (after the search checked it) is refused, never read
+    with pytest.raises(InputError, match="utm.tif: 600 x 450 pixels, 1200 x 900 when indexed: it changed"):
+        rsitr_hf.search.scenes.read_tiles(str(folder), [("utm.tif", OBJECT_WINDOW)], {"utm.tif": indexed})
+
+    # an update tiles it again: the index equals one built from scratch, and answers from it without a word
+    capsys.readouterr()
+    assert main(arguments) == 0
+    assert (
+        "2 scenes (1 tiled now, 1 of them changed since they were tiled: 20 windows"
+        in capsys.readouterr().out
+    )
+    fresh_dir = tmp_path / "fresh"
+    assert (
+        main(["index", "--scenes", str(folder), "--index", str(fresh_dir), "--model", str(tiny_clip_dir)])
+        == 0
+    )
+    updated, fresh = ImageIndex.load(index_dir), ImageIndex.load(fresh_dir)
+    assert updated.scenes == fresh.scenes and updated.scenes["utm.tif"].width == 600
+    assert (index_files(updated), index_windows(updated)) == (index_files(fresh), index_windows(fresh))
+    torch.testing.assert_close(index_embeddings(updated), index_embeddings(fresh), rtol=0, atol=1e-6)
+    capsys.readouterr()
+    assert main([*query, "--top_k", "80", "--max_overlap", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "utm.tif" in {Path(hit["path"]).name for hit in json.loads(captured.out)[0]["hits"]}
+    assert "warning" not in captured.err
+
+    # a scene only touched (another modification time) is tiled again too: the fingerprint cannot tell
+    modified = (folder / "plain.png").stat().st_mtime_ns + 10**9
+    os.utime(folder / "plain.png", ns=(modified, modified))
+    assert main(arguments) == 0
+    assert (
+        "2 scenes (1 tiled now, 1 of them changed since they were tiled: 8 windows" in capsys.readouterr().out
+    )
 
 
 def test_bad_scene_arguments_are_one_line_errors(tmp_path, scenes, tiny_clip_dir, capsys):

@@ -68,9 +68,6 @@ def read_rgb(path: str | Path) -> PIL.Image.Image:
             rgb = to_rgb(image)
             rgb.load()
             return rgb
-    except (
-        OSError,
-        ValueError,
-        PIL.Image.DecompressionBombError,
-    ) as error:  # UnidentifiedImageError: OSError
+    # PIL's UnidentifiedImageError is an OSError
+    except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
         raise UnreadableImageError(f"{path}: not a readable image ({first_line(error)})") from None

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..evaluation import METRIC_KEYS
+from ..utils.files import write_text
 
 README_ROWS = {"zero-shot": "zero-shot (source-pretrained base)", "adapted": "MRS-Adapter + HMMC",
                "reloaded": "reloaded with `PeftModel.from_pretrained`"}  # fmt: skip
@@ -99,4 +100,4 @@ def update_readme(rows: dict[str, dict[str, float]], readme_path: str | os.PathL
     readme, count = MACHINE_LINE.subn(lambda _: f"Figures of: `{this_machine()}`", readme)
     if count != 1:
         raise ValueError(f"{path}: no 'Figures of: `...`' line to update")
-    path.write_text(readme, encoding="utf-8")
+    write_text(path, readme)

@@ -18,7 +18,6 @@ Needs no network. ``rsitr-demo --prepare_only`` stops after steps 1 and 2, so th
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from ..training import load_recipe, train
 from ..training.recipe import add_recipe_arguments, recipe_overrides
 from ..tuners.methods import get_method
 from ..utils.cli import command, command_parser, parse_arguments, report_error
+from ..utils.files import write_json
 from .readme import StaleReadme, check_readme, update_readme
 from .task import prepare_demo_task
 
@@ -89,7 +89,7 @@ def run_demo(
     if mismatch:
         raise RuntimeError(f"the reloaded adapter's metrics differ from the trained one's: {mismatch}")
     print("reloaded with PeftModel.from_pretrained: metrics match")
-    (output_dir / "demo_results.json").write_text(json.dumps(rows, indent=2))
+    write_json(output_dir / "demo_results.json", rows)
     print(f"done in {time.perf_counter() - started:.0f} s; outputs in {output_dir}")
     return rows
 

@@ -14,7 +14,7 @@ import PIL.Image
 import torch
 
 from ..data.text_inputs import TextInputs
-from ..utils.plotting import plt
+from ..utils.plotting import plt, save_figure
 from .embedding import encode_split
 
 
@@ -53,7 +53,7 @@ def plot_retrieval_grid(rows: list[GridRow], path: str | os.PathLike, title: str
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout(rect=(0, 0, 1, 0.98 if title else 1))
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path, dpi=110)
     plt.close(figure)
     return Path(path)
 

@@ -118,6 +118,8 @@ class SearchPage:
         seconds = time.perf_counter() - started
         best = "best" if self.index.tiling is None else "best places"
         summary = f"{len(hits)} {best} of {self.index.describe()} for {query} ({1000 * seconds:.0f} ms)"
+        if self.index.stale:
+            summary += f"  \n**Warning:** {self.index.stale_note()}"
         return Answer(gallery, summary, scenes)
 
     def scene_views(self, hits: list[Hit]) -> list[tuple[PIL.Image.Image, str]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..utils.files import temporary_name
+from ..utils.files import atomic_output
 from .errors import SearchError
 from .geoparquet import geo_schema_metadata, union_bbox
 from .index import ImageIndex
@@ -23,21 +23,14 @@ def export_index(index_dir: str | os.PathLike, out: str | os.PathLike) -> str:
     index, out = ImageIndex.load(index_dir), Path(out)
     dim = index.manifest.dim
     schema = export_schema(index)
-    temporary = temporary_name(out)
-    try:
-        with pq.ParquetWriter(temporary, schema) as writer:
-            for shard in index.shards:
-                rows, start = shard.live_rows(), 0
-                for ids, block in StoreVectors([shard], dim).blocks():
-                    part = rows.slice(start, len(ids))
-                    start += len(ids)
-                    embedding = pa.FixedSizeListArray.from_arrays(pa.array(block.ravel(), pa.float32()), dim)
-                    columns = [*part.columns, embedding]
-                    writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-        os.replace(temporary, out)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise SearchError(f"{out}: cannot write the export ({error.strerror or error})") from None
+    with atomic_output(out) as temporary, pq.ParquetWriter(temporary, schema) as writer:
+        for shard in index.shards:
+            rows, start = shard.live_rows(), 0
+            for ids, block in StoreVectors([shard], dim).blocks():
+                part = rows.slice(start, len(ids))
+                start += len(ids)
+                embedding = pa.FixedSizeListArray.from_arrays(pa.array(block.ravel(), pa.float32()), dim)
+                writer.write_table(pa.Table.from_arrays([*part.columns, embedding], schema=schema))
     kind = "GeoParquet" if index.tiling is not None else "Parquet"
     return f"{out}: {index.describe()} with their {dim}-dimensional embeddings ({kind})"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 
@@ -22,9 +23,10 @@ from .ann import ANNIndex, exact_top_k
 from .errors import SearchError
 from .geoparquet import WINDOW_COLUMNS, wkb_polygon_ring
 from .scenes import SceneInfo, Window
-from .store import MANIFEST_FILE, Manifest, Shard, StoreVectors
+from .store import FORMAT_VERSION, MANIFEST_FILE, Manifest, Shard, StoreVectors
 
 FORMAT_2_FILE = "index.json"  # rsitr_hf 0.2's index, converted by its next update
+EARLIER_FORMATS = (3,)  # manifests of earlier versions, rebuilt (format 2 has no manifest: converted)
 FILTER_EXACT_ROWS = 1_000_000  # a spatial filter's rows are scored exactly up to this many
 
 
@@ -68,6 +70,7 @@ class ImageIndex:
         self.folder, self.manifest, self.shards = Path(folder), manifest, shards
         self.vectors = StoreVectors(shards, manifest.dim)
         self.ann = ann
+        self.stale: dict[str, str] = {}  # scenes the latest search found changed (windows left out), and how
         if ann is not None:  # rows deleted since the FAISS index took them in are left out as it searches
             covered = StoreVectors(
                 [shard for shard in shards if shard.entry.first_id < self.covers], manifest.dim
@@ -114,6 +117,27 @@ class ImageIndex:
             for shard in self.shards:
                 scenes.update(shard.scenes())
         return scenes
+
+    def scene_changes(self, names: Iterable[str]) -> dict[str, str]:
+        """Of the scenes ``names``, those whose file changed since they were tiled, with how in a few words
+        (:meth:`~rsitr_hf.utils.files.FileFingerprint.change`: a ``stat`` and at most 128 KiB read each)."""
+        changes = {}
+        for name in names:
+            change = self.scenes[name].fingerprint.change(Path(self.root) / name)
+            if change is not None:
+                changes[name] = change
+        return changes
+
+    def stale_note(self) -> str | None:
+        """One line on the scenes the latest search left out because they changed since they were tiled
+        (``None``: it left none out)."""
+        if not self.stale:
+            return None
+        changed = "; ".join(f"{name}: {how}" for name, how in self.stale.items())
+        return (
+            f"{len(self.stale)} scene(s) changed since indexing, their windows left out ({changed}): update "
+            f"the index with rsitr-search index --scenes {self.root} --index {self.folder}"
+        )
 
     def names(self) -> set[str]:
         """The files (or scenes) the index holds."""
@@ -195,11 +219,18 @@ class ImageIndex:
                 )
             raise FileNotFoundError(f"{folder}: no image index here (build one with rsitr-search index)")
         try:
-            manifest = Manifest.from_dict(json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8")))
+            values = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+            version = values.get("format_version") if isinstance(values, dict) else None
+            manifest = None if version in EARLIER_FORMATS else Manifest.from_dict(values)
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
             raise SearchError(
                 f"{folder / MANIFEST_FILE} is damaged ({first_line(error)}): {rebuild_advice(folder)}"
             ) from None
+        if manifest is None:
+            raise SearchError(
+                f"{folder} is an index of an earlier rsitr_hf (format {version}; this one reads format "
+                f"{FORMAT_VERSION}): {rebuild_advice(folder)}"
+            )
         shards = []
         for entry in manifest.shards:
             try:

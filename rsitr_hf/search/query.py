@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from .errors import SearchError
 from .index import ImageIndex, read_image
 from .scenes import Window, read_tiles, window_iou
 from .spatial import Area, rows_in
+
+logger = logging.getLogger(__name__)
 
 SEARCH_GROWTH = 4  # a scene index fetches this many times more candidates while overlaps leave too few
 
@@ -96,8 +99,10 @@ def nearest_images(
     the ``k`` best windows of which no two of one scene overlap by more than ``max_overlap`` (intersection
     over union; 0: not at all): a window overlapping a better one is dropped (non-maximum suppression), so
     that the hits are ``k`` places; given an ``area``, only windows whose footprint intersects it
-    (:mod:`rsitr_hf.search.spatial`)."""
-    allowed = None
+    (:mod:`rsitr_hf.search.spatial`). The windows of a scene whose file changed since it was tiled are left
+    out (its old embeddings no longer show it): the scene is named in ``index.stale`` and in a warning."""
+    allowed, checked = None, set()
+    index.stale = {}
     if area is not None:
         if index.tiling is None:
             raise SearchError(
@@ -118,8 +123,16 @@ def nearest_images(
         wanted = sorted({row for candidates in found for _, row in candidates})
         items = dict(zip(wanted, index.items(np.array(wanted, dtype=np.int64)), strict=True))
         if index.tiling is not None:
-            found = [suppress_overlaps(candidates, items, max_overlap)[:k] for candidates in found]
+            scenes = {scene for scene, _, _ in items.values()} - checked
+            index.stale |= index.scene_changes(scenes)
+            checked |= scenes
+            fresh = [
+                [(score, row) for score, row in hits if items[row][0] not in index.stale] for hits in found
+            ]
+            found = [suppress_overlaps(candidates, items, max_overlap)[:k] for candidates in fresh]
         if index.tiling is None or fetch >= total or all(len(hits) == k for hits in found):
+            if index.stale:
+                logger.warning("warning: %s", index.stale_note())
             return [
                 [Hit(rank + 1, score, *items[row]) for rank, (score, row) in enumerate(hits)]
                 for hits in found

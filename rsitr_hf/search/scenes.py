@@ -31,6 +31,7 @@ import PIL.Image
 import PIL.ImageDraw
 
 from ..utils.errors import InputError, first_line
+from ..utils.files import FileFingerprint
 from ..utils.optional import require
 
 TILE_UNITS = ("pixels", "metres")
@@ -78,7 +79,8 @@ class SceneInfo:
     """What indexing and searching need to know of one scene: its size in pixels, the bands read as RGB
     (1-based; one band: grey), the value range scaled to 0-255 (``None``: 8-bit, used as it is), its CRS (WKT)
     and geotransform (``a, b, c, d, e, f``: pixel (col, row) -> ``(a*col + b*row + c, d*col + e*row + f)``),
-    ``None`` when it is not georeferenced, and its window size and step in pixels."""
+    ``None`` when it is not georeferenced, its window size and step in pixels, and the ``fingerprint`` of
+    its file when it was described (how a scene that changed since is noticed)."""
 
     width: int
     height: int
@@ -88,6 +90,12 @@ class SceneInfo:
     transform: list[float] | None
     tile: list[int]
     stride: list[int]
+    fingerprint: FileFingerprint
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SceneInfo:
+        """The inverse of ``dataclasses.asdict``."""
+        return cls(**{**values, "fingerprint": FileFingerprint(**values["fingerprint"])})
 
     @property
     def georeferenced(self) -> bool:
@@ -171,6 +179,7 @@ def open_scene(path: Path):
 def describe_scene(path: Path, tiling: Tiling) -> SceneInfo:
     """Read the header of the scene at ``path`` (and, for high bit depths, a reduced image for its value
     range) and say how it is tiled; an :class:`InputError` naming the scene when the tiling cannot apply."""
+    fingerprint = FileFingerprint.of(path)
     with open_scene(path) as scene:
         bands = list(tiling.bands) if tiling.bands is not None else default_bands(scene)
         if max(bands) > scene.count:
@@ -188,6 +197,7 @@ def describe_scene(path: Path, tiling: Tiling) -> SceneInfo:
             transform=list(scene.transform)[:6] if georeferenced else None,
             tile=tile,
             stride=stride,
+            fingerprint=fingerprint,
         )
 
 
@@ -270,6 +280,7 @@ def read_tiles(root: str, tiles: list[tuple[str, Window]], infos: dict[str, Scen
         for name, window in tiles:
             if name not in opened:
                 opened[name] = open_scene(Path(root) / name)
+                check_size(opened[name], infos[name])
             images.append(read_tile(opened[name], infos[name], window))
     finally:
         for scene in opened.values():
@@ -277,9 +288,20 @@ def read_tiles(root: str, tiles: list[tuple[str, Window]], infos: dict[str, Scen
     return images
 
 
+def check_size(scene, info: SceneInfo) -> None:
+    """An :class:`InputError` naming the open ``scene`` when its size is no longer the one ``info`` gives:
+    its windows would fall outside it."""
+    if (scene.width, scene.height) != (info.width, info.height):
+        raise InputError(
+            f"{scene.name}: {scene.width} x {scene.height} pixels, {info.width} x {info.height} when "
+            "indexed: it changed since (update the index with rsitr-search index --scenes)"
+        )
+
+
 def scene_overview(path: Path, info: SceneInfo) -> PIL.Image.Image:
     """The scene reduced to at most ``OVERVIEW_SIDE`` pixels on its longer side (one reduced read)."""
     with open_scene(path) as scene:
+        check_size(scene, info)
         return PIL.Image.fromarray(to_rgb_array(reduced_read(scene, info.bands, OVERVIEW_SIDE), info))
 
 

@@ -35,7 +35,7 @@ from .geoparquet import file_bbox
 from .scenes import SceneInfo, Tiling
 
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4  # 4: scenes record their files' fingerprints
 EMBEDDINGS_FILE, ROWS_FILE, SCENES_FILE = "embeddings.npy", "rows.parquet", "scenes.parquet"
 STORED_DTYPES = ("float32", "float16")
 SHARD_NAME = re.compile(r"shard-[0-9a-f]{12}")
@@ -47,6 +47,7 @@ SCENE_SCHEMA = pa.schema(
         ("bands", pa.list_(pa.int32())), ("scale", pa.list_(pa.float64())), ("crs", pa.string()),
         ("transform", pa.list_(pa.float64())),
         ("tile", pa.list_(pa.int32())), ("stride", pa.list_(pa.int32())),
+        ("fingerprint", pa.struct([("size", pa.int64()), ("mtime_ns", pa.int64()), ("sha256", pa.string())])),
     ]
 )  # fmt: skip
 
@@ -239,7 +240,11 @@ class Shard:
 
     def scenes(self) -> dict[str, SceneInfo]:
         rows = pq.read_table(self.path / SCENES_FILE).to_pylist()
-        return {row.pop("scene"): SceneInfo(**row) for row in rows if row["scene"] not in self.deleted_names}
+        return {
+            row.pop("scene"): SceneInfo.from_dict(row)
+            for row in rows
+            if row["scene"] not in self.deleted_names
+        }
 
     def with_deleted(self, folder: Path, names: set[str]) -> ShardEntry | None:
         """A new deletion file deleting ``names`` too, and the entry naming it (``None``: holds none)."""

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ..evaluation.inference import ModelIdentity, RetrievalModel
 from ..utils.distributed import Shards, embedded_locally
 from ..utils.errors import InputError, first_line
-from ..utils.files import write_json
+from ..utils.files import FileFingerprint, write_json
 from .ann import ANNConfig, ANNIndex, Calibration
 from .errors import SearchError
 from .geoparquet import image_rows, scene_rows
@@ -61,7 +61,8 @@ class IndexUpdate:
     ``"unchanged <factory>"``, or ``"none, exact search (auto: ...)"`` when exact search replaced one below
     its target) and the recall it measured. For
     scenes also: the windows of the scenes added (``tiles``, in row order), how each added scene is read
-    (``scenes``) and the windows without valid pixels (``skipped``: not indexed)."""
+    (``scenes``), the windows without valid pixels (``skipped``: not indexed) and the scenes tiled again
+    because their file changed since they were tiled (``changed``: among ``added``)."""
 
     added: list[str]
     removed: list[str]
@@ -71,6 +72,7 @@ class IndexUpdate:
     tiles: list[tuple[str, Window]] | None = None
     scenes: dict[str, SceneInfo] = field(default_factory=dict)
     skipped: int = 0
+    changed: list[str] = field(default_factory=list)
 
     def work(self) -> list[tuple[str, Window | None]]:
         """What is embedded, in row order: ``(image, None)`` for each image, else ``(scene, window)``."""
@@ -80,9 +82,10 @@ class IndexUpdate:
         gone = f"{len(self.removed)} gone; FAISS index: {self.ann}"
         if self.tiles is None:
             return f"{index_dir}: {self.total} images ({len(self.added)} embedded now, {gone})"
+        changed = f", {len(self.changed)} of them changed since they were tiled" if self.changed else ""
         return (
-            f"{index_dir}: {self.total} scenes ({len(self.added)} tiled now: {len(self.tiles)} windows, "
-            f"{self.skipped} without data skipped; {gone})"
+            f"{index_dir}: {self.total} scenes ({len(self.added)} tiled now{changed}: {len(self.tiles)} "
+            f"windows, {self.skipped} without data skipped; {gone})"
         )
 
 
@@ -101,9 +104,10 @@ def build_index(
     and extend or build its FAISS index when ``ann`` asks for one at this size (default ``ANNConfig()``:
     exact below 100,000 images, IVF above, exact again when IVF cannot reach its target recall). Given
     ``tiling``, the files are scenes, cut into windows (:mod:`rsitr_hf.search.scenes`), and each window with
-    valid pixels is a row: a scene index. Given ``calibration_texts`` (real text queries), a FAISS index
-    measures its recall on them too. ``dtype``: how a new index stores its embeddings (``float32``, or
-    ``float16``: half the disk; an existing index keeps its own).
+    valid pixels is a row: a scene index; a scene whose file changed since it was tiled (its fingerprint:
+    size, modification time, first and last 64 KiB) is tiled again. Given ``calibration_texts`` (real text
+    queries), a FAISS index measures its recall on them too. ``dtype``: how a new index stores its
+    embeddings (``float32``, or ``float16``: half the disk; an existing index keeps its own).
 
     Under ``accelerate launch`` (any number of machines sharing ``index_dir``) every process calls this
     with its ``shards``: the main process holds the index's lock and plans the update; each process embeds a
@@ -135,7 +139,7 @@ def plan_update(
 ) -> tuple[ImageIndex, IndexUpdate]:
     """The index as committed (a format-2 index converted first; a new, empty one when there is none), with
     the leftovers of an interrupted run removed, and what updating it means: images (or scenes, whose
-    windows it lists) to add and to drop."""
+    windows it lists) to add and to drop, and scenes to tile again because their file changed."""
     root = str(Path(image_dir).resolve())
     files = list_images(root)
     if not (folder / MANIFEST_FILE).is_file() and (folder / FORMAT_2_FILE).is_file():
@@ -155,9 +159,11 @@ def plan_update(
         index = ImageIndex(folder, Manifest(root, model.identity, dim, dtype or "float32", tiling), [])
     sweep(folder, index.manifest)  # what an interrupted run left
     present, known, pending = set(files), index.names(), set(index.manifest.pending)
-    added = [name for name in files if name not in known or name in pending]
+    kept = [name for name in files if name in known and name not in pending]
+    changed = sorted(index.scene_changes(kept)) if tiling is not None else []
+    added = [name for name in files if name not in known or name in pending or name in changed]
     removed = sorted(name for name in known | pending if name not in present)
-    plan = IndexUpdate(added, removed, len(files))
+    plan = IndexUpdate(added, removed, len(files), changed=changed)
     if tiling is not None:
         plan.scenes = {name: describe_scene(Path(root) / name, tiling) for name in added}
         plan.tiles = [(name, window) for name, info in plan.scenes.items() for window in info.windows()]
@@ -327,11 +333,11 @@ def apply_update(
     ann: ANNConfig,
     calibration_texts: list[str] | None = None,
 ) -> IndexUpdate:
-    """Delete ``plan.removed`` (and scenes an interruption left half done), append the embeddings of
-    ``plan.work()`` as new shards (committing one every ``SAVE_EVERY_SECONDS`` or ``SHARD_ROWS`` rows), then
-    extend or build the FAISS index and commit."""
+    """Delete ``plan.removed`` (and scenes an interruption left half done, and those that changed), append
+    the embeddings of ``plan.work()`` as new shards (committing one every ``SAVE_EVERY_SECONDS`` or
+    ``SHARD_ROWS`` rows), then extend or build the FAISS index and commit."""
     manifest = index.manifest
-    dropped = set(plan.removed) | set(manifest.pending)
+    dropped = set(plan.removed) | set(manifest.pending) | set(plan.changed)
     for number, shard in enumerate(index.shards):
         entry = shard.with_deleted(index.folder, dropped)
         if entry is not None:
@@ -463,7 +469,12 @@ def convert_format_2(folder: Path) -> None:
         if tiling is None:
             rows, scenes = image_rows(ids, files), None
         else:
-            scenes = {name: SceneInfo(**info) for name, info in tiles["scenes"].items()}
+            scenes = {
+                name: SceneInfo.from_dict(
+                    {**info, "fingerprint": asdict(fingerprint_now(manifest.root, name))}
+                )
+                for name, info in tiles["scenes"].items()
+            }
             windows = [tuple(int(value) for value in window) for window in tiles["windows"]]
             items = list(zip(files, windows, strict=True))
             rows = scene_rows(ids, files, windows, footprints_of(items, scenes))
@@ -477,3 +488,10 @@ def convert_format_2(folder: Path) -> None:
     commit(ImageIndex(folder, manifest, []))
     for old in [folder / FORMAT_2_FILE, *folder.glob("embeddings-*.safetensors")]:
         old.unlink()
+
+
+def fingerprint_now(root: str, name: str) -> FileFingerprint:
+    """The fingerprint of a scene converted from format 2, which kept none: of its file as it is now (an
+    empty one when it is gone, as the update that converts drops it)."""
+    path = Path(root) / name
+    return FileFingerprint.of(path) if path.is_file() else FileFingerprint(0, 0, "")

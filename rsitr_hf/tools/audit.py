@@ -46,7 +46,7 @@ from ..evaluation.inference import RetrievalModel
 from ..search.duplicates import MIN_COSINE, NEIGHBOURS, embedding_method
 from ..utils.cli import command, command_parser, parse_arguments
 from ..utils.files import write_json, write_text
-from ..utils.plotting import plt
+from ..utils.plotting import plt, save_figure
 from ..utils.processes import available_cpus
 
 CANDIDATE_METHODS = ("perceptual", "visual_words")
@@ -111,7 +111,7 @@ def plot_pairs(pairs: list[ImagePair], path: Path, limit: int) -> Path:
             left.add_patch(Polygon(outline, closed=True, fill=False, edgecolor="yellow", linewidth=1.5))
         right.text(0.5, -0.1, label(pair), transform=right.transAxes, ha="center", va="top", fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path, dpi=100)
     plt.close(figure)
     return path
 

@@ -24,7 +24,7 @@ from ..training.data import load_processor, other_test_splits
 from ..training.recipe import Recipe, RecipeError, save_recipe
 from ..tuners.methods import get_method
 from ..utils.config import build, read_mapping, set_value
-from ..utils.files import write_json
+from ..utils.files import write_json, write_text
 from .petl_tables import (
     MethodSummary,
     datasets_markdown,
@@ -326,14 +326,14 @@ def run_benchmark(
         plot_transfer(matrices, output / "transfer_matrix.png")
     elif by_dataset := datasets_markdown(summaries):  # runs on several datasets, or tested on others
         table += "\ntest mR by dataset (mean ± std over seeds):\n\n" + by_dataset
-    (output / "results.md").write_text(table, encoding="utf-8")
+    write_text(output / "results.md", table)
     # the papers' tie handling beside it: on data with shared captions (UCM) the two differ
     older = [label for label, runs in results.items() if any("test_ties" not in m for _, m in runs)]
     if older:  # runs finished before rsitr_hf recorded test_ties: their test split was scored one way only
         logger.warning("no results_reference_ties.md: runs of %s predate test_ties in metrics.json", older)
     else:
         reference = results_markdown([summarise(label, runs, "reference") for label, runs in results.items()])
-        (output / "results_reference_ties.md").write_text(reference, encoding="utf-8")
+        write_text(output / "results_reference_ties.md", reference)
         if reference != results_markdown(summaries):
             table += "\nwith the papers' tie handling (evaluation.ties: reference):\n\n" + reference
     write_results_csv(summaries, output / "results.csv")

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..evaluation import METRIC_KEYS
-from ..utils.plotting import plt
+from ..utils.files import atomic_output
+from ..utils.plotting import plt, save_figure
 
 
 @dataclass
@@ -127,7 +128,7 @@ def transfer_markdown(matrices: list[TransferMatrix]) -> str:
 
 
 def write_transfer_csv(matrices: list[TransferMatrix], path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as file:
+    with atomic_output(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(["method", "trained_on", "tested_on", "mR_mean", "mR_std"])
         for m in matrices:
@@ -153,7 +154,7 @@ def plot_transfer(matrices: list[TransferMatrix], path: Path) -> None:
         axis.set_title(m.method, fontsize=10)
     axes[0][0].set_ylabel("trained on")
     figure.colorbar(image, ax=axes[0].tolist(), label="test mR (%)", shrink=0.8)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
+    save_figure(figure, path, dpi=120, bbox_inches="tight")
     plt.close(figure)
 
 
@@ -161,7 +162,7 @@ def write_results_csv(summaries: list[MethodSummary], path: Path) -> None:
     columns = ["method", "trainable_parameters", "base_parameters", "trainable_percent", "seeds"]
     columns += [f"{k}_{stat}" for k in METRIC_KEYS for stat in ("mean", "std")]
     columns += ["seconds_per_step", "peak_memory_mb", "memory_kind", "zero_shot_retention"]
-    with open(path, "w", newline="", encoding="utf-8") as file:
+    with atomic_output(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, columns)
         writer.writeheader()
         for s in summaries:
@@ -183,7 +184,7 @@ def write_results_csv(summaries: list[MethodSummary], path: Path) -> None:
 
 def write_runs_csv(results: dict[str, list[tuple[int, dict]]], path: Path) -> None:
     columns = ["method", "seed", *METRIC_KEYS, "trainable_parameters", "seconds_per_step", "peak_memory_mb"]
-    with open(path, "w", newline="", encoding="utf-8") as file:
+    with atomic_output(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(columns)
         for label, runs in results.items():
@@ -218,5 +219,5 @@ def plot_mr_vs_parameters(summaries: list[MethodSummary], path: Path) -> None:
     axis.set_ylabel("test mR (%)")
     axis.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path, dpi=120)
     plt.close(figure)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..evaluation import METRIC_KEYS
-from ..utils.plotting import plt
+from ..utils.plotting import plt, save_figure
 
 RECALLS = tuple(key for key in METRIC_KEYS if key != "mR")
 
@@ -25,7 +25,7 @@ def plot_training_curve(train_loss: list[dict], evaluations: list[dict], path: P
         mr_axis.plot([e["step"] for e in validation], [e["mR"] for e in validation], "o-", color="tab:red")
         mr_axis.set_ylabel("validation mR (%)", color="tab:red")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path, dpi=120)
     plt.close(figure)
 
 
@@ -43,5 +43,5 @@ def plot_recalls(evaluations: list[dict], path: Path) -> None:
     axis.set_ylabel("recall (%)")
     axis.legend(ncol=2, fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path, dpi=120)
     plt.close(figure)

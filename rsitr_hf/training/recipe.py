@@ -23,7 +23,6 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -46,6 +45,7 @@ from ..utils.config import (
     set_value,
     to_mapping,
 )
+from ..utils.files import write_text
 
 
 @dataclass
@@ -403,4 +403,4 @@ def load_recipe(path: str | os.PathLike | None, overrides: Mapping[str, Any] | N
 
 def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
     """Write ``recipe`` as YAML (every field; ``no`` quoted, so any YAML reader reads it back as the word)."""
-    Path(path).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), encoding="utf-8")
+    write_text(path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
