@@ -46,8 +46,12 @@ def two_dataset_recipe(tmp_path, tiny_clip_dir, first, second, second_weight=1.0
 
 def test_a_missing_dataset_folder_is_named_by_its_field(tmp_path, tiny_clip_dir, synthetic_dir):
     recipe = two_dataset_recipe(tmp_path, tiny_clip_dir, synthetic_dir, tmp_path / "absent_precomp")
-    with pytest.raises(RecipeError, match=r"^data\.datasets\[1\]\.path: .*absent_precomp is not a folder"):
-        load_datasets(recipe)
+    for step in (load_datasets, train):  # training stops before any work: no output folder
+        with pytest.raises(
+            RecipeError, match=r"^data\.datasets\[1\]\.path: .*absent_precomp is not a folder"
+        ):
+            step(recipe)
+    assert not (tmp_path / "out").exists()
 
 
 def test_items_take_the_sections_values_unless_they_set_their_own(tmp_path):

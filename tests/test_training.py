@@ -383,13 +383,14 @@ def test_the_card_names_the_base_by_its_hub_id_when_it_is_known(tmp_path, tiny_c
     assert f'from_pretrained("{snapshot}")' not in card  # the recipe section still records the path used
 
 
-def test_a_base_model_that_cannot_be_had_is_one_line_with_what_to_do(tmp_path, capsys):
-    missing = tmp_path / "outputs" / "demo" / "base"
-    assert main(["--base_model", str(missing), "--output_dir", str(tmp_path)]) == 2
+def test_a_base_model_that_cannot_be_had_is_one_line_with_what_to_do(tmp_path, synthetic_dir, capsys):
+    missing, given = tmp_path / "outputs" / "demo" / "base", ["--output_dir", str(tmp_path)]
+    given += ["--data.path", str(synthetic_dir)]
+    assert main(["--base_model", str(missing), *given]) == 2
     error = capsys.readouterr().err
     assert f"there is no folder {missing} and it is not a Hub id" in error
     assert "Traceback" not in error and len(error.strip().splitlines()) == 1
-    assert main(["--base_model", "someone/clip-never-downloaded", "--output_dir", str(tmp_path)]) == 2
+    assert main(["--base_model", "someone/clip-never-downloaded", *given]) == 2
     assert "not in the local Hub cache, and HF_HUB_OFFLINE is set" in capsys.readouterr().err
 
 

@@ -127,16 +127,8 @@ def load_source(source: DatasetSource) -> datasets.DatasetDict:
 
 def load_datasets(recipe: Recipe) -> dict[str, datasets.DatasetDict]:
     """Every dataset of the recipe by name (:func:`load_source`); a seed-layout folder that is not there is
-    named by its recipe field."""
-    loaded = {}
-    for index, (name, source) in enumerate(named_sources(recipe).items()):
-        if source.format == "seed" and not Path(source.path).is_dir():
-            field = f"data.datasets[{index}].path" if recipe.data.datasets else "data.path"
-            raise RecipeError(
-                f"{field}: {source.path} is not a folder (expected a seed-layout <name>_precomp)"
-            )
-        loaded[name] = load_source(source)
-    return loaded
+    named by its recipe field (:func:`named_sources`)."""
+    return {name: load_source(source) for name, source in named_sources(recipe).items()}
 
 
 def audit_manifest(recipe: Recipe) -> tuple[dict, str]:

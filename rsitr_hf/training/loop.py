@@ -38,7 +38,14 @@ from .checkpoints import (
     resume,
     save_checkpoint,
 )
-from .data import check_test_datasets, image_transform, load_processor, prepare_data, training_loader
+from .data import (
+    check_test_datasets,
+    image_transform,
+    load_processor,
+    named_sources,
+    prepare_data,
+    training_loader,
+)
 from .evaluator import Evaluator, class_folders_of, scene_classification, test_selected, validate
 from .hub import HubPushError, push_run
 from .outputs import final_cost, plot_examples, write_outputs
@@ -84,6 +91,7 @@ def train(recipe: Recipe, resume_from_checkpoint: str | None = None) -> TrainRes
         raise RecipeError(f"method.name: {method.name} is evaluated, not trained (rsitr-petl runs it)")
     class_folders = class_folders_of(recipe)  # evaluation.classification, checked before any work
     check_test_datasets(recipe)  # evaluation.test_datasets, likewise
+    named_sources(recipe)  # data.datasets / data.path, likewise
 
     # --- Set-up: the accelerator, the output folder, the model ------------------------------------------
     accelerator = create_accelerator(recipe)

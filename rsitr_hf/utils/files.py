@@ -99,7 +99,9 @@ class FileFingerprint:
                 if status.st_size != self.size:
                     return f"{status.st_size:,} bytes, {self.size:,} when indexed"
                 if status.st_mtime_ns != self.mtime_ns:
-                    return f"modified {local_time(status.st_mtime_ns)}, after it was indexed"
+                    return (
+                        f"modified {local_time(status.st_mtime_ns)}, {local_time(self.mtime_ns)} when indexed"
+                    )
                 if ends_sha256(file, status.st_size) != self.sha256:
                     return "other bytes than when indexed, with the same size and time"
         except FileNotFoundError:
