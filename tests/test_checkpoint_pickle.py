@@ -72,6 +72,8 @@ def test_harmas_release_checkpoint_reads_as_plain_data_without_ruamel(state, tmp
     assert (
         found["model"]["visual.proj_t"].stride() == state["visual.proj_t"].stride()
     )  # a view of one storage
+    shared = [found["model"][key].untyped_storage().data_ptr() for key in ("visual.proj", "visual.proj_t")]
+    assert shared[0] == shared[1]  # read once, shared by both views (as torch.load does)
     code = (
         "import json, sys; sys.modules['ruamel'] = sys.modules['ruamel.yaml'] = None\n"
         "from rsitr_hf.utils.checkpoint_pickle import read\n"

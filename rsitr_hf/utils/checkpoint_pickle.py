@@ -200,11 +200,13 @@ ALLOWED: dict[tuple[str, str], Any] = {
 
 
 class PlainUnpickler(pickle.Unpickler):
-    """Python's unpickler, restricted to :data:`ALLOWED`, reading tensors' storages from the zip."""
+    """Python's unpickler, restricted to :data:`ALLOWED`, reading tensors' storages from the zip, each once
+    (tensors viewing one storage share it, as with ``torch.load``)."""
 
     def __init__(self, file: io.BufferedIOBase, archive: zipfile.ZipFile, prefix: str):
         super().__init__(file)
         self.archive, self.prefix = archive, prefix
+        self.storages: dict[str, torch.Tensor] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         found = ALLOWED.get((module, name))
@@ -218,10 +220,12 @@ class PlainUnpickler(pickle.Unpickler):
         _, dtype, key, _, numel = pid
         if not isinstance(dtype, torch.dtype):
             raise pickle.UnpicklingError(f"a storage of {dtype!r}")
-        data = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
-        storage = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
-        if storage.numel() != numel:
-            raise pickle.UnpicklingError(f"storage {key} holds {storage.numel()} values, not {numel}")
+        if key not in self.storages:
+            data = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
+            self.storages[key] = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
+        storage = self.storages[key]
+        if storage.dtype != dtype or storage.numel() != numel:
+            raise pickle.UnpicklingError(f"storage {key} holds {storage.numel()} values, not {numel} {dtype}")
         return storage
 
 
